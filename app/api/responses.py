@@ -1,0 +1,95 @@
+"""`/v1/responses` routes: parse, hand to core, serialize. No decisions here."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import orjson
+from fastapi import APIRouter, Query, Request
+from pydantic import ValidationError
+from starlette.responses import Response
+
+from app.api.deps import Responses, json_response
+from app.api.errors import bad_json, most_specific, validation_error
+from app.errors import BadRequestError, GatewayError
+from app.schemas.requests import CreateResponseRequest
+
+router = APIRouter(prefix="/v1/responses", tags=["responses"])
+
+
+async def read_create_request(request: Request) -> CreateResponseRequest:
+    limit: int = request.app.state.max_body_bytes
+    body = await request.body()
+    if len(body) > limit:
+        raise GatewayError(
+            f"The request body is {len(body)} bytes; the limit is {limit} bytes.",
+            status=413,
+            type="invalid_request_error",
+            code="request_too_large",
+        )
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise bad_json() from None
+    if not isinstance(data, dict):
+        raise BadRequestError("The request body must be a JSON object.", code="invalid_type")
+    try:
+        return CreateResponseRequest.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(most_specific(exc.errors()), data) from None
+
+
+@router.post(
+    "",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": CreateResponseRequest.model_json_schema()}
+            },
+        }
+    },
+)
+async def create_response(request: Request, responses: Responses) -> Response:
+    create = await read_create_request(request)
+    return json_response(await responses.create(create))
+
+
+@router.get("/{response_id}")
+async def retrieve_response(
+    response_id: str,
+    responses: Responses,
+    stream: bool = False,
+) -> Response:
+    if stream:
+        raise BadRequestError(
+            "This response cannot be streamed: only responses created with background=true and "
+            "stream=true can be streamed again.",
+            param="stream",
+        )
+    return json_response(await responses.retrieve(response_id))
+
+
+@router.delete("/{response_id}")
+async def delete_response(response_id: str, responses: Responses) -> Response:
+    return json_response(await responses.delete(response_id))
+
+
+@router.post("/{response_id}/cancel")
+async def cancel_response(response_id: str, responses: Responses) -> Response:
+    await responses.retrieve(response_id)  # 404 for an unknown id, as OpenAI answers
+    raise BadRequestError(
+        "Only responses created with background=true can be cancelled.", param="response_id"
+    )
+
+
+@router.get("/{response_id}/input_items")
+async def list_input_items(
+    response_id: str,
+    responses: Responses,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    order: Literal["asc", "desc"] = "desc",
+    after: str | None = None,
+) -> Response:
+    page = await responses.list_input_items(response_id, limit=limit, order=order, after=after)
+    return json_response(page)

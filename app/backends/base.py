@@ -1,0 +1,71 @@
+"""The one small interface every model backend implements.
+
+Core hands a backend a `GenerationRequest` whose `items` are the whole context in Responses item
+form (stored history first, then the new input), already resolved and validated. The backend
+translates it into its upstream's dialect, performs the I/O and translates back into Responses
+output items. Core never sees upstream wire formats; backends never see the database.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+@dataclass(slots=True)
+class GenerationRequest:
+    """What to generate. Tool, format and tool-choice values are plain wire dicts."""
+
+    model: str
+    items: list[dict[str, Any]]
+    instructions: str | None = None
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    # "none" | "auto" | "required" | {"type": "function", "name": ...}; None lets upstream decide.
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    text_format: dict[str, Any] | None = None
+    reasoning_effort: str | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    max_output_tokens: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+
+
+@dataclass(slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+@dataclass(slots=True)
+class Generation:
+    """A finished generation: output items (with ids) in order, and how it ended."""
+
+    output: list[dict[str, Any]]
+    status: Literal["completed", "incomplete"] = "completed"
+    incomplete_reason: Literal["max_output_tokens", "content_filter"] | None = None
+    usage: Usage | None = None
+
+
+class Backend(abc.ABC):
+    """A model provider reached over the network.
+
+    Contract:
+    - `generate` returns a `Generation`, or raises `UpstreamError` (a 4xx keeps the upstream's
+      status, a 5xx/connection fault is 502) or `UpstreamTimeoutError` (504). It never raises a
+      transport library's own exception, and error messages never carry credentials.
+    - A backend owns one pooled HTTP client, created in `__init__` and closed by `aclose`, which the
+      application lifespan calls once at shutdown.
+    """
+
+    name: str
+
+    @abc.abstractmethod
+    async def generate(self, request: GenerationRequest) -> Generation: ...
+
+    @abc.abstractmethod
+    async def aclose(self) -> None: ...

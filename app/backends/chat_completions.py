@@ -1,0 +1,343 @@
+"""Chat Completions backend: local OpenAI-compatible servers (vLLM, Ollama, llama.cpp, LM Studio,
+SGLang) and anything else that speaks `POST /v1/chat/completions`.
+
+The translation in both directions is pure functions (`to_chat_body`, `from_chat_completion`),
+unit-tested on their own; `ChatCompletionsBackend` only adds the pooled HTTP client and the
+mapping of transport faults to our errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import httpx
+import orjson
+from httpx_aiohttp import AiohttpTransport
+
+from app.backends.base import Backend, Generation, GenerationRequest, Usage
+from app.config import ModelConfig, public_url
+from app.errors import UpstreamError, UpstreamTimeoutError
+from app.ids import new_id, new_item_id
+
+# --- Responses → Chat Completions ------------------------------------------------------------
+
+_TEXT_PARTS = {"input_text": "text", "output_text": "text", "refusal": "refusal"}
+# Chat Completions knows low/high/auto; "original" asks for no downscaling, the closest is high.
+_IMAGE_DETAIL = {"low": "low", "high": "high", "auto": "auto", "original": "high"}
+
+
+def _chat_part(part: dict[str, Any]) -> dict[str, Any]:
+    kind = part["type"]
+    if kind in _TEXT_PARTS:
+        return {"type": "text", "text": part[_TEXT_PARTS[kind]]}
+    if kind == "input_image":
+        return {
+            "type": "image_url",
+            "image_url": {"url": part["image_url"], "detail": _IMAGE_DETAIL[part["detail"]]},
+        }
+    if kind == "input_file":
+        file: dict[str, Any] = {"file_data": part["file_data"]}
+        if part.get("filename"):
+            file["filename"] = part["filename"]
+        return {"type": "file", "file": file}
+    raise ValueError(f"content part {kind!r} reached the Chat Completions translation")
+
+
+def _chat_content(content: list[dict[str, Any]], *, text_only: bool) -> str | list[dict[str, Any]]:
+    """Text-only content becomes one string: every local server accepts that, not all accept
+    arrays. Anything with an image or a file stays an array of parts."""
+    if text_only or all(part["type"] in _TEXT_PARTS for part in content):
+        return "\n".join(part[_TEXT_PARTS.get(part["type"], "text")] for part in content)
+    return [_chat_part(part) for part in content]
+
+
+def _output_text(output: str | list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+    if isinstance(output, str):
+        return output
+    return _chat_content(output, text_only=False)
+
+
+def to_chat_messages(instructions: str | None, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Responses items → Chat Completions messages.
+
+    `developer` becomes `system` (many chat templates know only system). Consecutive
+    `function_call` items join the assistant message before them as `tool_calls`, which is how
+    Chat Completions represents one assistant turn. Reasoning items are not replayed: most local
+    servers reject or ignore reasoning in input messages.
+    """
+    messages: list[dict[str, Any]] = []
+    if instructions:
+        messages.append({"role": "system", "content": instructions})
+    for item in items:
+        kind = item["type"]
+        if kind == "message":
+            role = "system" if item["role"] == "developer" else item["role"]
+            content = _chat_content(item["content"], text_only=role in ("system", "assistant"))
+            messages.append({"role": role, "content": content})
+        elif kind == "function_call":
+            call = {
+                "id": item["call_id"],
+                "type": "function",
+                "function": {"name": item["name"], "arguments": item["arguments"]},
+            }
+            last = messages[-1] if messages else None
+            if last is not None and last["role"] == "assistant":
+                last.setdefault("tool_calls", []).append(call)
+            else:
+                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif kind == "function_call_output":
+            messages.append(
+                {
+                    "role": "tool",
+                    "tool_call_id": item["call_id"],
+                    "content": _output_text(item["output"]),
+                }
+            )
+    return messages
+
+
+def _chat_tool(tool: dict[str, Any]) -> dict[str, Any]:
+    function: dict[str, Any] = {
+        "name": tool["name"],
+        "parameters": tool.get("parameters") or {"type": "object", "properties": {}},
+    }
+    if tool.get("description"):
+        function["description"] = tool["description"]
+    if tool.get("strict") is not None:
+        function["strict"] = tool["strict"]
+    return {"type": "function", "function": function}
+
+
+def _chat_tool_choice(choice: str | dict[str, Any]) -> str | dict[str, Any]:
+    if isinstance(choice, str):
+        return choice
+    return {"type": "function", "function": {"name": choice["name"]}}
+
+
+def _response_format(text_format: dict[str, Any]) -> dict[str, Any] | None:
+    kind = text_format["type"]
+    if kind == "json_object":
+        return {"type": "json_object"}
+    if kind == "json_schema":
+        schema: dict[str, Any] = {"name": text_format["name"], "schema": text_format["schema"]}
+        for key in ("description", "strict"):
+            if text_format.get(key) is not None:
+                schema[key] = text_format[key]
+        return {"type": "json_schema", "json_schema": schema}
+    return None
+
+
+def to_chat_body(request: GenerationRequest, *, stream: bool = False) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": request.model,
+        "messages": to_chat_messages(request.instructions, request.items),
+        "stream": stream,
+    }
+    if request.tools:
+        body["tools"] = [_chat_tool(tool) for tool in request.tools]
+        if request.parallel_tool_calls is not None:
+            body["parallel_tool_calls"] = request.parallel_tool_calls
+    if request.tool_choice is not None and (request.tools or request.tool_choice == "none"):
+        body["tool_choice"] = _chat_tool_choice(request.tool_choice)
+    if request.text_format is not None:
+        response_format = _response_format(request.text_format)
+        if response_format is not None:
+            body["response_format"] = response_format
+    if request.reasoning_effort is not None:
+        body["reasoning_effort"] = request.reasoning_effort
+    # `max_tokens` rather than `max_completion_tokens`: every local server accepts it.
+    optional = {
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "max_tokens": request.max_output_tokens,
+        "presence_penalty": request.presence_penalty,
+        "frequency_penalty": request.frequency_penalty,
+    }
+    body.update((key, value) for key, value in optional.items() if value is not None)
+    return body
+
+
+# --- Chat Completions → Responses ------------------------------------------------------------
+
+
+def _usage(raw: Any) -> Usage | None:
+    if not isinstance(raw, dict):
+        return None
+    prompt_details = raw.get("prompt_tokens_details") or {}
+    completion_details = raw.get("completion_tokens_details") or {}
+    return Usage(
+        input_tokens=int(raw.get("prompt_tokens") or 0),
+        output_tokens=int(raw.get("completion_tokens") or 0),
+        cached_tokens=int(prompt_details.get("cached_tokens") or 0),
+        reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
+    )
+
+
+def reasoning_item(text: str) -> dict[str, Any]:
+    return {
+        "id": new_item_id("reasoning"),
+        "type": "reasoning",
+        "summary": [],
+        "content": [{"type": "reasoning_text", "text": text}],
+    }
+
+
+def message_item(parts: list[dict[str, Any]], status: str) -> dict[str, Any]:
+    return {
+        "id": new_item_id("message"),
+        "type": "message",
+        "status": status,
+        "role": "assistant",
+        "content": parts,
+    }
+
+
+def function_call_item(call_id: str | None, name: str, arguments: str, status: str) -> dict[str, Any]:
+    return {
+        "id": new_item_id("function_call"),
+        "type": "function_call",
+        "status": status,
+        "call_id": call_id or new_id("call"),
+        "name": name,
+        "arguments": arguments,
+    }
+
+
+def output_text_part(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+_FINISH = {"length": "max_output_tokens", "content_filter": "content_filter"}
+
+
+def from_chat_completion(data: Any) -> Generation:
+    """A Chat Completions response body → output items. Raises `ValueError` on a malformed body."""
+    if not isinstance(data, dict) or not isinstance(data.get("choices"), list) or not data["choices"]:
+        raise ValueError("the upstream answer has no choices")
+    choice = data["choices"][0]
+    message = choice.get("message")
+    if not isinstance(message, dict):
+        raise ValueError("the upstream answer's first choice has no message")
+    reason = _FINISH.get(choice.get("finish_reason") or "")
+    item_status = "incomplete" if reason else "completed"
+
+    output: list[dict[str, Any]] = []
+    # vLLM and DeepSeek name it `reasoning_content`; newer vLLM and Ollama name it `reasoning`.
+    reasoning = message.get("reasoning_content") or message.get("reasoning")
+    if isinstance(reasoning, str) and reasoning:
+        output.append(reasoning_item(reasoning))
+    tool_calls = message.get("tool_calls") or []
+    text = message.get("content")
+    parts: list[dict[str, Any]] = []
+    if isinstance(text, str) and (text or not tool_calls):
+        parts.append(output_text_part(text))
+    if message.get("refusal"):
+        parts.append({"type": "refusal", "refusal": message["refusal"]})
+    if parts or not tool_calls:
+        output.append(message_item(parts or [output_text_part("")], item_status))
+    for call in tool_calls:
+        function = call.get("function") or {}
+        output.append(
+            function_call_item(
+                call.get("id"),
+                str(function.get("name") or ""),
+                function.get("arguments") or "",
+                item_status,
+            )
+        )
+    return Generation(
+        output=output,
+        status="incomplete" if reason else "completed",
+        incomplete_reason=reason,  # type: ignore[arg-type]
+        usage=_usage(data.get("usage")),
+    )
+
+
+# --- the backend -----------------------------------------------------------------------------
+
+
+def _error_message(body: bytes) -> tuple[str, str | None]:
+    """The upstream's own error message and code, from the shapes local servers use."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body.decode("utf-8", "replace")[:500].strip() or "(empty body)", None
+    if isinstance(data, dict):
+        error = data.get("error")
+        if isinstance(error, dict):
+            code = error.get("code")
+            return str(error.get("message") or error), code if isinstance(code, str) else None
+        for key in ("error", "detail", "message"):
+            if isinstance(data.get(key), str):
+                return str(data[key]), None
+    return str(data)[:500], None
+
+
+class ChatCompletionsBackend(Backend):
+    def __init__(self, config: ModelConfig) -> None:
+        self.name = config.name
+        self._config = config
+        self._url = f"{config.base_url}/chat/completions"
+        self._where = f"the upstream of model {config.name!r} ({public_url(config.base_url)})"
+        self._secret = config.api_key.get_secret_value() if config.api_key else None
+        headers = {"content-type": "application/json", "accept": "application/json"}
+        if self._secret:
+            headers["authorization"] = f"Bearer {self._secret}"
+        limits = httpx.Limits(
+            max_connections=config.max_connections,
+            max_keepalive_connections=config.max_connections,
+        )
+        self._client = httpx.AsyncClient(
+            transport=AiohttpTransport(limits=limits),
+            headers=headers,
+            timeout=httpx.Timeout(
+                config.timeout, connect=config.connect_timeout, pool=config.connect_timeout
+            ),
+        )
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._secret, "[redacted]") if self._secret else text
+
+    def _transport_error(self, exc: httpx.HTTPError) -> UpstreamError:
+        cause = exc.__cause__
+        # The aiohttp transport maps every connection error to ConnectTimeout; only a real
+        # timeout is a 504.
+        timed_out = isinstance(exc, httpx.TimeoutException) and (
+            cause is None
+            or isinstance(cause, asyncio.TimeoutError | aiohttp.ServerTimeoutError)
+        )
+        if timed_out:
+            return UpstreamTimeoutError(f"Timed out waiting for {self._where}.")
+        detail = type(cause or exc).__name__
+        return UpstreamError(f"Could not reach {self._where}: {detail}.")
+
+    def _status_error(self, status: int, body: bytes) -> UpstreamError:
+        message, code = _error_message(body)
+        message = self._redact(message)
+        if status < 500:
+            kind = "requests" if status == 429 else "invalid_request_error"
+            return UpstreamError(
+                f"{self._where.capitalize()} rejected the request ({status}): {message}",
+                status=status,
+                type=kind,
+                code=code or ("rate_limit_exceeded" if status == 429 else "upstream_error"),
+            )
+        return UpstreamError(f"{self._where.capitalize()} failed ({status}): {message}")
+
+    async def generate(self, request: GenerationRequest) -> Generation:
+        payload = orjson.dumps(to_chat_body(request))
+        try:
+            response = await self._client.post(self._url, content=payload)
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from exc
+        if response.status_code >= 400:
+            raise self._status_error(response.status_code, response.content)
+        try:
+            return from_chat_completion(orjson.loads(response.content))
+        except (orjson.JSONDecodeError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise UpstreamError(f"{self._where.capitalize()} sent a malformed answer: {exc}") from exc
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

@@ -1,0 +1,82 @@
+"""Input items: checks of what we cannot honour, and the canonical stored form of each item.
+
+The canonical form is what `input_items` returns and what is stored: every item gets an `id`
+(the client's, or one we mint) and a `status`, message content is always a list of typed parts,
+and extra keys a client sent (`phase`, `namespace`…) are kept.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.errors import BadRequestError
+from app.ids import new_item_id
+from app.schemas.requests import (
+    FunctionCallItem,
+    FunctionCallOutputItem,
+    InputFile,
+    InputImage,
+    ItemReference,
+    MessageItem,
+    ReasoningItem,
+)
+
+ConcreteItem = MessageItem | FunctionCallItem | FunctionCallOutputItem | ReasoningItem
+
+
+def _check_parts(parts: list[Any], role: str, where: str) -> None:
+    for index, part in enumerate(parts):
+        at = f"{where}[{index}]"
+        if isinstance(part, InputImage | InputFile) and role != "user":
+            raise BadRequestError(
+                f"Invalid '{at}': {part.type} is only allowed in user messages.", param=at
+            )
+        if isinstance(part, InputImage):
+            if part.image_url is None:
+                raise BadRequestError(
+                    f"Invalid '{at}': give image_url (a URL or a data: URI); this gateway has no "
+                    "Files API, so file_id cannot be resolved.",
+                    param=f"{at}.image_url",
+                )
+        elif isinstance(part, InputFile) and part.file_data is None:
+            raise BadRequestError(
+                f"Invalid '{at}': only inline files (file_data) are supported; file_id and "
+                "file_url are not.",
+                param=f"{at}.file_data",
+            )
+
+
+def check_item(item: ConcreteItem | ItemReference, index: int) -> None:
+    """Reject content this gateway cannot pass on, naming the param."""
+    where = f"input[{index}]"
+    if isinstance(item, MessageItem) and isinstance(item.content, list):
+        _check_parts(item.content, item.role, f"{where}.content")
+    elif isinstance(item, FunctionCallOutputItem) and isinstance(item.output, list):
+        _check_parts(item.output, "user", f"{where}.output")
+
+
+def _parts(content: str | list[Any], role: str) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        if role == "assistant":
+            return [{"type": "output_text", "text": content, "annotations": [], "logprobs": []}]
+        return [{"type": "input_text", "text": content}]
+    parts = []
+    for part in content:
+        data = part.model_dump(mode="json", exclude_none=True)
+        if data["type"] == "output_text":
+            data.setdefault("logprobs", [])
+        parts.append(data)
+    return parts
+
+
+def canonical_item(item: ConcreteItem) -> dict[str, Any]:
+    """The stored form of an input item; a stored item replayed by a client compares equal."""
+    data = item.model_dump(mode="json", by_alias=True, exclude_none=True)
+    data["id"] = item.id or new_item_id(item.type)
+    if isinstance(item, MessageItem):
+        data["content"] = _parts(item.content, item.role)
+    elif isinstance(item, FunctionCallOutputItem) and isinstance(item.output, list):
+        data["output"] = _parts(item.output, "user")
+    if not isinstance(item, ReasoningItem):
+        data.setdefault("status", "completed")
+    return data

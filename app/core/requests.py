@@ -1,0 +1,160 @@
+"""What a create request asks for that we cannot honour (a 400 naming the `param`), and the
+translation of the validated request into a backend `GenerationRequest`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.backends.base import GenerationRequest
+from app.errors import BadRequestError
+from app.schemas.requests import (
+    CreateResponseRequest,
+    FunctionTool,
+    ToolChoiceAllowed,
+    ToolChoiceFunction,
+    ToolChoiceOther,
+)
+
+# `include` values with nothing to include on our backends are accepted, as OpenAI accepts them
+# for a request that has no such items; only what would need data we cannot produce is refused.
+ACCEPTED_INCLUDES = {
+    "reasoning.encrypted_content",
+    "message.input_image.image_url",
+    "file_search_call.results",
+    "web_search_call.results",
+    "web_search_call.action.sources",
+    "computer_call_output.output.image_url",
+    "code_interpreter_call.outputs",
+}
+KNOWN_INCLUDES = ACCEPTED_INCLUDES | {"message.output_text.logprobs"}
+
+
+def _not_supported(param: str, what: str) -> BadRequestError:
+    return BadRequestError(f"{what} is not supported by this gateway yet.", param=param)
+
+
+def check_request(request: CreateResponseRequest, backend: str) -> None:
+    """Raise `BadRequestError` for every field we know but cannot honour."""
+    if request.conversation is not None and request.previous_response_id is not None:
+        raise BadRequestError(
+            "Use either 'conversation' or 'previous_response_id', not both.",
+            param="conversation",
+            code="invalid_value",
+        )
+    if request.stream:
+        raise _not_supported("stream", "Streaming ('stream': true)")
+    if request.background:
+        raise _not_supported("background", "Background mode ('background': true)")
+    if request.conversation is not None:
+        raise _not_supported("conversation", "The 'conversation' parameter")
+    if request.prompt is not None:
+        raise BadRequestError(
+            "Prompt templates ('prompt') are not available on this gateway: send the prompt "
+            "text as 'instructions' and 'input'.",
+            param="prompt",
+        )
+    if request.truncation == "auto":
+        raise _not_supported("truncation", "'truncation': 'auto'")
+    if request.context_management:
+        raise _not_supported("context_management", "Server-side compaction ('context_management')")
+    if request.moderation is not None:
+        raise _not_supported("moderation", "Moderation ('moderation')")
+    if request.top_logprobs:
+        raise _not_supported("top_logprobs", "Log probabilities ('top_logprobs')")
+    for index, value in enumerate(request.include or ()):
+        if value not in KNOWN_INCLUDES:
+            raise BadRequestError(
+                f"Invalid value for 'include[{index}]': {value!r} is not a known include value.",
+                param=f"include[{index}]",
+                code="invalid_value",
+            )
+        if value not in ACCEPTED_INCLUDES:
+            raise _not_supported(f"include[{index}]", f"Include value {value!r}")
+    for index, tool in enumerate(request.tools or ()):
+        if not isinstance(tool, FunctionTool):
+            raise BadRequestError(
+                f"Tool type {tool.type!r} is not supported by the {backend} backend: only "
+                "'function' tools can be passed on.",
+                param=f"tools[{index}].type",
+            )
+    _check_tool_choice(request)
+
+
+def _function_names(request: CreateResponseRequest) -> set[str]:
+    return {tool.name for tool in request.tools or () if isinstance(tool, FunctionTool)}
+
+
+def _check_tool_choice(request: CreateResponseRequest) -> None:
+    choice = request.tool_choice
+    names = _function_names(request)
+    if isinstance(choice, ToolChoiceFunction) and choice.name not in names:
+        raise BadRequestError(
+            f"Tool choice names function {choice.name!r}, which is not in 'tools'.",
+            param="tool_choice.name",
+        )
+    if isinstance(choice, ToolChoiceAllowed):
+        for index, allowed in enumerate(choice.tools):
+            if allowed.get("type") != "function" or allowed.get("name") not in names:
+                raise BadRequestError(
+                    "Each of 'tool_choice.tools' must be a function tool listed in 'tools'.",
+                    param=f"tool_choice.tools[{index}]",
+                )
+    if isinstance(choice, ToolChoiceOther):
+        raise BadRequestError(
+            f"Tool choice type {choice.type!r} is not supported: use 'none', 'auto', 'required', "
+            "a function or 'allowed_tools'.",
+            param="tool_choice.type",
+        )
+
+
+def echo_tool(tool: FunctionTool) -> dict[str, Any]:
+    """A function tool as the Response echoes it: every field present (Open Responses requires
+    `strict`; we report the strictness we pass on, which is false unless the client set it)."""
+    return {
+        "type": "function",
+        "name": tool.name,
+        "description": tool.description,
+        "parameters": tool.parameters,
+        "strict": bool(tool.strict),
+    }
+
+
+def _upstream_tool(tool: FunctionTool) -> dict[str, Any]:
+    wire = echo_tool(tool)
+    if tool.strict is None:
+        del wire["strict"]
+    return wire
+
+
+def generation_request(
+    request: CreateResponseRequest, upstream_model: str, items: list[dict[str, Any]]
+) -> GenerationRequest:
+    tools = [_upstream_tool(tool) for tool in request.tools or () if isinstance(tool, FunctionTool)]
+    choice: str | dict[str, Any] | None = None
+    if isinstance(request.tool_choice, str):
+        choice = request.tool_choice
+    elif isinstance(request.tool_choice, ToolChoiceFunction):
+        choice = {"type": "function", "name": request.tool_choice.name}
+    elif isinstance(request.tool_choice, ToolChoiceAllowed):
+        # allowed_tools is a hard limit: the upstream never sees the other tools.
+        allowed = {entry["name"] for entry in request.tool_choice.tools}
+        tools = [tool for tool in tools if tool["name"] in allowed]
+        choice = request.tool_choice.mode
+    text_format = None
+    if request.text is not None:
+        text_format = request.text.format.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return GenerationRequest(
+        model=upstream_model,
+        items=items,
+        instructions=request.instructions,
+        tools=tools,
+        tool_choice=choice,
+        parallel_tool_calls=request.parallel_tool_calls,
+        text_format=text_format,
+        reasoning_effort=request.reasoning.effort if request.reasoning else None,
+        temperature=request.temperature,
+        top_p=request.top_p,
+        max_output_tokens=request.max_output_tokens,
+        presence_penalty=request.presence_penalty,
+        frequency_penalty=request.frequency_penalty,
+    )

@@ -1,0 +1,79 @@
+"""The gateway's exception tree. `api/errors.py` is the only place that turns these into HTTP.
+
+    GatewayError                 status, type, code, param, message
+    ├── BadRequestError          400 invalid_request_error
+    ├── AuthenticationError      401 invalid_request_error / invalid_api_key
+    ├── NotFoundError            404 invalid_request_error (also another tenant's objects)
+    ├── RateLimitError           429
+    ├── StorageError             500 server_error (a database fault, mapped once in `store`)
+    └── UpstreamError            502 server_error; an upstream 4xx keeps its own status
+        └── UpstreamTimeoutError 504 server_error
+
+Messages never carry upstream credentials: backends build them from status and body only.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status: int | None = None,
+        type: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        if type is not None:
+            self.type = type
+
+
+class BadRequestError(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class AuthenticationError(GatewayError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class NotFoundError(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+
+
+class RateLimitError(GatewayError):
+    status = 429
+    type = "requests"
+    code = "rate_limit_exceeded"
+
+
+class StorageError(GatewayError):
+    status = 500
+    type = "server_error"
+    code = "server_error"
+
+
+class UpstreamError(GatewayError):
+    status = 502
+    type = "server_error"
+    code = "upstream_error"
+
+
+class UpstreamTimeoutError(UpstreamError):
+    status = 504
+    code = "upstream_timeout"

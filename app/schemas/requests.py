@@ -1,0 +1,287 @@
+"""Wire models of what clients send: `POST /v1/responses` and the input items inside it.
+
+Unknown top-level fields are ignored (real clients send fields newer than any spec: Codex sends
+`client_metadata`); item and content models allow extra keys so that a replayed item keeps what
+the client sent. Fields we know but cannot honour are rejected in `core`, naming the `param`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
+
+
+class WireModel(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+# --- content parts ---------------------------------------------------------------------------
+
+
+class InputText(WireModel):
+    type: Literal["input_text"]
+    text: str
+
+
+class InputImage(WireModel):
+    type: Literal["input_image"]
+    image_url: str | None = None
+    file_id: str | None = None
+    detail: Literal["low", "high", "auto", "original"] = "auto"
+
+
+class InputFile(WireModel):
+    type: Literal["input_file"]
+    file_id: str | None = None
+    file_data: str | None = None
+    file_url: str | None = None
+    filename: str | None = None
+
+
+class OutputText(WireModel):
+    type: Literal["output_text"]
+    text: str
+    annotations: list[dict[str, Any]] = Field(default_factory=list)
+    logprobs: list[dict[str, Any]] | None = None
+
+
+class Refusal(WireModel):
+    type: Literal["refusal"]
+    refusal: str
+
+
+ContentPart = Annotated[
+    InputText | InputImage | InputFile | OutputText | Refusal, Field(discriminator="type")
+]
+
+
+class SummaryText(WireModel):
+    type: Literal["summary_text"] = "summary_text"
+    text: str
+
+
+class ReasoningText(WireModel):
+    type: Literal["reasoning_text"] = "reasoning_text"
+    text: str
+
+
+# --- input items -----------------------------------------------------------------------------
+
+
+class MessageItem(WireModel):
+    type: Literal["message"] = "message"
+    id: str | None = None
+    role: Literal["user", "assistant", "system", "developer"]
+    content: str | list[ContentPart]
+    status: Literal["in_progress", "completed", "incomplete"] | None = None
+
+
+class FunctionCallItem(WireModel):
+    type: Literal["function_call"]
+    id: str | None = None
+    call_id: str
+    name: str
+    arguments: str
+    status: Literal["in_progress", "completed", "incomplete"] | None = None
+
+
+class FunctionCallOutputItem(WireModel):
+    type: Literal["function_call_output"]
+    id: str | None = None
+    call_id: str
+    output: str | list[ContentPart]
+    status: Literal["in_progress", "completed", "incomplete"] | None = None
+
+
+class ReasoningItem(WireModel):
+    type: Literal["reasoning"]
+    id: str | None = None
+    summary: list[SummaryText] = Field(default_factory=list)
+    content: list[ReasoningText] | None = None
+    encrypted_content: str | None = None
+    status: Literal["in_progress", "completed", "incomplete"] | None = None
+
+
+class ItemReference(WireModel):
+    type: Literal["item_reference"] = "item_reference"
+    id: str
+
+
+def _item_tag(value: Any) -> str:
+    """`type` may be omitted on messages (`{role, content}`) and on item references (`{id}`)."""
+    if isinstance(value, dict):
+        tag = value.get("type")
+        if tag is None:
+            return "message" if "role" in value or "id" not in value else "item_reference"
+        return str(tag)
+    return str(getattr(value, "type", "message"))
+
+
+InputItem = Annotated[
+    Annotated[MessageItem, Tag("message")]
+    | Annotated[FunctionCallItem, Tag("function_call")]
+    | Annotated[FunctionCallOutputItem, Tag("function_call_output")]
+    | Annotated[ReasoningItem, Tag("reasoning")]
+    | Annotated[ItemReference, Tag("item_reference")],
+    Discriminator(
+        _item_tag,
+        custom_error_type="unsupported_item_type",
+        custom_error_message="unsupported input item type",
+    ),
+]
+
+
+# --- tools and formats -----------------------------------------------------------------------
+
+
+class FunctionTool(WireModel):
+    type: Literal["function"]
+    name: str = Field(min_length=1, max_length=128)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class OtherTool(WireModel):
+    """Any non-function tool (hosted tools, custom, namespace…): validated and rejected in core."""
+
+    type: str
+
+
+def _tool_tag(value: Any) -> str:
+    tag = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return "function" if tag == "function" else "other"
+
+
+Tool = Annotated[
+    Annotated[FunctionTool, Tag("function")] | Annotated[OtherTool, Tag("other")],
+    Discriminator(_tool_tag),
+]
+
+
+class ToolChoiceFunction(WireModel):
+    type: Literal["function"]
+    name: str
+
+
+class ToolChoiceAllowed(WireModel):
+    type: Literal["allowed_tools"]
+    mode: Literal["auto", "required"]
+    tools: list[dict[str, Any]]
+
+
+class ToolChoiceOther(WireModel):
+    type: str
+
+
+def _choice_tag(value: Any) -> str:
+    tag = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return tag if tag in ("function", "allowed_tools") else "other"
+
+
+ToolChoice = (
+    Literal["none", "auto", "required"]
+    | Annotated[
+        Annotated[ToolChoiceFunction, Tag("function")]
+        | Annotated[ToolChoiceAllowed, Tag("allowed_tools")]
+        | Annotated[ToolChoiceOther, Tag("other")],
+        Discriminator(_choice_tag),
+    ]
+)
+
+
+class FormatText(WireModel):
+    type: Literal["text"]
+
+
+class FormatJsonSchema(WireModel):
+    type: Literal["json_schema"]
+    name: str = Field(min_length=1, max_length=64)
+    schema_: dict[str, Any] = Field(alias="schema")
+    description: str | None = None
+    strict: bool | None = None
+
+
+class FormatJsonObject(WireModel):
+    type: Literal["json_object"]
+
+
+class TextConfig(WireModel):
+    format: Annotated[
+        FormatText | FormatJsonSchema | FormatJsonObject, Field(discriminator="type")
+    ] = Field(default_factory=lambda: FormatText(type="text"))
+    verbosity: Literal["low", "medium", "high"] | None = None
+
+
+class ReasoningConfig(WireModel):
+    effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
+    summary: Literal["auto", "concise", "detailed"] | None = None
+    generate_summary: Literal["auto", "concise", "detailed"] | None = None
+
+
+class ConversationRef(WireModel):
+    id: str
+
+
+# --- the request -----------------------------------------------------------------------------
+
+METADATA_MAX_KEYS = 16
+METADATA_MAX_KEY = 64
+METADATA_MAX_VALUE = 512
+
+
+class CreateResponseRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    model: str = Field(min_length=1)
+    input: str | list[InputItem] = Field(default_factory=list)
+    instructions: str | None = None
+    previous_response_id: str | None = None
+    conversation: str | ConversationRef | None = None
+    store: bool | None = None
+    background: bool | None = None
+    stream: bool | None = None
+    stream_options: dict[str, Any] | None = None
+    include: list[str] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    max_tool_calls: int | None = Field(default=None, ge=0)
+    text: TextConfig | None = None
+    reasoning: ReasoningConfig | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    max_output_tokens: int | None = Field(default=None, ge=16)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    truncation: Literal["auto", "disabled"] | None = None
+    metadata: dict[str, str] | None = None
+    service_tier: Literal["auto", "default", "flex", "scale", "priority", "fast", "ultrafast"] | None = (
+        None
+    )
+    user: str | None = None
+    safety_identifier: str | None = Field(default=None, max_length=128)
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: str | None = None
+    prompt_cache_options: dict[str, Any] | None = None
+    prompt: dict[str, Any] | None = None
+    context_management: list[dict[str, Any]] | None = None
+    moderation: dict[str, Any] | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def check_metadata_limits(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return value
+        if len(value) > METADATA_MAX_KEYS:
+            raise ValueError(f"metadata may hold at most {METADATA_MAX_KEYS} keys, got {len(value)}")
+        for key, item in value.items():
+            if len(key) > METADATA_MAX_KEY:
+                raise ValueError(f"metadata key {key[:20]!r}… is longer than {METADATA_MAX_KEY}")
+            if len(item) > METADATA_MAX_VALUE:
+                raise ValueError(
+                    f"metadata value of key {key!r} is longer than {METADATA_MAX_VALUE} characters"
+                )
+        return value

@@ -1,0 +1,200 @@
+"""Queries for stored responses and their items, named for their use.
+
+SQLAlchemy Core on the hot path (no ORM unit of work): a create is one transaction with at most
+two statements (items, then the response row), committed before the caller acknowledges it.
+Driver errors are turned into `StorageError` here, once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import ColumnElement, any_, bindparam, delete, func, insert, select
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.types import BigInteger
+
+from app.errors import StorageError
+from app.store.rows import items_table, responses_table
+
+# An input entry is either the pk of an item stored earlier (reused) or a new item to insert.
+InputEntry = int | dict[str, Any]
+
+
+@dataclass(slots=True)
+class StoredItem:
+    pk: int
+    data: dict[str, Any]
+
+
+@dataclass(slots=True)
+class StoredResponse:
+    body: dict[str, Any]
+    output: list[dict[str, Any]]
+
+
+@dataclass(slots=True)
+class NewResponse:
+    """A response to insert. `body` holds every wire field but `output`."""
+
+    id: str
+    created_at: int
+    status: str
+    model: str
+    previous_response_id: str | None
+    body: dict[str, Any]
+    history_pks: list[int]
+    input: list[InputEntry]
+    output: list[dict[str, Any]]
+
+
+class ResponseStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._postgres = engine.dialect.name == "postgresql"
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
+        try:
+            async with self._engine.begin() as connection:
+                yield connection
+        except SQLAlchemyError as exc:
+            raise StorageError(f"The database failed: {type(exc.orig or exc).__name__}.") from exc
+
+    def _pk_in(self, pks: Sequence[int]) -> ColumnElement[bool]:
+        """`items.pk IN (pks)` as one bound parameter, however long the list (no 32k-parameter
+        limit, one cached statement)."""
+        if self._postgres:
+            return items_table.c.pk == any_(bindparam("pks", list(pks), type_=ARRAY(BigInteger)))
+        values = func.json_each(bindparam("pks", orjson.dumps(list(pks)).decode())).table_valued(
+            "value"
+        )
+        return items_table.c.pk.in_(select(values.c.value))
+
+    async def _items_by_pk(
+        self, connection: AsyncConnection, pks: Sequence[int]
+    ) -> dict[int, dict[str, Any]]:
+        if not pks:
+            return {}
+        query = select(items_table.c.pk, items_table.c.data).where(self._pk_in(pks))
+        return {pk: data for pk, data in (await connection.execute(query)).all()}
+
+    async def load_context(self, response_id: str) -> list[StoredItem] | None:
+        """The full ordered context a continuation of `response_id` starts from (its history,
+        input and output), in two queries whatever the chain depth; None if it does not exist."""
+        async with self._transaction() as connection:
+            row = (
+                await connection.execute(
+                    select(
+                        responses_table.c.history_pks,
+                        responses_table.c.input_pks,
+                        responses_table.c.output_pks,
+                    ).where(responses_table.c.id == response_id)
+                )
+            ).first()
+            if row is None:
+                return None
+            pks = [*row.history_pks, *row.input_pks, *row.output_pks]
+            data = await self._items_by_pk(connection, pks)
+        return [StoredItem(pk, data[pk]) for pk in pks if pk in data]
+
+    async def find_items(self, ids: Iterable[str]) -> dict[str, list[StoredItem]]:
+        """Stored items by public id (several rows may share one id)."""
+        wanted = sorted(set(ids))
+        if not wanted:
+            return {}
+        async with self._transaction() as connection:
+            rows = await connection.execute(
+                select(items_table.c.pk, items_table.c.id, items_table.c.data)
+                .where(items_table.c.id.in_(wanted))
+                .order_by(items_table.c.pk)
+            )
+            found: dict[str, list[StoredItem]] = {}
+            for pk, item_id, data in rows.all():
+                found.setdefault(item_id, []).append(StoredItem(pk, data))
+        return found
+
+    async def _insert_items(
+        self, connection: AsyncConnection, response_id: str, items: list[dict[str, Any]]
+    ) -> list[int]:
+        if not items:
+            return []
+        rows = [
+            {"id": item["id"], "response_id": response_id, "type": item["type"], "data": item}
+            for item in items
+        ]
+        result = await connection.execute(
+            insert(items_table).returning(items_table.c.pk, sort_by_parameter_order=True), rows
+        )
+        return [pk for (pk,) in result.all()]
+
+    async def insert_response(self, response: NewResponse) -> None:
+        """Insert the response with its new items, committed when this returns."""
+        new_inputs = [entry for entry in response.input if isinstance(entry, dict)]
+        async with self._transaction() as connection:
+            pks = iter(await self._insert_items(connection, response.id, new_inputs + response.output))
+            input_pks = [entry if isinstance(entry, int) else next(pks) for entry in response.input]
+            output_pks = list(pks)
+            await connection.execute(
+                insert(responses_table),
+                {
+                    "id": response.id,
+                    "created_at": response.created_at,
+                    "status": response.status,
+                    "model": response.model,
+                    "previous_response_id": response.previous_response_id,
+                    "body": response.body,
+                    "history_pks": response.history_pks,
+                    "input_pks": input_pks,
+                    "output_pks": output_pks,
+                },
+            )
+
+    async def get_response(self, response_id: str) -> StoredResponse | None:
+        async with self._transaction() as connection:
+            row = (
+                await connection.execute(
+                    select(responses_table.c.body, responses_table.c.output_pks).where(
+                        responses_table.c.id == response_id
+                    )
+                )
+            ).first()
+            if row is None:
+                return None
+            data = await self._items_by_pk(connection, row.output_pks)
+        return StoredResponse(row.body, [data[pk] for pk in row.output_pks if pk in data])
+
+    async def list_input_items(self, response_id: str) -> list[dict[str, Any]] | None:
+        """Every item used to generate the response (inherited context, then its own input),
+        oldest first; None if the response does not exist."""
+        async with self._transaction() as connection:
+            row = (
+                await connection.execute(
+                    select(responses_table.c.history_pks, responses_table.c.input_pks).where(
+                        responses_table.c.id == response_id
+                    )
+                )
+            ).first()
+            if row is None:
+                return None
+            pks = [*row.history_pks, *row.input_pks]
+            data = await self._items_by_pk(connection, pks)
+        return [data[pk] for pk in pks if pk in data]
+
+    async def delete_response(self, response_id: str) -> bool:
+        """Delete the response and the items it created. Returns False if it did not exist."""
+        async with self._transaction() as connection:
+            result = await connection.execute(
+                delete(responses_table).where(responses_table.c.id == response_id)
+            )
+            if result.rowcount == 0:
+                return False
+            await connection.execute(
+                delete(items_table).where(items_table.c.response_id == response_id)
+            )
+        return True

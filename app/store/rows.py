@@ -1,0 +1,62 @@
+"""Table definitions. Alembic migrations are the source of the schema in every database; these
+classes must match the head revision (a test compares them).
+
+Items are stored once, in `items`; a response refers to them by their surrogate `pk` in three
+ordered lists:
+- `history_pks`: the context inherited through `previous_response_id` (the previous response's
+  history + input + output), copied forward at creation;
+- `input_pks`: this request's own input;
+- `output_pks`: what the model produced.
+
+Why a stored history list rather than a recursive CTE over `previous_response_id`: loading the
+context of turn N then costs two indexed queries (the response row, then its items by primary
+key) whatever N is, and the chain is never walked again. The price is a list of integers per
+response (8 bytes × context length, as JSON), small next to the items themselves. A response whose
+predecessor is later deleted keeps a context that is stable and complete as far as items remain.
+The public item `id` is not unique: clients choose ids too (Codex sends `msg_<uuid>` on every
+replayed item), and a repeated id must never be a duplicate-key error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Integer, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY (the rowid alias), not a BIGINT one.
+PrimaryKey = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ResponseRow(Base):
+    __tablename__ = "responses"
+
+    id: Mapped[str] = mapped_column(String(96), primary_key=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16))
+    model: Mapped[str] = mapped_column(String(256))
+    previous_response_id: Mapped[str | None] = mapped_column(String(96))
+    # Every field of the wire Response except `output`, which is assembled from `items`.
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    history_pks: Mapped[list[int]] = mapped_column(JSON)
+    input_pks: Mapped[list[int]] = mapped_column(JSON)
+    output_pks: Mapped[list[int]] = mapped_column(JSON)
+
+
+class ItemRow(Base):
+    __tablename__ = "items"
+
+    pk: Mapped[int] = mapped_column(PrimaryKey, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(256), index=True)
+    # The response whose request or output created the item; deleting it deletes the item.
+    response_id: Mapped[str] = mapped_column(String(96), index=True)
+    type: Mapped[str] = mapped_column(String(64))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+responses_table = ResponseRow.__table__
+items_table = ItemRow.__table__

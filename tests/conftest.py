@@ -1,0 +1,204 @@
+"""Real parts: a fake upstream HTTP server, a real database (SQLite file and PostgreSQL), the
+gateway served by uvicorn on a free loopback port, and the official `openai` SDK as the client.
+
+PostgreSQL is expected at 127.0.0.1:5432 (override with TEST_POSTGRES_URL). Where none answers,
+the Postgres half is skipped with a loud notice — unless REQUIRE_POSTGRES=1 (set by `.ci/run`),
+which turns that skip into a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import openai
+import pytest
+import uvicorn
+
+from app.cli import main as cli_main
+from app.config import Settings, load_models_file
+from app.main import create_app
+from tests.fake_upstream import FakeUpstream
+
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REQUIRE_POSTGRES = os.environ.get("REQUIRE_POSTGRES") == "1"
+_postgres_notice_given = False
+
+
+def _postgres_available() -> bool:
+    async def probe() -> None:
+        connection = await asyncpg.connect(POSTGRES_URL, timeout=3)
+        await connection.close()
+
+    try:
+        asyncio.run(probe())
+        return True
+    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+        return False
+
+
+def _admin(sql: str) -> None:
+    async def run() -> None:
+        connection = await asyncpg.connect(POSTGRES_URL, timeout=10)
+        try:
+            await connection.execute(sql)
+        finally:
+            await connection.close()
+
+    asyncio.run(run())
+
+
+def _skip_or_fail_postgres() -> None:
+    global _postgres_notice_given
+    message = f"PostgreSQL is not reachable at {POSTGRES_URL}"
+    if REQUIRE_POSTGRES:
+        pytest.fail(f"{message}, and REQUIRE_POSTGRES=1 forbids skipping the Postgres half.")
+    if not _postgres_notice_given:
+        _postgres_notice_given = True
+        print(f"\n\n*** NOTICE: {message}: SKIPPING every Postgres test. ***\n")  # noqa: T201
+    pytest.skip(message)
+
+
+@dataclass
+class Database:
+    kind: str
+    url: str  # the gateway's DATABASE_URL (async driver)
+
+
+def _new_database(kind: str, tmp_path: Path) -> Iterator[Database]:
+    if kind == "sqlite":
+        yield Database("sqlite", f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}")
+        return
+    if not _postgres_available():
+        _skip_or_fail_postgres()
+    name = f"rg_test_{uuid.uuid4().hex[:12]}"
+    _admin(f'CREATE DATABASE "{name}"')
+    base = POSTGRES_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    try:
+        yield Database("postgres", f"{base}/{name}")
+    finally:
+        _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A fresh database with no schema, per test."""
+    yield from _new_database(request.param, tmp_path)
+
+
+def migrate(url: str, to: str = "head") -> None:
+    assert cli_main(["migrate", "--database-url", url, "--to", to]) == 0
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[FakeUpstream]:
+    fake = FakeUpstream().start()
+    yield fake
+    fake.stop()
+
+
+class GatewayServer:
+    """The app served by uvicorn in a thread, on a pre-bound free loopback port."""
+
+    def __init__(self, settings: Settings) -> None:
+        models = load_models_file(settings.gateway_config)
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        config = uvicorn.Config(
+            create_app(settings, models), log_level="warning", lifespan="on", loop="asyncio"
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> GatewayServer:
+        self._thread.start()
+        deadline = time.monotonic() + 20
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the gateway did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(20)
+        self._sock.close()
+
+
+def models_yaml(upstream: FakeUpstream) -> str:
+    return f"""
+models:
+  - name: local-llama
+    backend: chat_completions
+    base_url: {upstream.base_url}
+    api_key: ${{FAKE_UPSTREAM_KEY:-sk-upstream-secret}}
+    upstream_model: llama3.2
+    context_window: 131072
+  - name: short-timeout
+    backend: chat_completions
+    base_url: {upstream.base_url}
+    timeout: 0.5
+  - name: unreachable
+    backend: chat_completions
+    base_url: http://user:pw@127.0.0.1:9/v1
+    connect_timeout: 2
+"""
+
+
+@dataclass
+class Stack:
+    gateway: GatewayServer
+    upstream: FakeUpstream
+    database: Database
+
+    def client(self, **kwargs: object) -> openai.OpenAI:
+        return openai.OpenAI(
+            base_url=f"{self.gateway.url}/v1", api_key="sk-client", max_retries=0, **kwargs
+        )
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def stack(
+    request: pytest.FixtureRequest, upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """A migrated database, the fake upstream and a gateway in front of both (one per database
+    kind for the whole session; tests reset the upstream, never the database)."""
+    tmp = tmp_path_factory.mktemp(f"stack-{request.param}")
+    for database in _new_database(request.param, tmp):
+        migrate(database.url)
+        config = tmp / "models.yaml"
+        config.write_text(models_yaml(upstream))
+        settings = Settings(database_url=database.url, gateway_config=config)
+        server = GatewayServer(settings).start()
+        try:
+            yield Stack(server, upstream, database)
+        finally:
+            server.stop()
+
+
+@pytest.fixture
+def gw(stack: Stack) -> Iterator[Stack]:
+    stack.upstream.reset()
+    yield stack
+
+
+@pytest.fixture
+def client(gw: Stack) -> Iterator[openai.OpenAI]:
+    with gw.client() as c:
+        yield c
