@@ -35,6 +35,11 @@ class Settings(BaseSettings):
     # Upper bound on the JSON body of one request; OpenAI's own limit is in the same range.
     gateway_max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
 
+    @field_validator("gateway_config", mode="before")
+    @classmethod
+    def treat_empty_config_as_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
     @field_validator("database_url")
     @classmethod
     def normalize_database_url(cls, value: str) -> str:
@@ -206,6 +211,7 @@ def public_url(url: str) -> str:
     """A URL without its userinfo (credentials), for logs and messages."""
     parts = urlsplit(url)
     host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
     netloc = f"{host}:{parts.port}" if parts.port else host
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 

@@ -41,7 +41,7 @@ def _postgres_available() -> bool:
     try:
         asyncio.run(probe())
         return True
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+    except (TimeoutError, OSError, asyncpg.PostgresError):
         return False
 
 

@@ -36,7 +36,9 @@ _TYPE_ERRORS = {
 }
 
 
-def envelope(status: int, message: str, type_: str, param: str | None, code: str | None) -> Response:
+def envelope(
+    status: int, message: str, type_: str, param: str | None, code: str | None
+) -> Response:
     body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
@@ -51,6 +53,8 @@ def param_path(data: Any, loc: tuple[int | str, ...]) -> str | None:
     Pydantic puts union member labels (`str`, `list[...]`, a tag) into locations; walking the
     submitted data alongside keeps only the segments that really are keys or indices.
     """
+    if data is None:  # query and path parameters: the location is the name
+        return ".".join(str(part) for part in loc) or None
     path = ""
     node = data
     for position, part in enumerate(loc):
@@ -108,7 +112,9 @@ def validation_error(error: ErrorDetails, data: Any) -> BadRequestError:
             code="invalid_value",
         )
     message = error["msg"].removeprefix("Value error, ")
-    return BadRequestError(f"Invalid value for '{name}': {message}.", param=param, code="invalid_value")
+    return BadRequestError(
+        f"Invalid value for '{name}': {message}.", param=param, code="invalid_value"
+    )
 
 
 def most_specific(errors: list[ErrorDetails]) -> ErrorDetails:
@@ -135,7 +141,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def request_error(_request: Request, exc: RequestValidationError) -> Response:
-        error = most_specific(list(exc.errors()))  # type: ignore[arg-type]
+        error = most_specific(list(exc.errors()))
         loc = tuple(part for part in error["loc"] if part not in ("query", "path", "body"))
         return error_response(validation_error({**error, "loc": loc}, None))
 

@@ -44,9 +44,7 @@ async def read_create_request(request: Request) -> CreateResponseRequest:
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {
-                "application/json": {"schema": CreateResponseRequest.model_json_schema()}
-            },
+            "content": {"application/json": {"schema": CreateResponseRequest.model_json_schema()}},
         }
     },
 )

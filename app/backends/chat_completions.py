@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import aiohttp
 import httpx
@@ -194,7 +195,9 @@ def message_item(parts: list[dict[str, Any]], status: str) -> dict[str, Any]:
     }
 
 
-def function_call_item(call_id: str | None, name: str, arguments: str, status: str) -> dict[str, Any]:
+def function_call_item(
+    call_id: str | None, name: str, arguments: str, status: str
+) -> dict[str, Any]:
     return {
         "id": new_item_id("function_call"),
         "type": "function_call",
@@ -214,7 +217,11 @@ _FINISH = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
 def from_chat_completion(data: Any) -> Generation:
     """A Chat Completions response body → output items. Raises `ValueError` on a malformed body."""
-    if not isinstance(data, dict) or not isinstance(data.get("choices"), list) or not data["choices"]:
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("choices"), list)
+        or not data["choices"]
+    ):
         raise ValueError("the upstream answer has no choices")
     choice = data["choices"][0]
     message = choice.get("message")
@@ -279,7 +286,15 @@ class ChatCompletionsBackend(Backend):
     def __init__(self, config: ModelConfig) -> None:
         self.name = config.name
         self._config = config
-        self._url = f"{config.base_url}/chat/completions"
+        # Credentials in the URL become Basic auth (unless an api_key is set): the aiohttp
+        # transport refuses userinfo in URLs, and a URL is logged where a header is not.
+        parts = urlsplit(config.base_url)
+        auth = (
+            httpx.BasicAuth(unquote(parts.username), unquote(parts.password or ""))
+            if (parts.username and not config.api_key)
+            else None
+        )
+        self._url = public_url(config.base_url) + "/chat/completions"
         self._where = f"the upstream of model {config.name!r} ({public_url(config.base_url)})"
         self._secret = config.api_key.get_secret_value() if config.api_key else None
         headers = {"content-type": "application/json", "accept": "application/json"}
@@ -292,6 +307,7 @@ class ChatCompletionsBackend(Backend):
         self._client = httpx.AsyncClient(
             transport=AiohttpTransport(limits=limits),
             headers=headers,
+            auth=auth,
             timeout=httpx.Timeout(
                 config.timeout, connect=config.connect_timeout, pool=config.connect_timeout
             ),
@@ -305,8 +321,7 @@ class ChatCompletionsBackend(Backend):
         # The aiohttp transport maps every connection error to ConnectTimeout; only a real
         # timeout is a 504.
         timed_out = isinstance(exc, httpx.TimeoutException) and (
-            cause is None
-            or isinstance(cause, asyncio.TimeoutError | aiohttp.ServerTimeoutError)
+            cause is None or isinstance(cause, asyncio.TimeoutError | aiohttp.ServerTimeoutError)
         )
         if timed_out:
             return UpstreamTimeoutError(f"Timed out waiting for {self._where}.")
@@ -337,7 +352,9 @@ class ChatCompletionsBackend(Backend):
         try:
             return from_chat_completion(orjson.loads(response.content))
         except (orjson.JSONDecodeError, ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise UpstreamError(f"{self._where.capitalize()} sent a malformed answer: {exc}") from exc
+            raise UpstreamError(
+                f"{self._where.capitalize()} sent a malformed answer: {exc}"
+            ) from exc
 
     async def aclose(self) -> None:
         await self._client.aclose()

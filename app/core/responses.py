@@ -84,17 +84,13 @@ class ResponsesService:
         for index, item in enumerate(parsed):
             check_item(item, index)
         if isinstance(raw, str):
-            canonical: list[dict[str, Any] | ItemReference] = [
-                canonical_item(_user_message(raw))
-            ]
+            canonical: list[dict[str, Any] | ItemReference] = [canonical_item(_user_message(raw))]
         else:
             canonical = [
                 item if isinstance(item, ItemReference) else canonical_item(item) for item in parsed
             ]
         # Only ids the client chose can name stored items; ids we just minted cannot.
-        client_ids = {
-            item.id for item in parsed if not isinstance(item, ItemReference) and item.id
-        }
+        client_ids = {item.id for item in parsed if not isinstance(item, ItemReference) and item.id}
         entries = await self._reuse_stored(
             canonical, client_ids if request.store is not False else set()
         )
@@ -141,11 +137,11 @@ class ResponsesService:
         """Every Response field but `output`, in OpenAI's order."""
         status = "failed" if generation is None else generation.status
         usage = generation.usage if generation is not None else None
-        text = request.text.model_dump(mode="json", by_alias=True, exclude_none=True) if (
-            request.text is not None
-        ) else {"format": {"type": "text"}}
+        text: dict[str, Any] = {"format": {"type": "text"}}
+        if request.text is not None:
+            text = request.text.model_dump(mode="json", by_alias=True, exclude_none=True)
         text.setdefault("verbosity", "medium")
-        reasoning = {"effort": None, "summary": None}
+        reasoning: dict[str, str | None] = {"effort": None, "summary": None}
         if request.reasoning is not None:
             reasoning = {
                 "effort": request.reasoning.effort,

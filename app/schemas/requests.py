@@ -258,9 +258,9 @@ class CreateResponseRequest(BaseModel):
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     truncation: Literal["auto", "disabled"] | None = None
     metadata: dict[str, str] | None = None
-    service_tier: Literal["auto", "default", "flex", "scale", "priority", "fast", "ultrafast"] | None = (
-        None
-    )
+    service_tier: (
+        Literal["auto", "default", "flex", "scale", "priority", "fast", "ultrafast"] | None
+    ) = None
     user: str | None = None
     safety_identifier: str | None = Field(default=None, max_length=128)
     prompt_cache_key: str | None = None
@@ -276,7 +276,9 @@ class CreateResponseRequest(BaseModel):
         if value is None:
             return value
         if len(value) > METADATA_MAX_KEYS:
-            raise ValueError(f"metadata may hold at most {METADATA_MAX_KEYS} keys, got {len(value)}")
+            raise ValueError(
+                f"metadata may hold at most {METADATA_MAX_KEYS} keys, got {len(value)}"
+            )
         for key, item in value.items():
             if len(key) > METADATA_MAX_KEY:
                 raise ValueError(f"metadata key {key[:20]!r}… is longer than {METADATA_MAX_KEY}")

@@ -64,7 +64,8 @@ class ResponseStore:
             async with self._engine.begin() as connection:
                 yield connection
         except SQLAlchemyError as exc:
-            raise StorageError(f"The database failed: {type(exc.orig or exc).__name__}.") from exc
+            cause = getattr(exc, "orig", None) or exc
+            raise StorageError(f"The database failed: {type(cause).__name__}.") from exc
 
     def _pk_in(self, pks: Sequence[int]) -> ColumnElement[bool]:
         """`items.pk IN (pks)` as one bound parameter, however long the list (no 32k-parameter
@@ -137,7 +138,9 @@ class ResponseStore:
         """Insert the response with its new items, committed when this returns."""
         new_inputs = [entry for entry in response.input if isinstance(entry, dict)]
         async with self._transaction() as connection:
-            pks = iter(await self._insert_items(connection, response.id, new_inputs + response.output))
+            pks = iter(
+                await self._insert_items(connection, response.id, new_inputs + response.output)
+            )
             input_pks = [entry if isinstance(entry, int) else next(pks) for entry in response.input]
             output_pks = list(pks)
             await connection.execute(

@@ -19,9 +19,9 @@ replayed item), and a repeated id must never be a duplicate-key error.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import JSON, BigInteger, Integer, String
+from sqlalchemy import JSON, BigInteger, Integer, String, Table
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY (the rowid alias), not a BIGINT one.
@@ -58,5 +58,5 @@ class ItemRow(Base):
     data: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
-responses_table = ResponseRow.__table__
-items_table = ItemRow.__table__
+responses_table = cast(Table, ResponseRow.__table__)
+items_table = cast(Table, ItemRow.__table__)

@@ -1,0 +1,52 @@
+# responses-gateway — `make run` serves, `make test` tests. Both set up .venv themselves.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+
+.DEFAULT_GOAL := help
+.PHONY: help run test lint format migrate check-config bench-depth clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.stamp-run: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	@touch $@
+
+$(VENV)/.stamp-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $@ $(VENV)/.stamp-run
+
+run: $(VENV)/.stamp-run ## set up, migrate and serve on $(HOST):$(PORT) (SQLite unless DATABASE_URL is set)
+	$(BIN)/responses-gateway migrate
+	$(BIN)/responses-gateway serve --host $(HOST) --port $(PORT)
+
+test: $(VENV)/.stamp-test ## set up and run the whole suite (Postgres half skipped loudly if none answers)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.stamp-test ## ruff format check, ruff lint, mypy --strict
+	$(BIN)/ruff format --check app tests bench migrations
+	$(BIN)/ruff check app tests bench migrations
+	$(BIN)/mypy app
+
+format: $(VENV)/.stamp-test ## apply ruff formatting and safe fixes
+	$(BIN)/ruff format app tests bench migrations
+	$(BIN)/ruff check --fix app tests bench migrations
+
+migrate: $(VENV)/.stamp-run ## bring DATABASE_URL's schema to head
+	$(BIN)/responses-gateway migrate
+
+check-config: $(VENV)/.stamp-run ## validate GATEWAY_CONFIG and print the routing table
+	$(BIN)/responses-gateway check-config
+
+bench-depth: $(VENV)/.stamp-test ## time turn N of a previous_response_id chain (N=1,10,100,1000) on Postgres
+	$(BIN)/python bench/context_depth.py
+
+clean: ## remove the venv and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,317 @@
+"""Creating responses through the official SDK: the wire shape, and what reaches the upstream."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+
+from tests.conftest import Stack
+from tests.fake_upstream import Reply, tool_call
+from tests.wire import raw_create, strict_response
+
+
+def test_plain_text_round_trip(client: openai.OpenAI, gw: Stack) -> None:
+    data = raw_create(client, model="local-llama", input="Hello there")
+    response = strict_response(data)
+    assert response.id.startswith("resp_")
+    assert response.status == "completed"
+    assert response.model == "local-llama"
+    assert response.output_text == "echo: Hello there"
+    assert data["output_text"] == "echo: Hello there"
+    message = response.output[0]
+    assert message.type == "message" and message.id.startswith("msg_")
+    assert response.usage is not None
+    assert (response.usage.input_tokens, response.usage.output_tokens) == (11, 7)
+    assert response.usage.total_tokens == 18
+    assert response.completed_at is not None and response.completed_at >= response.created_at
+    sent = gw.upstream.last
+    assert sent.path == "/v1/chat/completions"
+    assert sent.body["model"] == "llama3.2"
+    assert sent.body["messages"] == [{"role": "user", "content": "Hello there"}]
+    assert sent.headers["Authorization"] == "Bearer sk-upstream-secret"
+
+
+def test_defaults_are_echoed_non_null(client: openai.OpenAI) -> None:
+    data = raw_create(client, model="local-llama", input="hi")
+    assert data["temperature"] == 1.0 and data["top_p"] == 1.0
+    assert data["tool_choice"] == "auto" and data["tools"] == []
+    assert data["truncation"] == "disabled" and data["store"] is True
+    assert data["background"] is False and data["parallel_tool_calls"] is True
+    assert data["text"] == {"format": {"type": "text"}, "verbosity": "medium"}
+    assert data["reasoning"] == {"effort": None, "summary": None}
+    assert data["metadata"] == {} and data["service_tier"] == "default"
+    assert data["usage"]["output_tokens_details"] == {"reasoning_tokens": 0}
+
+
+def test_request_parameters_are_echoed_and_translated(client: openai.OpenAI, gw: Stack) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+        "additionalProperties": False,
+    }
+    data = raw_create(
+        client,
+        model="local-llama",
+        instructions="You are terse.",
+        input=[
+            {"role": "developer", "content": "Answer in JSON."},
+            {"role": "user", "content": [{"type": "input_text", "text": "Where?"}]},
+        ],
+        temperature=0.2,
+        top_p=0.9,
+        max_output_tokens=64,
+        metadata={"team": "search"},
+        text={"format": {"type": "json_schema", "name": "place", "schema": schema, "strict": True}},
+        reasoning={"effort": "low"},
+        extra_body={"presence_penalty": 0.5},
+    )
+    response = strict_response(data)
+    assert response.instructions == "You are terse."
+    assert (response.temperature, response.top_p, response.max_output_tokens) == (0.2, 0.9, 64)
+    assert response.metadata == {"team": "search"}
+    assert data["text"]["format"]["name"] == "place"
+    assert data["reasoning"]["effort"] == "low"
+    assert data["presence_penalty"] == 0.5
+    body = gw.upstream.last.body
+    assert body["messages"] == [
+        {"role": "system", "content": "You are terse."},
+        {"role": "system", "content": "Answer in JSON."},
+        {"role": "user", "content": "Where?"},
+    ]
+    assert body["temperature"] == 0.2 and body["top_p"] == 0.9 and body["max_tokens"] == 64
+    assert body["reasoning_effort"] == "low" and body["presence_penalty"] == 0.5
+    assert body["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "place", "schema": schema, "strict": True},
+    }
+    assert "metadata" not in body  # metadata stays with us
+
+
+def test_json_object_format(client: openai.OpenAI, gw: Stack) -> None:
+    client.responses.create(
+        model="local-llama", input="json please", text={"format": {"type": "json_object"}}
+    )
+    assert gw.upstream.last.body["response_format"] == {"type": "json_object"}
+
+
+def test_images_become_chat_content_parts(client: openai.OpenAI, gw: Stack) -> None:
+    data_uri = "data:image/png;base64,iVBORw0KGgo="
+    client.responses.create(
+        model="local-llama",
+        input=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "input_text", "text": "What is this?"},
+                    {
+                        "type": "input_image",
+                        "image_url": "https://example.com/a.png",
+                        "detail": "low",
+                    },
+                    {"type": "input_image", "image_url": data_uri},
+                ],
+            }
+        ],
+    )
+    assert gw.upstream.last.body["messages"][0]["content"] == [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": "https://example.com/a.png", "detail": "low"}},
+        {"type": "image_url", "image_url": {"url": data_uri, "detail": "auto"}},
+    ]
+
+
+def test_tool_calls_become_function_call_items(client: openai.OpenAI, gw: Stack) -> None:
+    tools = [
+        {
+            "type": "function",
+            "name": "get_weather",
+            "description": "Weather for a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+        {"type": "function", "name": "get_time", "parameters": {"type": "object"}, "strict": True},
+    ]
+    gw.upstream.enqueue(
+        Reply(
+            content=None,
+            tool_calls=[
+                tool_call("get_weather", {"city": "Paris"}, "call_a"),
+                tool_call("get_time", {}, "call_b"),
+            ],
+        )
+    )
+    data = raw_create(
+        client,
+        model="local-llama",
+        input="weather and time?",
+        tools=tools,
+        tool_choice="required",
+        parallel_tool_calls=True,
+    )
+    response = strict_response(data)
+    calls = [item for item in response.output if item.type == "function_call"]
+    assert [(c.name, c.call_id, json.loads(c.arguments)) for c in calls] == [
+        ("get_weather", "call_a", {"city": "Paris"}),
+        ("get_time", "call_b", {}),
+    ]
+    assert all(c.id.startswith("fc_") and c.status == "completed" for c in calls)
+    assert [item.type for item in response.output] == ["function_call", "function_call"]
+    assert data["tools"][0] == {**tools[0], "strict": False}
+    assert data["tools"][1]["strict"] is True and data["tools"][1]["description"] is None
+    body = gw.upstream.last.body
+    assert body["tool_choice"] == "required" and body["parallel_tool_calls"] is True
+    assert body["tools"][0] == {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather for a city",
+            "parameters": tools[0]["parameters"],
+        },
+    }
+    assert body["tools"][1]["function"]["strict"] is True
+
+    # The client runs the tools and continues the chain with their outputs.
+    gw.upstream.enqueue(Reply(content="Sunny, 12:00."))
+    follow = client.responses.create(
+        model="local-llama",
+        previous_response_id=response.id,
+        tools=tools,
+        input=[
+            {"type": "function_call_output", "call_id": "call_a", "output": "sunny"},
+            {"type": "function_call_output", "call_id": "call_b", "output": "12:00"},
+        ],
+    )
+    assert follow.output_text == "Sunny, 12:00."
+    messages = gw.upstream.last.body["messages"]
+    assert messages[0] == {"role": "user", "content": "weather and time?"}
+    assert messages[1]["role"] == "assistant" and messages[1]["content"] is None
+    assert [c["id"] for c in messages[1]["tool_calls"]] == ["call_a", "call_b"]
+    assert messages[2:] == [
+        {"role": "tool", "tool_call_id": "call_a", "content": "sunny"},
+        {"role": "tool", "tool_call_id": "call_b", "content": "12:00"},
+    ]
+
+
+def test_named_tool_choice_and_allowed_tools_limit(client: openai.OpenAI, gw: Stack) -> None:
+    tools = [
+        {"type": "function", "name": "a", "parameters": {"type": "object"}},
+        {"type": "function", "name": "b", "parameters": {"type": "object"}},
+    ]
+    client.responses.create(
+        model="local-llama", input="x", tools=tools, tool_choice={"type": "function", "name": "b"}
+    )
+    assert gw.upstream.last.body["tool_choice"] == {"type": "function", "function": {"name": "b"}}
+    data = raw_create(
+        client,
+        model="local-llama",
+        input="x",
+        tools=tools,
+        tool_choice={
+            "type": "allowed_tools",
+            "mode": "required",
+            "tools": [{"type": "function", "name": "a"}],
+        },
+    )
+    body = gw.upstream.last.body
+    assert [t["function"]["name"] for t in body["tools"]] == ["a"]  # a hard limit
+    assert body["tool_choice"] == "required"
+    assert data["tool_choice"]["type"] == "allowed_tools"
+    assert len(data["tools"]) == 2
+
+
+def test_text_then_tool_call_and_reasoning(client: openai.OpenAI, gw: Stack) -> None:
+    gw.upstream.enqueue(
+        Reply(
+            content="Let me check.",
+            reasoning="The user wants weather.",
+            tool_calls=[tool_call("get_weather", {"city": "Oslo"}, "call_1")],
+        )
+    )
+    data = raw_create(
+        client,
+        model="local-llama",
+        input="weather?",
+        tools=[{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}],
+    )
+    response = strict_response(data)
+    assert [item.type for item in response.output] == ["reasoning", "message", "function_call"]
+    reasoning = response.output[0]
+    assert reasoning.id.startswith("rs_")
+    assert reasoning.content is not None and reasoning.content[0].text == "The user wants weather."
+    assert response.output_text == "Let me check."
+
+
+@pytest.mark.parametrize("key", ["reasoning_content", "reasoning"])
+def test_reasoning_field_names_of_local_servers(client: openai.OpenAI, gw: Stack, key: str) -> None:
+    gw.upstream.enqueue(Reply(content="42", reasoning="thinking…", reasoning_key=key))
+    response = client.responses.create(model="local-llama", input="?")
+    assert response.output[0].type == "reasoning"
+    assert response.output_text == "42"
+
+
+def test_length_finish_is_incomplete(client: openai.OpenAI, gw: Stack) -> None:
+    gw.upstream.enqueue(Reply(content="A long sto", finish_reason="length"))
+    data = raw_create(client, model="local-llama", input="story", max_output_tokens=16)
+    response = strict_response(data)
+    assert response.status == "incomplete"
+    assert response.incomplete_details is not None
+    assert response.incomplete_details.reason == "max_output_tokens"
+    assert response.output[0].status == "incomplete"
+    assert response.completed_at is None
+    assert client.responses.retrieve(response.id).status == "incomplete"
+
+
+def test_refusal_and_usage_details(client: openai.OpenAI, gw: Stack) -> None:
+    gw.upstream.enqueue(
+        Reply(
+            content=None,
+            refusal="I can't help with that.",
+            usage={
+                "prompt_tokens": 100,
+                "completion_tokens": 20,
+                "total_tokens": 120,
+                "prompt_tokens_details": {"cached_tokens": 64},
+                "completion_tokens_details": {"reasoning_tokens": 5},
+            },
+        )
+    )
+    response = strict_response(raw_create(client, model="local-llama", input="bad"))
+    part = response.output[0].content[0]
+    assert part.type == "refusal" and part.refusal == "I can't help with that."
+    assert response.usage is not None
+    assert response.usage.input_tokens_details.cached_tokens == 64
+    assert response.usage.output_tokens_details.reasoning_tokens == 5
+    assert response.usage.total_tokens == 120
+
+
+def test_unknown_fields_are_ignored(client: openai.OpenAI, gw: Stack) -> None:
+    response = client.responses.create(
+        model="local-llama",
+        input="hi",
+        extra_body={"client_metadata": {"x": 1}, "some_future_field": True},
+        prompt_cache_key="abc",
+        include=["reasoning.encrypted_content"],
+        reasoning={"summary": "auto"},
+    )
+    assert response.status == "completed"
+    assert "client_metadata" not in gw.upstream.last.body
+
+
+def test_store_false_is_not_retrievable(client: openai.OpenAI) -> None:
+    response = client.responses.create(model="local-llama", input="secret", store=False)
+    assert response.store is False
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(response.id)
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.responses.create(model="local-llama", input="x", previous_response_id=response.id)
+    assert caught.value.body["code"] == "previous_response_not_found"  # type: ignore[index]
+
+
+def test_models_list(client: openai.OpenAI) -> None:
+    ids = [model.id for model in client.models.list()]
+    assert ids == ["local-llama", "short-timeout", "unreachable"]
+    assert client.models.retrieve("local-llama").id == "local-llama"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("nope")

@@ -1,0 +1,165 @@
+"""Bad input gets a clear 4xx in OpenAI's envelope, names the param, and costs no upstream call."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import Stack
+
+ENVELOPE_KEYS = {"message", "type", "param", "code"}
+
+
+def post(gw: Stack, body: Any, **kwargs: Any) -> httpx.Response:
+    return httpx.post(f"{gw.gateway.url}/v1/responses", json=body, **kwargs)
+
+
+def error_of(raw: httpx.Response) -> dict[str, Any]:
+    body = raw.json()
+    assert set(body) == {"error"} and set(body["error"]) == ENVELOPE_KEYS, body
+    return body["error"]
+
+
+def test_malformed_json(gw: Stack) -> None:
+    raw = httpx.post(
+        f"{gw.gateway.url}/v1/responses",
+        content=b'{"model": "local-llama", "input": ',
+        headers={"content-type": "application/json"},
+    )
+    assert raw.status_code == 400
+    assert "could not parse the JSON body" in error_of(raw)["message"]
+    assert gw.upstream.requests == []
+
+
+def test_body_not_an_object(gw: Stack) -> None:
+    raw = post(gw, ["model"])
+    assert raw.status_code == 400 and error_of(raw)["type"] == "invalid_request_error"
+
+
+def test_missing_model(gw: Stack) -> None:
+    error = error_of(post(gw, {"input": "hi"}))
+    assert error["param"] == "model" and error["code"] == "missing_required_parameter"
+
+
+def test_unknown_model(client: openai.OpenAI, gw: Stack) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.responses.create(model="gpt-nonexistent", input="hi")
+    assert caught.value.body["code"] == "model_not_found"  # type: ignore[index]
+    assert caught.value.body["param"] == "model"  # type: ignore[index]
+    assert gw.upstream.requests == []
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "code"),
+    [
+        ("temperature", 2.5, "decimal_above_max_value"),
+        ("temperature", -0.1, "decimal_below_min_value"),
+        ("top_p", 1.5, "decimal_above_max_value"),
+        ("max_output_tokens", 15, "integer_below_min_value"),
+        ("temperature", "hot", "invalid_type"),
+        ("truncation", "sometimes", "invalid_value"),
+    ],
+)
+def test_out_of_range_values(gw: Stack, field: str, value: Any, code: str) -> None:
+    raw = post(gw, {"model": "local-llama", "input": "hi", field: value})
+    assert raw.status_code == 400
+    error = error_of(raw)
+    assert (error["param"], error["code"]) == (field, code)
+    assert field in error["message"]
+    assert gw.upstream.requests == []
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {f"k{i}": "v" for i in range(17)},
+        {"k" * 65: "v"},
+        {"k": "v" * 513},
+    ],
+)
+def test_metadata_limits(gw: Stack, metadata: dict[str, str]) -> None:
+    raw = post(gw, {"model": "local-llama", "input": "hi", "metadata": metadata})
+    assert raw.status_code == 400 and error_of(raw)["param"] == "metadata"
+
+
+def test_metadata_at_the_limits_is_fine(client: openai.OpenAI) -> None:
+    metadata = {f"{i:02d}" + "k" * 62: "v" * 512 for i in range(16)}
+    assert client.responses.create(model="local-llama", input="x", metadata=metadata).metadata == (
+        metadata
+    )
+
+
+def test_conversation_with_previous_response_id(gw: Stack) -> None:
+    raw = post(
+        gw,
+        {
+            "model": "local-llama",
+            "input": "hi",
+            "conversation": "conv_123",
+            "previous_response_id": "resp_123",
+        },
+    )
+    assert raw.status_code == 400 and error_of(raw)["param"] == "conversation"
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"stream": True}, "stream"),
+        ({"background": True}, "background"),
+        ({"conversation": "conv_1"}, "conversation"),
+        ({"prompt": {"id": "pmpt_1"}}, "prompt"),
+        ({"truncation": "auto"}, "truncation"),
+        ({"top_logprobs": 5}, "top_logprobs"),
+        ({"include": ["message.output_text.logprobs"]}, "include[0]"),
+        ({"include": ["no.such.thing"]}, "include[0]"),
+        ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
+        ({"tool_choice": {"type": "function", "name": "missing"}}, "tool_choice.name"),
+        ({"tool_choice": {"type": "web_search"}}, "tool_choice.type"),
+        ({"input": [{"type": "web_search_call", "id": "ws_1"}]}, "input[0].type"),
+        ({"input": [{"role": "wizard", "content": "x"}]}, "input[0].role"),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]},
+            "input[0].content[0].image_url",
+        ),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]},
+            "input[0].content[0].file_data",
+        ),
+        (
+            {"input": [{"role": "system", "content": [{"type": "input_image", "image_url": "u"}]}]},
+            "input[0].content[0]",
+        ),
+        (
+            {"input": [{"type": "function_call", "name": "f", "arguments": "{}"}]},
+            "input[0].call_id",
+        ),
+    ],
+)
+def test_known_but_unsupported_or_invalid(gw: Stack, extra: dict[str, Any], param: str) -> None:
+    raw = post(gw, {"model": "local-llama", "input": "hi", **extra})
+    assert raw.status_code == 400, raw.text
+    assert error_of(raw)["param"] == param
+    assert gw.upstream.requests == []
+
+
+def test_body_too_large(gw: Stack) -> None:
+    raw = post(gw, {"model": "local-llama", "input": "x" * (64 * 1024 * 1024 + 10)})
+    assert raw.status_code == 413 and error_of(raw)["code"] == "request_too_large"
+
+
+def test_unknown_route_and_method(gw: Stack) -> None:
+    raw = httpx.get(f"{gw.gateway.url}/v1/nothing-here")
+    assert raw.status_code == 404
+    assert error_of(raw)["message"] == "Invalid URL (GET /v1/nothing-here)"
+    raw = httpx.put(f"{gw.gateway.url}/v1/responses")
+    assert raw.status_code == 405 and error_of(raw)["type"] == "invalid_request_error"
+
+
+def test_sdk_raises_typed_errors(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model="local-llama", input="hi", temperature=9)
+    assert caught.value.param == "temperature"  # type: ignore[attr-defined]

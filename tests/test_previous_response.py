@@ -1,0 +1,179 @@
+"""Multi-turn state kept by the gateway: previous_response_id chains, replayed and referenced
+items, and what is (not) inherited."""
+
+from __future__ import annotations
+
+import uuid
+
+import openai
+import pytest
+
+from tests.conftest import Stack
+from tests.wire import strict_items
+
+
+def user_texts(messages: list[dict]) -> list[str]:
+    return [m["content"] for m in messages]
+
+
+def test_multi_turn_conversation(client: openai.OpenAI, gw: Stack) -> None:
+    first = client.responses.create(model="local-llama", input="one", instructions="Be brief.")
+    second = client.responses.create(
+        model="local-llama", input="two", previous_response_id=first.id
+    )
+    third = client.responses.create(
+        model="local-llama", input="three", previous_response_id=second.id
+    )
+    assert third.previous_response_id == second.id
+    # previous input + previous output + new input, in order; instructions are not inherited.
+    assert gw.upstream.last.body["messages"] == [
+        {"role": "user", "content": "one"},
+        {"role": "assistant", "content": "echo: one"},
+        {"role": "user", "content": "two"},
+        {"role": "assistant", "content": "echo: two"},
+        {"role": "user", "content": "three"},
+    ]
+    assert third.instructions is None
+    # Every turn is stored and retrievable later.
+    for response in (first, second, third):
+        assert client.responses.retrieve(response.id).output_text == response.output_text
+    items = client.responses.input_items.list(third.id, order="asc")
+    assert [item.type for item in items.data] == ["message"] * 5
+    assert [item.role for item in items.data] == ["user", "assistant", "user", "assistant", "user"]
+    assert items.data[1].id == first.output[0].id  # the stored output item, not a copy
+
+
+def test_instructions_of_each_turn_apply_to_that_turn_only(
+    client: openai.OpenAI, gw: Stack
+) -> None:
+    first = client.responses.create(model="local-llama", input="a", instructions="Old rules.")
+    client.responses.create(
+        model="local-llama", input="b", instructions="New rules.", previous_response_id=first.id
+    )
+    messages = gw.upstream.last.body["messages"]
+    assert messages[0] == {"role": "system", "content": "New rules."}
+    assert "Old rules." not in str(messages)
+
+
+def test_unknown_previous_response(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.responses.create(model="local-llama", input="x", previous_response_id="resp_nope")
+    assert caught.value.body == {  # type: ignore[comparison-overlap]
+        "message": "Previous response with id 'resp_nope' not found.",
+        "type": "invalid_request_error",
+        "param": "previous_response_id",
+        "code": "previous_response_not_found",
+    }
+
+
+def test_deleted_previous_response(client: openai.OpenAI) -> None:
+    first = client.responses.create(model="local-llama", input="x")
+    client.responses.delete(first.id)
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.responses.create(model="local-llama", input="y", previous_response_id=first.id)
+    assert caught.value.body["code"] == "previous_response_not_found"  # type: ignore[index]
+
+
+def test_store_false_can_continue_a_stored_chain(client: openai.OpenAI, gw: Stack) -> None:
+    first = client.responses.create(model="local-llama", input="stored")
+    second = client.responses.create(
+        model="local-llama", input="ephemeral", previous_response_id=first.id, store=False
+    )
+    assert second.output_text == "echo: ephemeral"
+    assert len(gw.upstream.last.body["messages"]) == 3
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(second.id)
+
+
+def test_replayed_items_with_client_ids_are_stored_once(client: openai.OpenAI, gw: Stack) -> None:
+    """Codex-style: the whole history each call, with ids the client made up or got from us."""
+    user_id = f"msg_{uuid.uuid4()}"
+    first = client.responses.create(
+        model="local-llama",
+        input=[{"type": "message", "id": user_id, "role": "user", "content": "hi"}],
+    )
+    replay = [
+        {"type": "message", "id": user_id, "role": "user", "content": "hi"},
+        first.output[0].model_dump(exclude_none=True),
+        {"type": "message", "id": f"msg_{uuid.uuid4()}", "role": "user", "content": "more"},
+    ]
+    second = client.responses.create(model="local-llama", input=replay)
+    third = client.responses.create(model="local-llama", input=replay)  # the very same ids again
+    assert third.status == "completed"
+    assert gw.upstream.last.body["messages"] == [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "echo: hi"},
+        {"role": "user", "content": "more"},
+    ]
+    listed = client.responses.input_items.list(second.id, order="asc").data
+    assert [item.id for item in listed] == [user_id, first.output[0].id, replay[2]["id"]]
+    # Deleting the first response removes the items it created, not the later responses.
+    client.responses.delete(first.id)
+    assert client.responses.retrieve(third.id).output_text == "echo: more"
+
+
+def test_same_id_with_different_content_is_not_confused(client: openai.OpenAI, gw: Stack) -> None:
+    shared = f"msg_{uuid.uuid4()}"
+    client.responses.create(
+        model="local-llama", input=[{"id": shared, "role": "user", "content": "first text"}]
+    )
+    second = client.responses.create(
+        model="local-llama", input=[{"id": shared, "role": "user", "content": "second text"}]
+    )
+    assert second.output_text == "echo: second text"
+    listed = client.responses.input_items.list(second.id).data
+    assert listed[0].content[0].text == "second text"  # type: ignore[union-attr]
+
+
+def test_item_reference_resolves_a_stored_item(client: openai.OpenAI, gw: Stack) -> None:
+    first = client.responses.create(model="local-llama", input="remember me")
+    stored_user_item = client.responses.input_items.list(first.id).data[0]
+    client.responses.create(
+        model="local-llama",
+        input=[
+            {"type": "item_reference", "id": stored_user_item.id},
+            {"id": first.output[0].id},  # `type` may be omitted
+            {"role": "user", "content": "what did I say?"},
+        ],
+    )
+    assert gw.upstream.last.body["messages"] == [
+        {"role": "user", "content": "remember me"},
+        {"role": "assistant", "content": "echo: remember me"},
+        {"role": "user", "content": "what did I say?"},
+    ]
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.responses.create(model="local-llama", input=[{"type": "item_reference", "id": "x"}])
+    assert caught.value.body["param"] == "input[0].id"  # type: ignore[index]
+
+
+def test_function_call_items_can_be_replayed(client: openai.OpenAI, gw: Stack) -> None:
+    client.responses.create(
+        model="local-llama",
+        input=[
+            {"role": "user", "content": "weather?"},
+            {"type": "function_call", "call_id": "c1", "name": "w", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "rain"},
+        ],
+        tools=[{"type": "function", "name": "w", "parameters": {"type": "object"}}],
+    )
+    messages = gw.upstream.last.body["messages"]
+    assert messages[1]["tool_calls"][0]["function"] == {"name": "w", "arguments": "{}"}
+    assert messages[2] == {"role": "tool", "tool_call_id": "c1", "content": "rain"}
+
+
+def test_input_items_are_sdk_typed_resources(client: openai.OpenAI, gw: Stack) -> None:
+    first = client.responses.create(
+        model="local-llama",
+        input=[
+            {"role": "system", "content": "sys"},
+            {"role": "user", "content": [{"type": "input_text", "text": "hi"}]},
+            {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c", "output": "ok"},
+        ],
+        tools=[{"type": "function", "name": "f", "parameters": {"type": "object"}}],
+    )
+    raw = client.responses.input_items.with_raw_response.list(first.id)
+    body = raw.http_response.json()
+    assert set(body) == {"object", "data", "first_id", "last_id", "has_more"}
+    strict_items(body["data"])
+    assert all(item["id"] for item in body["data"])
