@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     gateway_log_level: str = "info"
     # Upper bound on the JSON body of one request; OpenAI's own limit is in the same range.
     gateway_max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    # Seconds of upstream silence after which a stream gets an SSE keep-alive comment.
+    gateway_sse_keepalive: float = Field(default=15.0, gt=0)
 
     @field_validator("gateway_config", mode="before")
     @classmethod

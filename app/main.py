@@ -61,6 +61,7 @@ def create_app(settings: Settings, models: ModelsFile) -> FastAPI:
 
     app = FastAPI(title="responses-gateway", version="0.1.0", lifespan=lifespan)
     app.state.max_body_bytes = settings.gateway_max_body_bytes
+    app.state.sse_keepalive = settings.gateway_sse_keepalive
     install_error_handlers(app)
     app.include_router(responses_routes.router)
     app.include_router(models_routes.router)

@@ -184,7 +184,9 @@ def stack(
         migrate(database.url)
         config = tmp / "models.yaml"
         config.write_text(models_yaml(upstream))
-        settings = Settings(database_url=database.url, gateway_config=config)
+        settings = Settings(
+            database_url=database.url, gateway_config=config, gateway_sse_keepalive=0.5
+        )
         server = GatewayServer(settings).start()
         try:
             yield Stack(server, upstream, database)

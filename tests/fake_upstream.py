@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import time
 from collections import deque
@@ -29,6 +30,13 @@ class Reply:
     finish_reason: str | None = None
     usage: dict[str, Any] | None = None
     delay: float = 0.0
+    # Streaming only: seconds between chunks; after N data chunks drop the connection, send a
+    # malformed chunk, or go silent for `stall` seconds.
+    token_delay: float = 0.0
+    drop_after: int | None = None
+    malformed_after: int | None = None
+    stall_after: int | None = None
+    stall: float = 0.0
 
 
 @dataclass
@@ -76,6 +84,10 @@ def _last_user_text(messages: list[dict[str, Any]]) -> str:
 class FakeUpstream:
     def __init__(self) -> None:
         self.requests: list[Recorded] = []
+        # Monotonic times at which a client went away in the middle of a streamed answer.
+        self.disconnects: list[float] = []
+        # Monotonic time at which the last streamed answer was completely written.
+        self.finished_at: float | None = None
         self._script: deque[Behaviour] = deque()
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
@@ -97,6 +109,7 @@ class FakeUpstream:
         with self._lock:
             self._script.clear()
             self.requests.clear()
+            self.disconnects.clear()
 
     @property
     def last(self) -> Recorded:
@@ -158,7 +171,84 @@ class FakeUpstream:
             return web.Response(text=behaviour.body, content_type="application/json")
         if behaviour.delay:
             await asyncio.sleep(behaviour.delay)
+        if body.get("stream"):
+            return await self._stream(request, body, behaviour)
         return web.json_response(self._completion(body, behaviour))
+
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], reply: Reply
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        try:
+            for number, chunk in enumerate(self._chunks(body, reply)):
+                if reply.drop_after is not None and number >= reply.drop_after:
+                    assert request.transport is not None
+                    request.transport.close()
+                    return response
+                if reply.stall_after is not None and number == reply.stall_after:
+                    await asyncio.sleep(reply.stall)
+                if reply.malformed_after is not None and number == reply.malformed_after:
+                    await response.write(b"data: {malformed\n\n")
+                    continue
+                if reply.token_delay and number:
+                    await asyncio.sleep(reply.token_delay)
+                await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+            self.finished_at = time.monotonic()
+        except ConnectionResetError:  # aiohttp's ClientConnectionResetError included
+            self.disconnects.append(time.monotonic())
+        except asyncio.CancelledError:
+            self.disconnects.append(time.monotonic())
+            raise
+        return response
+
+    @staticmethod
+    def _chunks(body: dict[str, Any], reply: Reply) -> list[dict[str, Any]]:
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            return {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": body.get("model"),
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+
+        def tokens(text: str) -> list[str]:
+            return re.findall(r"\S+\s*|\s+", text)
+
+        if reply.content is None and not reply.tool_calls and reply.refusal is None:
+            reply.content = f"echo: {_last_user_text(body['messages'])}"
+        chunks = [chunk({"role": "assistant", "content": ""})]
+        for piece in tokens(reply.reasoning or ""):
+            chunks.append(chunk({reply.reasoning_key: piece}))
+        for piece in tokens(reply.content or ""):
+            chunks.append(chunk({"content": piece}))
+        for piece in tokens(reply.refusal or ""):
+            chunks.append(chunk({"refusal": piece}))
+        # Parallel tool calls: each opens with id and name, then their argument pieces
+        # interleave by index, as vLLM and OpenAI send them.
+        pieces: list[list[str]] = []
+        for index, call in enumerate(reply.tool_calls):
+            opening = {"index": index, "id": call["id"], "type": "function"}
+            opening["function"] = {"name": call["function"]["name"], "arguments": ""}
+            chunks.append(chunk({"tool_calls": [opening]}))
+            arguments = call["function"]["arguments"]
+            pieces.append([arguments[i : i + 5] for i in range(0, len(arguments), 5)])
+        for round_ in range(max((len(p) for p in pieces), default=0)):
+            for index, parts in enumerate(pieces):
+                if round_ < len(parts):
+                    delta = {
+                        "tool_calls": [{"index": index, "function": {"arguments": parts[round_]}}]
+                    }
+                    chunks.append(chunk(delta))
+        finish = reply.finish_reason or ("tool_calls" if reply.tool_calls else "stop")
+        chunks.append(chunk({}, finish))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            usage = reply.usage or {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+            chunks.append({**chunk({}), "choices": [], "usage": usage})
+        return chunks
 
     @staticmethod
     def _completion(body: dict[str, Any], reply: Reply) -> dict[str, Any]:

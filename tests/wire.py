@@ -4,10 +4,12 @@ required field or a wrong type fails), and carry the fields Open Responses requi
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import openai
-from openai.types.responses import Response, ResponseItem
+from openai.types.responses import Response, ResponseItem, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 # Open Responses: present and non-null / present and possibly null.
@@ -49,3 +51,63 @@ def raw_create(client: openai.OpenAI, **kwargs: Any) -> dict[str, Any]:
     """POST /v1/responses through the SDK, returning the exact JSON the gateway sent."""
     raw = client.responses.with_raw_response.create(**kwargs)
     return json.loads(raw.text)
+
+
+_events: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
+
+
+@dataclass
+class SSEStream:
+    """A stream read raw off the wire, every frame checked for the framing rules."""
+
+    events: list[dict[str, Any]]
+    comments: list[str]
+
+    @property
+    def types(self) -> list[str]:
+        return [event["type"] for event in self.events]
+
+    def of(self, type_: str) -> list[dict[str, Any]]:
+        return [event for event in self.events if event["type"] == type_]
+
+    @property
+    def terminal(self) -> dict[str, Any]:
+        return self.events[-1]
+
+
+def parse_sse(raw: str) -> SSEStream:
+    events: list[dict[str, Any]] = []
+    comments: list[str] = []
+    assert raw.endswith("\n\n"), "the stream must end on a frame boundary"
+    for block in raw.split("\n\n"):
+        if not block:
+            continue
+        lines = block.split("\n")
+        if all(line.startswith(":") for line in lines):
+            comments.extend(lines)
+            continue
+        assert len(lines) == 2, f"a frame is one event line and one data line: {block!r}"
+        assert lines[0].startswith("event: ") and lines[1].startswith("data: "), block
+        data = json.loads(lines[1][len("data: ") :])
+        assert data["type"] == lines[0][len("event: ") :]
+        events.append(data)
+    return SSEStream(events, comments)
+
+
+def strict_stream(stream: SSEStream) -> list[Any]:
+    """Every event parses as the SDK's typed union (no unknown type, no missing field); sequence
+    numbers start at 0 and increase by one; exactly one terminal event, last."""
+    parsed = [_events.validate_python(event) for event in stream.events]
+    assert [event["sequence_number"] for event in stream.events] == list(range(len(stream.events)))
+    terminal = {"response.completed", "response.incomplete", "response.failed"}
+    assert [t for t in stream.types if t in terminal] == [stream.types[-1]]
+    assert stream.types[:2] == ["response.created", "response.in_progress"]
+    strict_response(stream.terminal["response"])
+    return parsed
+
+
+def stream_raw(base_url: str, body: dict[str, Any]) -> SSEStream:
+    with httpx.stream("POST", f"{base_url}/v1/responses", json={**body, "stream": True}) as r:
+        assert r.status_code == 200, r.read()
+        assert r.headers["content-type"].startswith("text/event-stream")
+        return parse_sse(r.read().decode())

@@ -11,6 +11,7 @@ from starlette.responses import Response
 
 from app.api.deps import Responses, json_response
 from app.api.errors import bad_json, most_specific, validation_error
+from app.api.sse import event_stream
 from app.errors import BadRequestError, GatewayError
 from app.schemas.requests import CreateResponseRequest
 
@@ -50,7 +51,10 @@ async def read_create_request(request: Request) -> CreateResponseRequest:
 )
 async def create_response(request: Request, responses: Responses) -> Response:
     create = await read_create_request(request)
-    return json_response(await responses.create(create))
+    prepared = await responses.prepare(create)  # every 4xx is raised here, before any byte
+    if create.stream:
+        return event_stream(responses.stream(prepared), request.app.state.sse_keepalive)
+    return json_response(await responses.create(prepared))
 
 
 @router.get("/{response_id}")

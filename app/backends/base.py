@@ -9,6 +9,7 @@ output items. Core never sees upstream wire formats; backends never see the data
 from __future__ import annotations
 
 import abc
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -51,6 +52,46 @@ class Generation:
     usage: Usage | None = None
 
 
+# --- streaming deltas: what a backend yields while the upstream answers ------------------------
+
+
+@dataclass(slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(slots=True)
+class RefusalDelta:
+    text: str
+
+
+@dataclass(slots=True)
+class ReasoningDelta:
+    text: str
+
+
+@dataclass(slots=True)
+class ToolCallDelta:
+    """A piece of one tool call. `index` tells parallel calls apart (they may interleave);
+    `call_id` and `name` arrive with the first piece of a call, `arguments` in pieces."""
+
+    index: int
+    call_id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass(slots=True)
+class Finish:
+    """The last thing a stream yields: how generation ended, and the usage if reported."""
+
+    incomplete_reason: Literal["max_output_tokens", "content_filter"] | None = None
+    usage: Usage | None = None
+
+
+Delta = TextDelta | RefusalDelta | ReasoningDelta | ToolCallDelta | Finish
+
+
 class Backend(abc.ABC):
     """A model provider reached over the network.
 
@@ -58,6 +99,7 @@ class Backend(abc.ABC):
     - `generate` returns a `Generation`, or raises `UpstreamError` (a 4xx keeps the upstream's
       status, a 5xx/connection fault is 502) or `UpstreamTimeoutError` (504). It never raises a
       transport library's own exception, and error messages never carry credentials.
+    - Errors raised mid-stream by `stream` follow the same rules.
     - A backend owns one pooled HTTP client, created in `__init__` and closed by `aclose`, which the
       application lifespan calls once at shutdown.
     """
@@ -66,6 +108,14 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def generate(self, request: GenerationRequest) -> Generation: ...
+
+    @abc.abstractmethod
+    def stream(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
+        """Yield deltas as the upstream sends them, ending with exactly one `Finish`.
+
+        Raises like `generate`, also mid-stream (dropped connection, malformed chunk, read
+        timeout). Closing the iterator early (`aclose()`) closes the upstream request at once.
+        """
 
     @abc.abstractmethod
     async def aclose(self) -> None: ...

@@ -9,6 +9,7 @@ mapping of transport faults to our errors.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncGenerator
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -17,10 +18,21 @@ import httpx
 import orjson
 from httpx_aiohttp import AiohttpTransport
 
-from app.backends.base import Backend, Generation, GenerationRequest, Usage
+from app.backends.base import (
+    Backend,
+    Delta,
+    Finish,
+    Generation,
+    GenerationRequest,
+    ReasoningDelta,
+    RefusalDelta,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+)
 from app.config import ModelConfig, public_url
 from app.errors import UpstreamError, UpstreamTimeoutError
-from app.ids import new_id, new_item_id
+from app.schemas.items import function_call_item, message_item, output_text_part, reasoning_item
 
 # --- Responses → Chat Completions ------------------------------------------------------------
 
@@ -136,6 +148,8 @@ def to_chat_body(request: GenerationRequest, *, stream: bool = False) -> dict[st
         "messages": to_chat_messages(request.instructions, request.items),
         "stream": stream,
     }
+    if stream:
+        body["stream_options"] = {"include_usage": True}
     if request.tools:
         body["tools"] = [_chat_tool(tool) for tool in request.tools]
         if request.parallel_tool_calls is not None:
@@ -174,42 +188,6 @@ def _usage(raw: Any) -> Usage | None:
         cached_tokens=int(prompt_details.get("cached_tokens") or 0),
         reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
     )
-
-
-def reasoning_item(text: str) -> dict[str, Any]:
-    return {
-        "id": new_item_id("reasoning"),
-        "type": "reasoning",
-        "summary": [],
-        "content": [{"type": "reasoning_text", "text": text}],
-    }
-
-
-def message_item(parts: list[dict[str, Any]], status: str) -> dict[str, Any]:
-    return {
-        "id": new_item_id("message"),
-        "type": "message",
-        "status": status,
-        "role": "assistant",
-        "content": parts,
-    }
-
-
-def function_call_item(
-    call_id: str | None, name: str, arguments: str, status: str
-) -> dict[str, Any]:
-    return {
-        "id": new_item_id("function_call"),
-        "type": "function_call",
-        "status": status,
-        "call_id": call_id or new_id("call"),
-        "name": name,
-        "arguments": arguments,
-    }
-
-
-def output_text_part(text: str) -> dict[str, Any]:
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
 _FINISH = {"length": "max_output_tokens", "content_filter": "content_filter"}
@@ -260,6 +238,37 @@ def from_chat_completion(data: Any) -> Generation:
         incomplete_reason=reason,  # type: ignore[arg-type]
         usage=_usage(data.get("usage")),
     )
+
+
+def chunk_deltas(chunk: Any) -> tuple[list[Delta], str | None, Usage | None]:
+    """One `chat.completion.chunk` → its deltas, its finish reason and its usage (if any)."""
+    if not isinstance(chunk, dict):
+        raise ValueError("a stream chunk is not a JSON object")
+    usage = _usage(chunk.get("usage"))
+    choices = chunk.get("choices") or []
+    if not choices:
+        return [], None, usage
+    choice = choices[0]
+    delta = choice.get("delta") or {}
+    deltas: list[Delta] = []
+    reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+    if isinstance(reasoning, str) and reasoning:
+        deltas.append(ReasoningDelta(reasoning))
+    if delta.get("content"):
+        deltas.append(TextDelta(delta["content"]))
+    if delta.get("refusal"):
+        deltas.append(RefusalDelta(delta["refusal"]))
+    for call in delta.get("tool_calls") or ():
+        function = call.get("function") or {}
+        deltas.append(
+            ToolCallDelta(
+                index=int(call.get("index") or 0),
+                call_id=call.get("id"),
+                name=function.get("name"),
+                arguments=function.get("arguments") or "",
+            )
+        )
+    return deltas, choice.get("finish_reason"), usage
 
 
 # --- the backend -----------------------------------------------------------------------------
@@ -326,7 +335,7 @@ class ChatCompletionsBackend(Backend):
         if timed_out:
             return UpstreamTimeoutError(f"Timed out waiting for {self._where}.")
         detail = type(cause or exc).__name__
-        return UpstreamError(f"Could not reach {self._where}: {detail}.")
+        return UpstreamError(f"The connection to {self._where} failed: {detail}.")
 
     def _status_error(self, status: int, body: bytes) -> UpstreamError:
         message, code = _error_message(body)
@@ -354,6 +363,53 @@ class ChatCompletionsBackend(Backend):
         except (orjson.JSONDecodeError, ValueError, TypeError, KeyError, AttributeError) as exc:
             raise UpstreamError(
                 f"{self._where.capitalize()} sent a malformed answer: {exc}"
+            ) from exc
+
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
+        payload = orjson.dumps(to_chat_body(request, stream=True))
+        finish_reason: str | None = None
+        usage: Usage | None = None
+        try:
+            async with self._client.stream("POST", self._url, content=payload) as response:
+                if response.status_code >= 400:
+                    raise self._status_error(response.status_code, await response.aread())
+                async for line in response.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue  # blank separators, comments, `event:` lines
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    deltas, reason, chunk_usage = self._parse_chunk(data)
+                    finish_reason = reason or finish_reason
+                    usage = chunk_usage or usage
+                    for delta in deltas:
+                        yield delta
+                else:
+                    if finish_reason is None:
+                        raise UpstreamError(
+                            f"{self._where.capitalize()} closed the stream before finishing."
+                        )
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from exc
+        yield Finish(_FINISH.get(finish_reason or ""), usage)  # type: ignore[arg-type]
+
+    def _parse_chunk(self, data: str) -> tuple[list[Delta], str | None, Usage | None]:
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise UpstreamError(
+                f"{self._where.capitalize()} sent a malformed stream chunk: {data[:200]!r}"
+            ) from None
+        if isinstance(chunk, dict) and chunk.get("error"):
+            message, _code = _error_message(orjson.dumps(chunk))
+            raise UpstreamError(
+                f"{self._where.capitalize()} failed mid-stream: {self._redact(message)}"
+            )
+        try:
+            return chunk_deltas(chunk)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise UpstreamError(
+                f"{self._where.capitalize()} sent a malformed stream chunk: {exc}"
             ) from exc
 
     async def aclose(self) -> None:

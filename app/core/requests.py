@@ -41,8 +41,6 @@ def check_request(request: CreateResponseRequest, backend: str) -> None:
             param="conversation",
             code="invalid_value",
         )
-    if request.stream:
-        raise _not_supported("stream", "Streaming ('stream': true)")
     if request.background:
         raise _not_supported("background", "Background mode ('background': true)")
     if request.conversation is not None:

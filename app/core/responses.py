@@ -6,19 +6,26 @@ before the upstream is called, so bad input costs no tokens and leaves no row be
 
 from __future__ import annotations
 
+import logging
 import time
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
 from typing import Any
 
-from app.backends.base import Generation
+import anyio
+
+from app.backends.base import Finish, GenerationRequest, Usage
 from app.backends.registry import Registry, Route
+from app.core.events import Event, EventLadder
 from app.core.items import ConcreteItem, canonical_item, check_item
 from app.core.requests import check_request, echo_tool, generation_request
-from app.errors import GatewayError, NotFoundError, UpstreamError
+from app.errors import GatewayError, NotFoundError, StorageError, UpstreamError
 from app.ids import new_id
 from app.schemas.requests import CreateResponseRequest, FunctionTool, ItemReference, MessageItem
 from app.schemas.responses import error_object, list_object, render_response, usage_object
 from app.store.responses import InputEntry, NewResponse, ResponseStore, StoredItem
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -30,6 +37,22 @@ class Context:
     items: list[dict[str, Any]]  # what the backend sees: history + input, in order
 
 
+@dataclass(slots=True)
+class Prepared:
+    """A create request that passed every check and is ready to generate."""
+
+    request: CreateResponseRequest
+    route: Route
+    context: Context
+    generation: GenerationRequest
+    id: str = field(default_factory=lambda: new_id("resp"))
+    created_at: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def storing(self) -> bool:
+        return self.request.store is not False
+
+
 class ResponsesService:
     def __init__(self, store: ResponseStore, registry: Registry) -> None:
         self._store = store
@@ -37,26 +60,81 @@ class ResponsesService:
 
     # --- create ------------------------------------------------------------------------------
 
-    async def create(self, request: CreateResponseRequest) -> dict[str, Any]:
+    async def prepare(self, request: CreateResponseRequest) -> Prepared:
+        """Every check that can refuse the request, before any upstream call or any byte sent."""
         route = self._resolve(request.model)
         check_request(request, route.config.backend)
         context = await self._assemble(request)
-        response_id = new_id("resp")
-        created_at = int(time.time())
-        generation_input = generation_request(request, route.upstream_model, context.items)
+        generation = generation_request(request, route.upstream_model, context.items)
+        return Prepared(request, route, context, generation)
+
+    async def create(self, prepared: Prepared) -> dict[str, Any]:
+        """Generate without streaming; the stored row is committed before this returns."""
         try:
-            generation = await route.backend.generate(generation_input)
+            result = await prepared.route.backend.generate(prepared.generation)
         except UpstreamError as exc:
-            if exc.status >= 500 and request.store is not False:
-                await self._store_failed(request, route, context, response_id, created_at, exc)
-                exc.message += f" The response was stored as failed: {response_id}."
+            if exc.status >= 500 and prepared.storing:
+                error = error_object("server_error", exc.message)
+                await self._save(prepared, self._body(prepared, "failed", error=error), [])
+                exc.message += f" The response was stored as failed: {prepared.id}."
             raise
-        body = self._body(request, route, response_id, created_at, generation)
-        if request.store is not False:
-            await self._store.insert_response(
-                self._new_response(request, response_id, body, context, generation.output)
-            )
-        return render_response(body, generation.output)
+        body = self._body(prepared, result.status, result.usage, result.incomplete_reason)
+        await self._save(prepared, body, result.output)
+        return render_response(body, result.output)
+
+    async def stream(self, prepared: Prepared) -> AsyncGenerator[Event, None]:
+        """Generate while streaming the event ladder. Exactly one terminal event ends it, sent
+        after the stored row is committed. If the consumer goes away (client disconnect), the
+        upstream request is closed and the response is stored as `cancelled` with its partial
+        output."""
+        ladder = EventLadder()
+        body = self._body(prepared, "in_progress")
+        yield ladder.event("response.created", response=render_response(body, []))
+        yield ladder.event("response.in_progress", response=render_response(body, []))
+        deltas = prepared.route.backend.stream(prepared.generation)
+        try:
+            async for delta in deltas:
+                for event in ladder.feed(delta):
+                    yield event
+            finish = ladder.finish or Finish()
+            status = "incomplete" if finish.incomplete_reason else "completed"
+            for event in ladder.close_all(status):
+                yield event
+            body = self._body(prepared, status, finish.usage, finish.incomplete_reason)
+            await self._save(prepared, body, ladder.output)
+            yield ladder.event(f"response.{status}", response=render_response(body, ladder.output))
+        except (UpstreamError, StorageError) as exc:
+            async for event in self._fail_stream(prepared, ladder, exc):
+                yield event
+        except (GeneratorExit, anyio.get_cancelled_exc_class()):
+            with anyio.CancelScope(shield=True):
+                await deltas.aclose()
+                output = ladder.snapshot_output()
+                await self._save(prepared, self._body(prepared, "cancelled"), output)
+            raise
+        finally:
+            await deltas.aclose()
+
+    async def _fail_stream(
+        self, prepared: Prepared, ladder: EventLadder, exc: GatewayError
+    ) -> AsyncGenerator[Event, None]:
+        for event in ladder.close_all("incomplete"):
+            yield event
+        error = error_object("server_error", exc.message)
+        body = self._body(prepared, "failed", error=error)
+        if not isinstance(exc, StorageError):
+            try:
+                await self._save(prepared, body, ladder.output)
+            except StorageError as storage:
+                log.error("could not store failed response %s: %s", prepared.id, storage)
+        yield ladder.event(
+            "error",
+            code=exc.code,
+            message=exc.message,
+            param=exc.param,
+            error={"type": exc.type, "code": exc.code, "message": exc.message, "param": exc.param},
+        )
+        yield ladder.event("response.failed", response=render_response(body, ladder.output))
 
     def _resolve(self, model: str) -> Route:
         route = self._registry.resolve(model)
@@ -127,16 +205,14 @@ class ResponsesService:
 
     def _body(
         self,
-        request: CreateResponseRequest,
-        route: Route,
-        response_id: str,
-        created_at: int,
-        generation: Generation | None,
+        prepared: Prepared,
+        status: str,
+        usage: Usage | None = None,
+        incomplete_reason: str | None = None,
         error: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Every Response field but `output`, in OpenAI's order."""
-        status = "failed" if generation is None else generation.status
-        usage = generation.usage if generation is not None else None
+        request = prepared.request
         text: dict[str, Any] = {"format": {"type": "text"}}
         if request.text is not None:
             text = request.text.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -151,25 +227,21 @@ class ResponsesService:
         if not isinstance(tool_choice, str):
             tool_choice = tool_choice.model_dump(mode="json", exclude_none=True)
         return {
-            "id": response_id,
+            "id": prepared.id,
             "object": "response",
-            "created_at": created_at,
+            "created_at": prepared.created_at,
             "status": status,
             "background": bool(request.background),
             "completed_at": int(time.time()) if status == "completed" else None,
             "conversation": None,
             "error": error,
             "frequency_penalty": request.frequency_penalty or 0.0,
-            "incomplete_details": (
-                {"reason": generation.incomplete_reason}
-                if generation is not None and generation.incomplete_reason
-                else None
-            ),
+            "incomplete_details": {"reason": incomplete_reason} if incomplete_reason else None,
             "instructions": request.instructions,
             "max_output_tokens": request.max_output_tokens,
             "max_tool_calls": request.max_tool_calls,
             "metadata": request.metadata or {},
-            "model": route.config.name,
+            "model": prepared.route.config.name,
             "parallel_tool_calls": (
                 True if request.parallel_tool_calls is None else request.parallel_tool_calls
             ),
@@ -201,39 +273,23 @@ class ResponsesService:
             "user": request.user,
         }
 
-    def _new_response(
-        self,
-        request: CreateResponseRequest,
-        response_id: str,
-        body: dict[str, Any],
-        context: Context,
-        output: list[dict[str, Any]],
-    ) -> NewResponse:
-        return NewResponse(
-            id=response_id,
-            created_at=body["created_at"],
-            status=body["status"],
-            model=body["model"],
-            previous_response_id=request.previous_response_id,
-            body=body,
-            history_pks=[item.pk for item in context.history],
-            input=context.entries,
-            output=output,
-        )
-
-    async def _store_failed(
-        self,
-        request: CreateResponseRequest,
-        route: Route,
-        context: Context,
-        response_id: str,
-        created_at: int,
-        exc: GatewayError,
+    async def _save(
+        self, prepared: Prepared, body: dict[str, Any], output: list[dict[str, Any]]
     ) -> None:
-        error = error_object("server_error", exc.message)
-        body = self._body(request, route, response_id, created_at, None, error)
+        if not prepared.storing:
+            return
         await self._store.insert_response(
-            self._new_response(request, response_id, body, context, [])
+            NewResponse(
+                id=prepared.id,
+                created_at=prepared.created_at,
+                status=body["status"],
+                model=body["model"],
+                previous_response_id=prepared.request.previous_response_id,
+                body=body,
+                history_pks=[item.pk for item in prepared.context.history],
+                input=prepared.context.entries,
+                output=output,
+            )
         )
 
     # --- retrieve, delete, list --------------------------------------------------------------

@@ -1,0 +1,252 @@
+"""Turns backend deltas into the Responses stream event ladder, and assembles the output items.
+
+For each output item: `output_item.added` → (content items) `content_part.added` → deltas →
+`….done` → `content_part.done` → `output_item.done`. Reasoning is closed when text or a tool
+call begins; the message is closed when the first tool call begins. Parallel tool calls may
+interleave by upstream index, so several function_call items can be open at once; every event
+names its item, and all are closed, in output order, when the stream ends. Sequence numbers
+start at 0 and increase by one per event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.backends.base import (
+    Delta,
+    Finish,
+    ReasoningDelta,
+    RefusalDelta,
+    TextDelta,
+    ToolCallDelta,
+)
+from app.schemas.items import function_call_item, message_item, output_text_part, reasoning_item
+
+Event = dict[str, Any]
+
+
+@dataclass(slots=True)
+class _Part:
+    kind: str  # "output_text" | "refusal" | "reasoning_text"
+    chunks: list[str] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.chunks)
+
+    def wire(self) -> dict[str, Any]:
+        if self.kind == "output_text":
+            return output_text_part(self.text)
+        if self.kind == "refusal":
+            return {"type": "refusal", "refusal": self.text}
+        return {"type": "reasoning_text", "text": self.text}
+
+
+@dataclass(slots=True)
+class _OpenItem:
+    index: int
+    item: dict[str, Any]
+    parts: list[_Part] = field(default_factory=list)
+    arguments: list[str] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return str(self.item["id"])
+
+
+_DELTA_EVENT = {
+    "output_text": "response.output_text.delta",
+    "refusal": "response.refusal.delta",
+    "reasoning_text": "response.reasoning_text.delta",
+}
+_DONE_EVENT = {
+    "output_text": "response.output_text.done",
+    "refusal": "response.refusal.done",
+    "reasoning_text": "response.reasoning_text.done",
+}
+
+
+class EventLadder:
+    """Feed deltas in, get events out; `output` holds the finished items in order."""
+
+    def __init__(self) -> None:
+        self.sequence = 0
+        self.output: list[dict[str, Any]] = []
+        self._open: dict[int, _OpenItem] = {}  # output index → open item
+        self._reasoning: _OpenItem | None = None
+        self._message: _OpenItem | None = None
+        self._calls: dict[int, _OpenItem] = {}  # upstream tool-call index → open item
+        self.finish: Finish | None = None
+
+    def event(self, type_: str, **fields: Any) -> Event:
+        event = {"type": type_, "sequence_number": self.sequence, **fields}
+        self.sequence += 1
+        return event
+
+    # --- opening and closing items ------------------------------------------------------------
+
+    def _add(self, item: dict[str, Any], events: list[Event]) -> _OpenItem:
+        index = len(self.output)
+        self.output.append(item)
+        opened = _OpenItem(index, item)
+        self._open[index] = opened
+        events.append(self.event("response.output_item.added", output_index=index, item=dict(item)))
+        return opened
+
+    def _add_part(self, item: _OpenItem, kind: str, events: list[Event]) -> _Part:
+        part = _Part(kind)
+        item.parts.append(part)
+        events.append(
+            self.event(
+                "response.content_part.added",
+                item_id=item.id,
+                output_index=item.index,
+                content_index=len(item.parts) - 1,
+                part=part.wire(),
+            )
+        )
+        return part
+
+    def _close_part(self, item: _OpenItem, events: list[Event]) -> None:
+        part = item.parts[-1]
+        where = {
+            "item_id": item.id,
+            "output_index": item.index,
+            "content_index": len(item.parts) - 1,
+        }
+        text = part.text
+        if part.kind == "output_text":
+            events.append(self.event(_DONE_EVENT[part.kind], **where, text=text, logprobs=[]))
+        elif part.kind == "refusal":
+            events.append(self.event(_DONE_EVENT[part.kind], **where, refusal=text))
+        else:
+            events.append(self.event(_DONE_EVENT[part.kind], **where, text=text))
+        events.append(self.event("response.content_part.done", **where, part=part.wire()))
+
+    def _close(self, item: _OpenItem, status: str, events: list[Event]) -> None:
+        del self._open[item.index]
+        data = item.item
+        if data["type"] == "function_call":
+            data["arguments"] = "".join(item.arguments)
+            events.append(
+                self.event(
+                    "response.function_call_arguments.done",
+                    item_id=item.id,
+                    output_index=item.index,
+                    arguments=data["arguments"],
+                    name=data["name"],
+                )
+            )
+        elif item.parts:
+            self._close_part(item, events)
+            data["content"] = [part.wire() for part in item.parts]
+        if data["type"] != "reasoning":
+            data["status"] = status
+        events.append(self.event("response.output_item.done", output_index=item.index, item=data))
+
+    def _close_reasoning(self, events: list[Event]) -> None:
+        if self._reasoning is not None:
+            self._close(self._reasoning, "completed", events)
+            self._reasoning = None
+
+    def _close_message(self, events: list[Event]) -> None:
+        if self._message is not None:
+            self._close(self._message, "completed", events)
+            self._message = None
+
+    # --- deltas -------------------------------------------------------------------------------
+
+    def _content(self, kind: str, text: str, events: list[Event]) -> None:
+        if kind == "reasoning_text":
+            self._close_message(events)
+            if self._reasoning is None:
+                item = reasoning_item("")
+                item["content"] = []
+                self._reasoning = self._add(item, events)
+            target = self._reasoning
+        else:
+            self._close_reasoning(events)
+            if self._message is None:
+                item = message_item([], "in_progress")
+                self._message = self._add(item, events)
+            target = self._message
+        if not target.parts or target.parts[-1].kind != kind:
+            if target.parts:
+                self._close_part(target, events)
+            self._add_part(target, kind, events)
+        target.parts[-1].chunks.append(text)
+        where = {
+            "item_id": target.id,
+            "output_index": target.index,
+            "content_index": len(target.parts) - 1,
+            "delta": text,
+        }
+        if kind == "output_text":
+            where["logprobs"] = []
+        events.append(self.event(_DELTA_EVENT[kind], **where))
+
+    def _tool_call(self, delta: ToolCallDelta, events: list[Event]) -> None:
+        call = self._calls.get(delta.index)
+        if call is None:
+            self._close_reasoning(events)
+            self._close_message(events)
+            item = function_call_item(delta.call_id, delta.name or "", "", "in_progress")
+            call = self._calls[delta.index] = self._add(item, events)
+        elif delta.name and not call.item["name"]:
+            call.item["name"] = delta.name
+        if delta.arguments:
+            call.arguments.append(delta.arguments)
+            events.append(
+                self.event(
+                    "response.function_call_arguments.delta",
+                    item_id=call.id,
+                    output_index=call.index,
+                    delta=delta.arguments,
+                )
+            )
+
+    def feed(self, delta: Delta) -> list[Event]:
+        events: list[Event] = []
+        if isinstance(delta, TextDelta):
+            self._content("output_text", delta.text, events)
+        elif isinstance(delta, RefusalDelta):
+            self._content("refusal", delta.text, events)
+        elif isinstance(delta, ReasoningDelta):
+            self._content("reasoning_text", delta.text, events)
+        elif isinstance(delta, ToolCallDelta):
+            self._tool_call(delta, events)
+        else:
+            self.finish = delta
+        return events
+
+    def close_all(self, status: str) -> list[Event]:
+        """Close every open item with `status` (completed, or incomplete when cut short)."""
+        events: list[Event] = []
+        if not self.output and status == "completed":
+            # An empty answer is still an (empty) assistant message, as without streaming.
+            self._message = self._add(message_item([], "in_progress"), events)
+            self._add_part(self._message, "output_text", events)
+        for index in sorted(self._open):
+            self._close(self._open[index], status, events)
+        self._reasoning = self._message = None
+        self._calls.clear()
+        return events
+
+    def snapshot_output(self) -> list[dict[str, Any]]:
+        """The output so far (for a response cut short): open items carry their partial content."""
+        output = []
+        for index, item in enumerate(self.output):
+            opened = self._open.get(index)
+            if opened is None:
+                output.append(item)
+                continue
+            data = dict(item)
+            if data["type"] == "function_call":
+                data["arguments"] = "".join(opened.arguments)
+            else:
+                data["content"] = [part.wire() for part in opened.parts]
+            if data["type"] != "reasoning":
+                data["status"] = "incomplete"
+            output.append(data)
+        return output

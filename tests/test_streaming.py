@@ -1,0 +1,360 @@
+"""`stream: true`: the full event ladder, parsed strictly as the SDK's typed events, for text,
+tool calls, reasoning, truncation and every failure path; disconnects and no buffering."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import Stack
+from tests.fake_upstream import Reply, tool_call
+from tests.wire import SSEStream, parse_sse, stream_raw, strict_stream
+
+TEXT_LADDER = [
+    "response.created",
+    "response.in_progress",
+    "response.output_item.added",
+    "response.content_part.added",
+]
+TEXT_CLOSE = [
+    "response.output_text.done",
+    "response.content_part.done",
+    "response.output_item.done",
+]
+
+
+def collapse(types: list[str]) -> list[str]:
+    """Runs of the same delta event collapsed to one, to compare ladders."""
+    out: list[str] = []
+    for kind in types:
+        if not (out and out[-1] == kind and kind.endswith(".delta")):
+            out.append(kind)
+    return out
+
+
+def stream(gw: Stack, **body: object) -> SSEStream:
+    return stream_raw(gw.gateway.url, {"model": "local-llama", "input": "hi", **body})
+
+
+def test_text_ladder(gw: Stack, client: openai.OpenAI) -> None:
+    gw.upstream.enqueue(Reply(content="Hello there, how are you?"))
+    result = stream(gw)
+    strict_stream(result)
+    assert collapse(result.types) == [
+        *TEXT_LADDER,
+        "response.output_text.delta",
+        *TEXT_CLOSE,
+        "response.completed",
+    ]
+    deltas = result.of("response.output_text.delta")
+    assert len(deltas) == 5 and all(d["logprobs"] == [] for d in deltas)
+    assert "".join(d["delta"] for d in deltas) == "Hello there, how are you?"
+    final = result.terminal["response"]
+    item_id = final["output"][0]["id"]
+    assert {e["item_id"] for e in deltas} == {item_id}
+    assert result.of("response.output_item.added")[0]["item"]["status"] == "in_progress"
+    assert result.of("response.output_text.done")[0]["text"] == "Hello there, how are you?"
+    assert final["usage"]["total_tokens"] == 18 and final["status"] == "completed"
+    created = result.events[0]["response"]
+    assert created["status"] == "in_progress" and created["output"] == []
+    assert created["id"] == final["id"]
+    # Stored before the terminal event: a GET right after finds exactly that payload.
+    stored = client.responses.with_raw_response.retrieve(final["id"]).http_response.json()
+    assert stored == final
+    assert gw.upstream.last.body["stream"] is True
+    assert gw.upstream.last.body["stream_options"] == {"include_usage": True}
+
+
+def test_sdk_stream_helper(gw: Stack, client: openai.OpenAI) -> None:
+    gw.upstream.enqueue(Reply(content="streamed words here"))
+    with client.responses.stream(model="local-llama", input="hi") as events:
+        texts = [event.delta for event in events if event.type == "response.output_text.delta"]
+        final = events.get_final_response()
+    assert "".join(texts) == "streamed words here"
+    assert final.output_text == "streamed words here"
+    assert final.status == "completed"
+
+
+def test_sdk_create_stream_iterates_typed_events(gw: Stack, client: openai.OpenAI) -> None:
+    with client.responses.create(model="local-llama", input="typed", stream=True) as events:
+        kinds = [type(event).__name__ for event in events]
+    assert kinds[0] == "ResponseCreatedEvent" and kinds[-1] == "ResponseCompletedEvent"
+    assert "ResponseTextDeltaEvent" in kinds
+
+
+def test_parallel_tool_calls_interleaved(gw: Stack) -> None:
+    gw.upstream.enqueue(
+        Reply(
+            content=None,
+            tool_calls=[
+                tool_call("get_weather", {"city": "Paris", "unit": "celsius"}, "call_a"),
+                tool_call("get_time", {"zone": "Europe/Paris"}, "call_b"),
+            ],
+        )
+    )
+    tools = [
+        {"type": "function", "name": n, "parameters": {"type": "object"}}
+        for n in ("get_weather", "get_time")
+    ]
+    result = stream(gw, tools=tools)
+    strict_stream(result)
+    output = result.terminal["response"]["output"]
+    assert [item["type"] for item in output] == ["function_call", "function_call"]
+    for index, item in enumerate(output):
+        pieces = [
+            e["delta"]
+            for e in result.of("response.function_call_arguments.delta")
+            if e["output_index"] == index
+        ]
+        assert all(
+            e["item_id"] == item["id"]
+            for e in result.of("response.function_call_arguments.delta")
+            if e["output_index"] == index
+        )
+        assert "".join(pieces) == item["arguments"]
+        done = [
+            e
+            for e in result.of("response.function_call_arguments.done")
+            if e["output_index"] == index
+        ]
+        assert done[0]["arguments"] == item["arguments"] and done[0]["name"] == item["name"]
+    assert json.loads(output[0]["arguments"]) == {"city": "Paris", "unit": "celsius"}
+    assert [item["call_id"] for item in output] == ["call_a", "call_b"]
+    # The argument deltas really interleaved (both items open at once), yet each was closed once.
+    indexes = [e["output_index"] for e in result.of("response.function_call_arguments.delta")]
+    assert indexes[:2] == [0, 1]
+    assert [e["output_index"] for e in result.of("response.output_item.done")] == [0, 1]
+    added = result.of("response.output_item.added")
+    assert [a["item"]["arguments"] for a in added] == ["", ""]
+
+
+def test_text_then_tool_call(gw: Stack) -> None:
+    gw.upstream.enqueue(
+        Reply(content="Let me look.", tool_calls=[tool_call("lookup", {"q": "x"}, "call_1")])
+    )
+    result = stream(gw, tools=[{"type": "function", "name": "lookup", "parameters": {}}])
+    strict_stream(result)
+    assert collapse(result.types) == [
+        *TEXT_LADDER,
+        "response.output_text.delta",
+        *TEXT_CLOSE,
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert [i["type"] for i in result.terminal["response"]["output"]] == [
+        "message",
+        "function_call",
+    ]
+
+
+def test_reasoning_then_text(gw: Stack) -> None:
+    gw.upstream.enqueue(Reply(content="Answer.", reasoning="First think. Then answer."))
+    result = stream(gw)
+    strict_stream(result)
+    assert collapse(result.types) == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.reasoning_text.delta",
+        "response.reasoning_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        *TEXT_CLOSE,
+        "response.completed",
+    ]
+    reasoning, message = result.terminal["response"]["output"]
+    assert reasoning["content"] == [{"type": "reasoning_text", "text": "First think. Then answer."}]
+    assert result.of("response.reasoning_text.done")[0]["text"] == "First think. Then answer."
+    assert message["content"][0]["text"] == "Answer."
+
+
+def test_refusal(gw: Stack) -> None:
+    gw.upstream.enqueue(Reply(content=None, refusal="I cannot do that."))
+    result = stream(gw)
+    strict_stream(result)
+    assert "response.refusal.delta" in result.types
+    assert result.of("response.refusal.done")[0]["refusal"] == "I cannot do that."
+    part = result.terminal["response"]["output"][0]["content"][0]
+    assert part == {"type": "refusal", "refusal": "I cannot do that."}
+
+
+def test_max_output_tokens_truncation(gw: Stack, client: openai.OpenAI) -> None:
+    gw.upstream.enqueue(Reply(content="a story that was cut", finish_reason="length"))
+    result = stream(gw, max_output_tokens=16)
+    strict_stream(result)
+    assert result.types[-1] == "response.incomplete"
+    final = result.terminal["response"]
+    assert final["status"] == "incomplete"
+    assert final["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert final["output"][0]["status"] == "incomplete"
+    assert result.of("response.output_item.done")[0]["item"]["status"] == "incomplete"
+    assert client.responses.retrieve(final["id"]).status == "incomplete"
+
+
+def test_empty_answer_still_has_a_message(gw: Stack) -> None:
+    gw.upstream.enqueue(Reply(content=""))
+    result = stream(gw)
+    strict_stream(result)
+    assert result.terminal["response"]["output"][0]["content"][0]["text"] == ""
+
+
+@pytest.mark.parametrize(
+    ("reply", "code"),
+    [
+        (Reply(content="one two three four five", drop_after=3), "upstream_error"),
+        (Reply(content="one two three four five", malformed_after=3), "upstream_error"),
+    ],
+)
+def test_mid_stream_failure(gw: Stack, client: openai.OpenAI, reply: Reply, code: str) -> None:
+    gw.upstream.enqueue(reply)
+    result = stream(gw)
+    strict_stream(result)
+    assert result.types[-2:] == ["error", "response.failed"]
+    error = result.of("error")[0]
+    assert error["code"] == code and error["message"]
+    assert error["error"] == {
+        "type": "server_error",
+        "code": code,
+        "message": error["message"],
+        "param": None,
+    }
+    final = result.terminal["response"]
+    assert final["status"] == "failed" and final["error"]["code"] == "server_error"
+    # The partial output is kept, its open item closed as incomplete.
+    assert final["output"][0]["status"] == "incomplete"
+    assert final["output"][0]["content"][0]["text"].startswith("one two")
+    stored = client.responses.retrieve(final["id"])
+    assert stored.status == "failed" and stored.output_text.startswith("one two")
+    # Every item that was added was also closed.
+    assert len(result.of("response.output_item.added")) == len(
+        result.of("response.output_item.done")
+    )
+
+
+def test_upstream_error_before_output(gw: Stack, client: openai.OpenAI) -> None:
+    from tests.fake_upstream import Fail
+
+    gw.upstream.enqueue(Fail(500, {"error": {"message": "no GPUs left"}}))
+    result = stream(gw)
+    strict_stream(result)
+    assert result.types == ["response.created", "response.in_progress", "error", "response.failed"]
+    assert "no GPUs left" in result.of("error")[0]["message"]
+    assert client.responses.retrieve(result.terminal["response"]["id"]).status == "failed"
+
+
+def test_read_timeout_mid_stream(gw: Stack) -> None:
+    gw.upstream.enqueue(Reply(content="a b c d", stall_after=2, stall=3.0))
+    result = stream(gw, model="short-timeout")
+    strict_stream(result)
+    assert result.of("error")[0]["code"] == "upstream_timeout"
+    assert result.terminal["response"]["status"] == "failed"
+
+
+def test_sdk_raises_on_error_event(gw: Stack, client: openai.OpenAI) -> None:
+    gw.upstream.enqueue(Reply(content="one two three", drop_after=2))
+    seen: list[str] = []
+    with pytest.raises(openai.APIError):
+        with client.responses.create(model="local-llama", input="x", stream=True) as events:
+            for event in events:
+                seen.append(event.type)
+    assert seen[0] == "response.created"
+
+
+def test_store_false_stream(gw: Stack, client: openai.OpenAI) -> None:
+    result = stream(gw, store=False)
+    strict_stream(result)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(result.terminal["response"]["id"])
+
+
+def test_previous_response_id_with_streaming(gw: Stack, client: openai.OpenAI) -> None:
+    first = stream(gw, input="one").terminal["response"]
+    second = stream(gw, input="two", previous_response_id=first["id"]).terminal["response"]
+    assert second["previous_response_id"] == first["id"]
+    assert [m["content"] for m in gw.upstream.last.body["messages"]] == ["one", "echo: one", "two"]
+
+
+def test_deltas_are_not_buffered(gw: Stack) -> None:
+    words = " ".join(f"w{i}" for i in range(15))
+    gw.upstream.enqueue(Reply(content=words, token_delay=0.05))
+    first_delta_at = None
+    with httpx.stream(
+        "POST",
+        f"{gw.gateway.url}/v1/responses",
+        json={"model": "local-llama", "input": "x", "stream": True},
+    ) as response:
+        for line in response.iter_lines():
+            if first_delta_at is None and '"response.output_text.delta"' in line:
+                first_delta_at = time.monotonic()
+    assert first_delta_at is not None and gw.upstream.finished_at is not None
+    # The upstream needed ~0.7 s to finish; the first delta must have arrived well before.
+    assert first_delta_at < gw.upstream.finished_at - 0.3
+
+
+def test_keepalive_during_upstream_silence(gw: Stack) -> None:
+    gw.upstream.enqueue(Reply(content="after a long think", stall_after=1, stall=1.6))
+    result = stream(gw)  # the test gateway sends keep-alives every 0.5 s
+    strict_stream(result)
+    assert result.comments, "expected SSE keep-alive comments during the stall"
+
+
+def test_client_disconnect_closes_upstream_and_stores_cancelled(
+    gw: Stack, client: openai.OpenAI
+) -> None:
+    words = " ".join(f"w{i}" for i in range(60))
+    gw.upstream.enqueue(Reply(content=words, token_delay=0.1))
+    response_id = None
+    deltas = 0
+    with httpx.stream(
+        "POST",
+        f"{gw.gateway.url}/v1/responses",
+        json={"model": "local-llama", "input": "x", "stream": True},
+    ) as response:
+        for line in response.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            event = json.loads(line[6:])
+            if event["type"] == "response.created":
+                response_id = event["response"]["id"]
+            if event["type"] == "response.output_text.delta":
+                deltas += 1
+                if deltas == 3:
+                    break
+        closed_at = time.monotonic()
+    assert response_id is not None
+    deadline = closed_at + 1.0
+    while not gw.upstream.disconnects and time.monotonic() < deadline + 0.5:
+        time.sleep(0.02)
+    assert gw.upstream.disconnects, "the upstream never saw the disconnect"
+    assert gw.upstream.disconnects[0] - closed_at < 1.0
+    stored = None
+    while time.monotonic() < deadline + 2:
+        try:
+            stored = client.responses.retrieve(response_id)
+            break
+        except openai.NotFoundError:
+            time.sleep(0.05)
+    assert stored is not None and stored.status == "cancelled"
+    assert stored.output_text.startswith("w0 w1 w2")
+    assert stored.output[0].status == "incomplete"
+
+
+def test_stream_events_parse_for_raw_sse_line_framing(gw: Stack) -> None:
+    raw = httpx.post(
+        f"{gw.gateway.url}/v1/responses",
+        json={"model": "local-llama", "input": "frame me", "stream": True},
+    ).text
+    parsed = parse_sse(raw)
+    assert "[DONE]" not in raw
+    assert all("\n" not in json.dumps(e) for e in parsed.events)
