@@ -2,8 +2,8 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-HOST   ?= 127.0.0.1
-PORT   ?= 8000
+HOST   ?= $(or $(GATEWAY_HOST),127.0.0.1)
+PORT   ?= $(or $(GATEWAY_PORT),8000)
 
 .DEFAULT_GOAL := help
 .PHONY: help run test lint format migrate check-config bench-depth clean
