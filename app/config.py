@@ -36,6 +36,16 @@ class Settings(BaseSettings):
     gateway_max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     # Seconds of upstream silence after which a stream gets an SSE keep-alive comment.
     gateway_sse_keepalive: float = Field(default=15.0, gt=0)
+    # Background mode: jobs one process runs at once, the lease a running job holds (renewed
+    # every third of it), attempts before a job whose process keeps dying is failed, how long
+    # shutdown waits for running jobs before handing them to other replicas, how long stream
+    # events of finished background responses are kept for re-streaming, and the fallback poll.
+    gateway_worker_concurrency: int = Field(default=16, ge=0)
+    gateway_job_lease_seconds: float = Field(default=30.0, gt=0)
+    gateway_job_max_attempts: int = Field(default=3, ge=1)
+    gateway_shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+    gateway_event_retention_seconds: float = Field(default=3600.0, ge=0)
+    gateway_job_poll_seconds: float = Field(default=1.0, gt=0)
 
     @field_validator("gateway_config", mode="before")
     @classmethod

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
@@ -15,9 +15,10 @@ from app.api import responses as responses_routes
 from app.api.errors import install_error_handlers
 from app.backends.registry import Registry
 from app.config import ModelsFile, Settings, describe_routes, load_models_file
+from app.core.background import BackgroundRunner, WorkerSettings
 from app.core.responses import ResponsesService
+from app.store.database import Database, asyncpg_url
 from app.store.engine import create_engine, current_revision, head_revision
-from app.store.responses import ResponseStore
 
 log = logging.getLogger("app")
 
@@ -41,23 +42,36 @@ def log_routes(models: ModelsFile) -> None:
         log.log(level, "route: %s", line)
 
 
+def worker_settings(settings: Settings) -> WorkerSettings:
+    return WorkerSettings(
+        concurrency=settings.gateway_worker_concurrency,
+        lease_seconds=settings.gateway_job_lease_seconds,
+        max_attempts=settings.gateway_job_max_attempts,
+        poll_seconds=settings.gateway_job_poll_seconds,
+        shutdown_grace_seconds=settings.gateway_shutdown_grace_seconds,
+        event_retention_seconds=settings.gateway_event_retention_seconds,
+    )
+
+
 def create_app(settings: Settings, models: ModelsFile) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        engine = create_engine(settings.database_url)
-        try:
+        # Opened in order, closed in reverse: engine, notifications, backends, worker.
+        async with AsyncExitStack() as stack:
+            engine = create_engine(settings.database_url)
+            stack.push_async_callback(engine.dispose)
             await require_head(engine)
+            database = Database(engine, listen_url=asyncpg_url(settings.database_url))
+            await database.start()
+            stack.push_async_callback(database.stop)
             registry = Registry(models)
-            try:
-                log_routes(models)
-                yield {
-                    "responses": ResponsesService(ResponseStore(engine), registry),
-                    "registry": registry,
-                }
-            finally:
-                await registry.aclose()
-        finally:
-            await engine.dispose()
+            stack.push_async_callback(registry.aclose)
+            log_routes(models)
+            runner = BackgroundRunner(database, registry, worker_settings(settings))
+            if settings.gateway_worker_concurrency > 0:
+                await runner.start()
+                stack.push_async_callback(runner.stop)
+            yield {"responses": ResponsesService(database, registry), "registry": registry}
 
     app = FastAPI(title="responses-gateway", version="0.1.0", lifespan=lifespan)
     app.state.max_body_bytes = settings.gateway_max_body_bytes

@@ -101,13 +101,29 @@ def strict_stream(stream: SSEStream) -> list[Any]:
     assert [event["sequence_number"] for event in stream.events] == list(range(len(stream.events)))
     terminal = {"response.completed", "response.incomplete", "response.failed"}
     assert [t for t in stream.types if t in terminal] == [stream.types[-1]]
-    assert stream.types[:2] == ["response.created", "response.in_progress"]
+    opening = ["response.created", "response.in_progress"]
+    if stream.types[1:2] == ["response.queued"]:  # background
+        opening = ["response.created", "response.queued", "response.in_progress"]
+    assert stream.types[: len(opening)] == opening, stream.types[:3]
     strict_response(stream.terminal["response"])
     return parsed
 
 
 def stream_raw(base_url: str, body: dict[str, Any]) -> SSEStream:
-    with httpx.stream("POST", f"{base_url}/v1/responses", json={**body, "stream": True}) as r:
+    with httpx.stream(
+        "POST", f"{base_url}/v1/responses", json={**body, "stream": True}, timeout=30
+    ) as r:
         assert r.status_code == 200, r.read()
         assert r.headers["content-type"].startswith("text/event-stream")
+        return parse_sse(r.read().decode())
+
+
+def restream_raw(base_url: str, response_id: str, starting_after: int | None = None) -> SSEStream:
+    params: dict[str, Any] = {"stream": "true"}
+    if starting_after is not None:
+        params["starting_after"] = starting_after
+    with httpx.stream(
+        "GET", f"{base_url}/v1/responses/{response_id}", params=params, timeout=30
+    ) as r:
+        assert r.status_code == 200, r.read()
         return parse_sse(r.read().decode())

@@ -59,16 +59,15 @@ async def create_response(request: Request, responses: Responses) -> Response:
 
 @router.get("/{response_id}")
 async def retrieve_response(
+    request: Request,
     response_id: str,
     responses: Responses,
     stream: bool = False,
+    starting_after: Annotated[int | None, Query(ge=-1)] = None,
 ) -> Response:
     if stream:
-        raise BadRequestError(
-            "This response cannot be streamed: only responses created with background=true and "
-            "stream=true can be streamed again.",
-            param="stream",
-        )
+        events = await responses.replay(response_id, "", starting_after)
+        return event_stream(events, request.app.state.sse_keepalive)
     return json_response(await responses.retrieve(response_id))
 
 
@@ -79,10 +78,7 @@ async def delete_response(response_id: str, responses: Responses) -> Response:
 
 @router.post("/{response_id}/cancel")
 async def cancel_response(response_id: str, responses: Responses) -> Response:
-    await responses.retrieve(response_id)  # 404 for an unknown id, as OpenAI answers
-    raise BadRequestError(
-        "Only responses created with background=true can be cancelled.", param="response_id"
-    )
+    return json_response(await responses.cancel(response_id))
 
 
 @router.get("/{response_id}/input_items")

@@ -24,6 +24,7 @@ from app.backends.base import (
 from app.schemas.items import function_call_item, message_item, output_text_part, reasoning_item
 
 Event = dict[str, Any]
+TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 
 @dataclass(slots=True)
@@ -70,8 +71,8 @@ _DONE_EVENT = {
 class EventLadder:
     """Feed deltas in, get events out; `output` holds the finished items in order."""
 
-    def __init__(self) -> None:
-        self.sequence = 0
+    def __init__(self, sequence: int = 0) -> None:
+        self.sequence = sequence
         self.output: list[dict[str, Any]] = []
         self._open: dict[int, _OpenItem] = {}  # output index → open item
         self._reasoning: _OpenItem | None = None

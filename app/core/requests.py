@@ -41,8 +41,12 @@ def check_request(request: CreateResponseRequest, backend: str) -> None:
             param="conversation",
             code="invalid_value",
         )
-    if request.background:
-        raise _not_supported("background", "Background mode ('background': true)")
+    if request.background and request.store is False:
+        raise BadRequestError(
+            "Background mode needs 'store': a background response must be stored to be "
+            "retrieved. Remove 'store': false or 'background': true.",
+            param="store",
+        )
     if request.conversation is not None:
         raise _not_supported("conversation", "The 'conversation' parameter")
     if request.prompt is not None:

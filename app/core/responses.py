@@ -1,140 +1,144 @@
-"""The response lifecycle: resolve the model, assemble the context, generate, store, render.
+"""The response lifecycle: resolve the model, assemble the context, then generate in the
+foreground (plain or streamed) or hand the job to the background queue; and retrieve, delete,
+list and cancel what is stored.
 
-`create` reads top-down as the steps it takes. Every step that can refuse the request does so
-before the upstream is called, so bad input costs no tokens and leaves no row behind.
+Every step that can refuse a create request runs in `prepare`, before the upstream is called,
+so bad input costs no tokens and leaves no row behind. Every lookup is scoped to the caller's
+project: another project's id answers exactly like an id that does not exist.
 """
 
 from __future__ import annotations
 
-import logging
-import time
+import asyncio
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
 from typing import Any
 
-import anyio
-
-from app.backends.base import Finish, GenerationRequest, Usage
 from app.backends.registry import Registry, Route
-from app.core.events import Event, EventLadder
+from app.core.events import TERMINAL_EVENTS, Event, EventLadder
+from app.core.generation import (
+    TERMINAL_STATUSES,
+    Context,
+    Prepared,
+    response_body,
+    run_generation,
+)
 from app.core.items import ConcreteItem, canonical_item, check_item
-from app.core.requests import check_request, echo_tool, generation_request
-from app.errors import GatewayError, NotFoundError, StorageError, UpstreamError
-from app.ids import new_id
-from app.schemas.requests import CreateResponseRequest, FunctionTool, ItemReference, MessageItem
-from app.schemas.responses import error_object, list_object, render_response, usage_object
-from app.store.responses import InputEntry, NewResponse, ResponseStore, StoredItem
+from app.core.requests import check_request, generation_request
+from app.errors import BadRequestError, NotFoundError, UpstreamError
+from app.schemas.requests import CreateResponseRequest, ItemReference, MessageItem
+from app.schemas.responses import error_object, list_object, render_response
+from app.store.database import Database
+from app.store.events import EventStore
+from app.store.jobs import RUNNING, JobStore, new_job
+from app.store.responses import NewResponse, ResponseStore, StoredItem, StoredResponse
 
-log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class Context:
-    """The input of one generation: inherited history, then this request's own entries."""
-
-    history: list[StoredItem]
-    entries: list[InputEntry]
-    items: list[dict[str, Any]]  # what the backend sees: history + input, in order
-
-
-@dataclass(slots=True)
-class Prepared:
-    """A create request that passed every check and is ready to generate."""
-
-    request: CreateResponseRequest
-    route: Route
-    context: Context
-    generation: GenerationRequest
-    id: str = field(default_factory=lambda: new_id("resp"))
-    created_at: int = field(default_factory=lambda: int(time.time()))
-
-    @property
-    def storing(self) -> bool:
-        return self.request.store is not False
+# How long a cancel waits for the worker running the job to store its final state.
+CANCEL_WAIT_SECONDS = 10.0
+# Followers of a stream re-read the database at least this often (notifications are hints).
+FOLLOW_POLL_SECONDS = 1.0
 
 
 class ResponsesService:
-    def __init__(self, store: ResponseStore, registry: Registry) -> None:
-        self._store = store
+    def __init__(self, database: Database, registry: Registry) -> None:
+        self._db = database
+        self._store = ResponseStore(database)
+        self._jobs = JobStore(database)
+        self._events = EventStore(database)
         self._registry = registry
 
     # --- create ------------------------------------------------------------------------------
 
-    async def prepare(self, request: CreateResponseRequest) -> Prepared:
+    async def prepare(self, request: CreateResponseRequest, project: str = "") -> Prepared:
         """Every check that can refuse the request, before any upstream call or any byte sent."""
         route = self._resolve(request.model)
         check_request(request, route.config.backend)
-        context = await self._assemble(request)
+        context = await self._assemble(request, project)
         generation = generation_request(request, route.upstream_model, context.items)
-        return Prepared(request, route, context, generation)
+        return Prepared(request, route, context, generation, project)
 
     async def create(self, prepared: Prepared) -> dict[str, Any]:
-        """Generate without streaming; the stored row is committed before this returns."""
+        """Generate without streaming (the stored row is committed before this returns), or
+        enqueue a background job and return the queued response at once."""
+        if prepared.request.background:
+            body, _ = await self._enqueue(prepared)
+            return render_response(body, [])
         try:
             result = await prepared.route.backend.generate(prepared.generation)
         except UpstreamError as exc:
             if exc.status >= 500 and prepared.storing:
                 error = error_object("server_error", exc.message)
-                await self._save(prepared, self._body(prepared, "failed", error=error), [])
+                await self._insert(prepared, response_body(prepared, "failed", error=error), [])
                 exc.message += f" The response was stored as failed: {prepared.id}."
             raise
-        body = self._body(prepared, result.status, result.usage, result.incomplete_reason)
-        await self._save(prepared, body, result.output)
+        body = response_body(prepared, result.status, result.usage, result.incomplete_reason)
+        await self._insert(prepared, body, result.output)
         return render_response(body, result.output)
 
     async def stream(self, prepared: Prepared) -> AsyncGenerator[Event, None]:
-        """Generate while streaming the event ladder. Exactly one terminal event ends it, sent
-        after the stored row is committed. If the consumer goes away (client disconnect), the
-        upstream request is closed and the response is stored as `cancelled` with its partial
-        output."""
+        """The event stream of a create request. In the foreground the generation runs inside
+        this generator; if its consumer goes away (client disconnect) the upstream request is
+        closed and the response stored `cancelled` with its partial output. A background
+        stream only follows the events a worker persists, so a disconnect stops nothing."""
+        if prepared.request.background:
+            _, events = await self._enqueue(prepared)
+            for event in events:
+                yield event
+            async for event in self.follow(
+                prepared.id, prepared.project, events[-1]["sequence_number"]
+            ):
+                yield event
+            return
         ladder = EventLadder()
-        body = self._body(prepared, "in_progress")
+        body = response_body(prepared, "in_progress")
         yield ladder.event("response.created", response=render_response(body, []))
         yield ladder.event("response.in_progress", response=render_response(body, []))
-        deltas = prepared.route.backend.stream(prepared.generation)
-        try:
-            async for delta in deltas:
-                for event in ladder.feed(delta):
-                    yield event
-            finish = ladder.finish or Finish()
-            status = "incomplete" if finish.incomplete_reason else "completed"
-            for event in ladder.close_all(status):
-                yield event
-            body = self._body(prepared, status, finish.usage, finish.incomplete_reason)
-            await self._save(prepared, body, ladder.output)
-            yield ladder.event(f"response.{status}", response=render_response(body, ladder.output))
-        except (UpstreamError, StorageError) as exc:
-            async for event in self._fail_stream(prepared, ladder, exc):
-                yield event
-        except (GeneratorExit, anyio.get_cancelled_exc_class()):
-            with anyio.CancelScope(shield=True):
-                await deltas.aclose()
-                output = ladder.snapshot_output()
-                await self._save(prepared, self._body(prepared, "cancelled"), output)
-            raise
-        finally:
-            await deltas.aclose()
-
-    async def _fail_stream(
-        self, prepared: Prepared, ladder: EventLadder, exc: GatewayError
-    ) -> AsyncGenerator[Event, None]:
-        for event in ladder.close_all("incomplete"):
+        async for event in run_generation(prepared, ladder, _ForegroundSink(self, prepared)):
             yield event
-        error = error_object("server_error", exc.message)
-        body = self._body(prepared, "failed", error=error)
-        if not isinstance(exc, StorageError):
-            try:
-                await self._save(prepared, body, ladder.output)
-            except StorageError as storage:
-                log.error("could not store failed response %s: %s", prepared.id, storage)
-        yield ladder.event(
-            "error",
-            code=exc.code,
-            message=exc.message,
-            param=exc.param,
-            error={"type": exc.type, "code": exc.code, "message": exc.message, "param": exc.param},
+
+    async def _enqueue(self, prepared: Prepared) -> tuple[dict[str, Any], list[Event]]:
+        """Store the queued response, its input and its job in one transaction; the job is
+        announced to every replica's workers when it commits."""
+        request = prepared.request
+        body = response_body(prepared, "queued")
+        events: list[Event] = []
+        if request.stream:
+            ladder = EventLadder()
+            events = [
+                ladder.event("response.created", response=render_response(body, [])),
+                ladder.event("response.queued", response=render_response(body, [])),
+            ]
+        payload = request.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        payload.pop("input", None)  # stored as items
+        await self._store.insert_response(
+            self._new_response(prepared, body, []),
+            job=new_job(prepared.id, prepared.project, payload),
+            events=events,
         )
-        yield ladder.event("response.failed", response=render_response(body, ladder.output))
+        return body, events
+
+    def _new_response(
+        self, prepared: Prepared, body: dict[str, Any], output: list[dict[str, Any]]
+    ) -> NewResponse:
+        return NewResponse(
+            id=prepared.id,
+            project=prepared.project,
+            created_at=prepared.created_at,
+            status=body["status"],
+            model=body["model"],
+            previous_response_id=prepared.request.previous_response_id,
+            body=body,
+            history_pks=[item.pk for item in prepared.context.history],
+            input=prepared.context.entries,
+            output=output,
+            background=bool(prepared.request.background),
+            stream=bool(prepared.request.stream),
+        )
+
+    async def _insert(
+        self, prepared: Prepared, body: dict[str, Any], output: list[dict[str, Any]]
+    ) -> None:
+        if prepared.storing:
+            await self._store.insert_response(self._new_response(prepared, body, output))
 
     def _resolve(self, model: str) -> Route:
         route = self._registry.resolve(model)
@@ -146,10 +150,10 @@ class ResponsesService:
             )
         return route
 
-    async def _assemble(self, request: CreateResponseRequest) -> Context:
+    async def _assemble(self, request: CreateResponseRequest, project: str) -> Context:
         history: list[StoredItem] = []
         if request.previous_response_id is not None:
-            loaded = await self._store.load_context(request.previous_response_id)
+            loaded = await self._store.load_context(request.previous_response_id, project)
             if loaded is None:
                 raise NotFoundError(
                     f"Previous response with id '{request.previous_response_id}' not found.",
@@ -170,7 +174,7 @@ class ResponsesService:
         # Only ids the client chose can name stored items; ids we just minted cannot.
         client_ids = {item.id for item in parsed if not isinstance(item, ItemReference) and item.id}
         entries = await self._reuse_stored(
-            canonical, client_ids if request.store is not False else set()
+            canonical, client_ids if request.store is not False else set(), project
         )
         items = [entry.data for entry in history]
         items += [entry.data if isinstance(entry, StoredItem) else entry for entry in entries]
@@ -181,12 +185,12 @@ class ResponsesService:
         )
 
     async def _reuse_stored(
-        self, items: list[dict[str, Any] | ItemReference], replayed: set[str]
+        self, items: list[dict[str, Any] | ItemReference], replayed: set[str], project: str
     ) -> list[StoredItem | dict[str, Any]]:
         """Resolve item references, and point replayed items at the row already stored for them
         (same id, same content) instead of storing them twice."""
         references = {item.id for item in items if isinstance(item, ItemReference)}
-        stored = await self._store.find_items(references | replayed)
+        stored = await self._store.find_items(references | replayed, project)
         resolved: list[StoredItem | dict[str, Any]] = []
         for index, item in enumerate(items):
             candidates = stored.get(item.id if isinstance(item, ItemReference) else item["id"], [])
@@ -201,114 +205,131 @@ class ResponsesService:
             resolved.append(same if same is not None else item)
         return resolved
 
-    # --- rendering and storage ---------------------------------------------------------------
+    # --- retrieve, delete, list, cancel, follow -------------------------------------------------
 
-    def _body(
-        self,
-        prepared: Prepared,
-        status: str,
-        usage: Usage | None = None,
-        incomplete_reason: str | None = None,
-        error: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """Every Response field but `output`, in OpenAI's order."""
-        request = prepared.request
-        text: dict[str, Any] = {"format": {"type": "text"}}
-        if request.text is not None:
-            text = request.text.model_dump(mode="json", by_alias=True, exclude_none=True)
-        text.setdefault("verbosity", "medium")
-        reasoning: dict[str, str | None] = {"effort": None, "summary": None}
-        if request.reasoning is not None:
-            reasoning = {
-                "effort": request.reasoning.effort,
-                "summary": request.reasoning.summary or request.reasoning.generate_summary,
-            }
-        tool_choice: Any = request.tool_choice or "auto"
-        if not isinstance(tool_choice, str):
-            tool_choice = tool_choice.model_dump(mode="json", exclude_none=True)
-        return {
-            "id": prepared.id,
-            "object": "response",
-            "created_at": prepared.created_at,
-            "status": status,
-            "background": bool(request.background),
-            "completed_at": int(time.time()) if status == "completed" else None,
-            "conversation": None,
-            "error": error,
-            "frequency_penalty": request.frequency_penalty or 0.0,
-            "incomplete_details": {"reason": incomplete_reason} if incomplete_reason else None,
-            "instructions": request.instructions,
-            "max_output_tokens": request.max_output_tokens,
-            "max_tool_calls": request.max_tool_calls,
-            "metadata": request.metadata or {},
-            "model": prepared.route.config.name,
-            "parallel_tool_calls": (
-                True if request.parallel_tool_calls is None else request.parallel_tool_calls
-            ),
-            "presence_penalty": request.presence_penalty or 0.0,
-            "previous_response_id": request.previous_response_id,
-            "prompt": None,
-            "prompt_cache_key": request.prompt_cache_key,
-            "reasoning": reasoning,
-            "safety_identifier": request.safety_identifier,
-            "service_tier": "default",
-            "store": request.store is not False,
-            "temperature": 1.0 if request.temperature is None else request.temperature,
-            "text": text,
-            "tool_choice": tool_choice,
-            "tools": [echo_tool(t) for t in request.tools or () if isinstance(t, FunctionTool)],
-            "top_logprobs": request.top_logprobs or 0,
-            "top_p": 1.0 if request.top_p is None else request.top_p,
-            "truncation": request.truncation or "disabled",
-            "usage": (
-                usage_object(
-                    usage.input_tokens,
-                    usage.output_tokens,
-                    usage.cached_tokens,
-                    usage.reasoning_tokens,
-                )
-                if usage is not None
-                else None
-            ),
-            "user": request.user,
-        }
-
-    async def _save(
-        self, prepared: Prepared, body: dict[str, Any], output: list[dict[str, Any]]
-    ) -> None:
-        if not prepared.storing:
-            return
-        await self._store.insert_response(
-            NewResponse(
-                id=prepared.id,
-                created_at=prepared.created_at,
-                status=body["status"],
-                model=body["model"],
-                previous_response_id=prepared.request.previous_response_id,
-                body=body,
-                history_pks=[item.pk for item in prepared.context.history],
-                input=prepared.context.entries,
-                output=output,
-            )
-        )
-
-    # --- retrieve, delete, list --------------------------------------------------------------
-
-    async def retrieve(self, response_id: str) -> dict[str, Any]:
-        stored = await self._store.get_response(response_id)
+    async def _stored(self, response_id: str, project: str) -> StoredResponse:
+        stored = await self._store.get_response(response_id, project)
         if stored is None:
             raise _response_not_found(response_id)
+        return stored
+
+    async def retrieve(self, response_id: str, project: str = "") -> dict[str, Any]:
+        stored = await self._stored(response_id, project)
         return render_response(stored.body, stored.output)
 
-    async def delete(self, response_id: str) -> dict[str, Any]:
-        if not await self._store.delete_response(response_id):
+    async def replay(
+        self, response_id: str, project: str, starting_after: int | None
+    ) -> AsyncGenerator[Event, None]:
+        """`GET …?stream=true`: a background stream's events after `starting_after`, then the
+        live ones until the end. Checked before the first byte is sent."""
+        stored = await self._stored(response_id, project)
+        if not (stored.background and stored.stream):
+            raise BadRequestError(
+                "This response cannot be streamed: only responses created with "
+                "background=true and stream=true can be streamed again.",
+                param="stream",
+            )
+        after = -1 if starting_after is None else starting_after
+        if (
+            stored.status in TERMINAL_STATUSES
+            and await self._events.last_sequence(response_id) is None
+        ):
+            raise BadRequestError(
+                "The stream events of this response have expired; retrieve it without stream=true.",
+                param="stream",
+            )
+        return self.follow(response_id, project, after)
+
+    async def follow(
+        self, response_id: str, project: str, after: int
+    ) -> AsyncGenerator[Event, None]:
+        """Persisted events after `after`, then live ones as a worker on any replica persists
+        them, until the terminal event (or the response reaches a terminal status without one,
+        as a cancelled response does). No gap, no duplicate: the cursor is the sequence number."""
+        wake = asyncio.Event()
+
+        def on_events(payload: str) -> None:
+            if payload == response_id:
+                wake.set()
+
+        unsubscribe = self._db.listen("rg_events", on_events)
+        try:
+            cursor = after
+            while True:
+                wake.clear()
+                events = await self._events.read_after(response_id, cursor)
+                for event in events:
+                    cursor = event["sequence_number"]
+                    yield event
+                    if event["type"] in TERMINAL_EVENTS:
+                        return
+                if events:
+                    continue
+                stored = await self._store.get_response(response_id, project)
+                if stored is None:
+                    return
+                if stored.status in TERMINAL_STATUSES:
+                    # Final state and events commit together: one more read drains them.
+                    for event in await self._events.read_after(response_id, cursor):
+                        yield event
+                    return
+                try:
+                    await asyncio.wait_for(wake.wait(), FOLLOW_POLL_SECONDS)
+                except TimeoutError:
+                    pass
+        finally:
+            unsubscribe()
+
+    async def cancel(self, response_id: str, project: str = "") -> dict[str, Any]:
+        """Cancel a background response on any replica. Idempotent; a response that already
+        finished is returned unchanged; a foreground response cannot be cancelled (400)."""
+        stored = await self._stored(response_id, project)
+        if not stored.background:
+            raise BadRequestError("Cannot cancel a synchronous response.", param="response_id")
+        if stored.status in TERMINAL_STATUSES:
+            return render_response(stored.body, stored.output)
+        before = await self._jobs.request_cancel(response_id, cancelled_body)
+        if before == RUNNING:
+            stored = await self._wait_terminal(response_id, project)
+        else:
+            stored = await self._stored(response_id, project)
+        return render_response(stored.body, stored.output)
+
+    async def _wait_terminal(self, response_id: str, project: str) -> StoredResponse:
+        """Wait (bounded) until the worker running the job has stored its final state."""
+        wake = asyncio.Event()
+        unsubscribe = self._db.listen(
+            "rg_events", lambda p: wake.set() if p == response_id else None
+        )
+        try:
+            deadline = asyncio.get_running_loop().time() + CANCEL_WAIT_SECONDS
+            while True:
+                wake.clear()
+                stored = await self._stored(response_id, project)
+                remaining = deadline - asyncio.get_running_loop().time()
+                if stored.status in TERMINAL_STATUSES or remaining <= 0:
+                    return stored
+                try:
+                    await asyncio.wait_for(wake.wait(), min(remaining, 0.25))
+                except TimeoutError:
+                    pass
+        finally:
+            unsubscribe()
+
+    async def delete(self, response_id: str, project: str = "") -> dict[str, Any]:
+        """Delete a response. An in-flight background response is cancelled first (its worker
+        stops the upstream call; the deleted job fences off anything it would still write)."""
+        stored = await self._stored(response_id, project)
+        if stored.background and stored.status not in TERMINAL_STATUSES:
+            await self._jobs.request_cancel(response_id, cancelled_body)
+        if not await self._store.delete_response(response_id, project):
             raise _response_not_found(response_id)
         return {"id": response_id, "object": "response", "deleted": True}
 
     async def list_input_items(
-        self, response_id: str, *, limit: int, order: str, after: str | None
+        self, response_id: str, *, limit: int, order: str, after: str | None, project: str = ""
     ) -> dict[str, Any]:
-        items = await self._store.list_input_items(response_id)
+        items = await self._store.list_input_items(response_id, project)
         if items is None:
             raise _response_not_found(response_id)
         if order == "desc":
@@ -324,6 +345,27 @@ class ResponsesService:
             start = position + 1
         page = items[start : start + limit]
         return list_object(page, has_more=start + limit < len(items))
+
+
+class _ForegroundSink:
+    """A foreground request stores its response once, when it ends."""
+
+    def __init__(self, service: ResponsesService, prepared: Prepared) -> None:
+        self._service = service
+        self._prepared = prepared
+
+    async def finish(
+        self, body: dict[str, Any], output: list[dict[str, Any]], events: list[Event]
+    ) -> None:
+        await self._service._insert(self._prepared, body, output)
+
+    async def interrupted(self, ladder: EventLadder) -> None:
+        body = response_body(self._prepared, "cancelled")
+        await self._service._insert(self._prepared, body, ladder.snapshot_output())
+
+
+def cancelled_body(body: dict[str, Any]) -> dict[str, Any]:
+    return {**body, "status": "cancelled", "completed_at": None}
 
 
 def _response_not_found(response_id: str) -> NotFoundError:

@@ -7,20 +7,18 @@ Driver errors are turned into `StorageError` here, once.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from sqlalchemy import ColumnElement, any_, bindparam, delete, func, insert, select
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.types import BigInteger
 
-from app.errors import StorageError
-from app.store.rows import items_table, responses_table
+from app.store.database import Database, Transaction
+from app.store.events import append_events
+from app.store.rows import events_table, items_table, jobs_table, responses_table
 
 # An input entry is either the pk of an item stored earlier (reused) or a new item to insert.
 InputEntry = int | dict[str, Any]
@@ -36,6 +34,12 @@ class StoredItem:
 class StoredResponse:
     body: dict[str, Any]
     output: list[dict[str, Any]]
+    background: bool = False
+    stream: bool = False
+
+    @property
+    def status(self) -> str:
+        return str(self.body["status"])
 
 
 @dataclass(slots=True)
@@ -43,6 +47,7 @@ class NewResponse:
     """A response to insert. `body` holds every wire field but `output`."""
 
     id: str
+    project: str
     created_at: int
     status: str
     model: str
@@ -51,21 +56,38 @@ class NewResponse:
     history_pks: list[int]
     input: list[InputEntry]
     output: list[dict[str, Any]]
+    background: bool = False
+    stream: bool = False
+
+
+async def insert_items(
+    connection: Transaction,
+    response_id: str,
+    project: str,
+    items: list[dict[str, Any]],
+) -> list[int]:
+    if not items:
+        return []
+    rows = [
+        {
+            "id": item["id"],
+            "response_id": response_id,
+            "project": project,
+            "type": item["type"],
+            "data": item,
+        }
+        for item in items
+    ]
+    result = await connection.execute(
+        insert(items_table).returning(items_table.c.pk, sort_by_parameter_order=True), rows
+    )
+    return [pk for (pk,) in result.all()]
 
 
 class ResponseStore:
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
-        self._postgres = engine.dialect.name == "postgresql"
-
-    @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
-        try:
-            async with self._engine.begin() as connection:
-                yield connection
-        except SQLAlchemyError as exc:
-            cause = getattr(exc, "orig", None) or exc
-            raise StorageError(f"The database failed: {type(cause).__name__}.") from exc
+    def __init__(self, database: Database) -> None:
+        self._db = database
+        self._postgres = database.postgres
 
     def _pk_in(self, pks: Sequence[int]) -> ColumnElement[bool]:
         """`items.pk IN (pks)` as one bound parameter, however long the list (no 32k-parameter
@@ -78,24 +100,26 @@ class ResponseStore:
         return items_table.c.pk.in_(select(values.c.value))
 
     async def _items_by_pk(
-        self, connection: AsyncConnection, pks: Sequence[int]
+        self, connection: Transaction, pks: Sequence[int]
     ) -> dict[int, dict[str, Any]]:
         if not pks:
             return {}
         query = select(items_table.c.pk, items_table.c.data).where(self._pk_in(pks))
         return {pk: data for pk, data in (await connection.execute(query)).all()}
 
-    async def load_context(self, response_id: str) -> list[StoredItem] | None:
+    async def load_context(self, response_id: str, project: str) -> list[StoredItem] | None:
         """The full ordered context a continuation of `response_id` starts from (its history,
         input and output), in two queries whatever the chain depth; None if it does not exist."""
-        async with self._transaction() as connection:
+        async with self._db.transaction() as connection:
             row = (
                 await connection.execute(
                     select(
                         responses_table.c.history_pks,
                         responses_table.c.input_pks,
                         responses_table.c.output_pks,
-                    ).where(responses_table.c.id == response_id)
+                    ).where(
+                        responses_table.c.id == response_id, responses_table.c.project == project
+                    )
                 )
             ).first()
             if row is None:
@@ -104,15 +128,15 @@ class ResponseStore:
             data = await self._items_by_pk(connection, pks)
         return [StoredItem(pk, data[pk]) for pk in pks if pk in data]
 
-    async def find_items(self, ids: Iterable[str]) -> dict[str, list[StoredItem]]:
+    async def find_items(self, ids: Iterable[str], project: str) -> dict[str, list[StoredItem]]:
         """Stored items by public id (several rows may share one id)."""
         wanted = sorted(set(ids))
         if not wanted:
             return {}
-        async with self._transaction() as connection:
+        async with self._db.transaction() as connection:
             rows = await connection.execute(
                 select(items_table.c.pk, items_table.c.id, items_table.c.data)
-                .where(items_table.c.id.in_(wanted))
+                .where(items_table.c.id.in_(wanted), items_table.c.project == project)
                 .order_by(items_table.c.pk)
             )
             found: dict[str, list[StoredItem]] = {}
@@ -120,33 +144,28 @@ class ResponseStore:
                 found.setdefault(item_id, []).append(StoredItem(pk, data))
         return found
 
-    async def _insert_items(
-        self, connection: AsyncConnection, response_id: str, items: list[dict[str, Any]]
-    ) -> list[int]:
-        if not items:
-            return []
-        rows = [
-            {"id": item["id"], "response_id": response_id, "type": item["type"], "data": item}
-            for item in items
-        ]
-        result = await connection.execute(
-            insert(items_table).returning(items_table.c.pk, sort_by_parameter_order=True), rows
-        )
-        return [pk for (pk,) in result.all()]
-
-    async def insert_response(self, response: NewResponse) -> None:
-        """Insert the response with its new items, committed when this returns."""
+    async def insert_response(
+        self,
+        response: NewResponse,
+        job: dict[str, Any] | None = None,
+        events: list[dict[str, Any]] | None = None,
+    ) -> None:
+        """Insert the response with its new items — and its background job and first stream
+        events, if given — committed when this returns."""
         new_inputs = [entry for entry in response.input if isinstance(entry, dict)]
-        async with self._transaction() as connection:
+        async with self._db.transaction() as tx:
             pks = iter(
-                await self._insert_items(connection, response.id, new_inputs + response.output)
+                await insert_items(tx, response.id, response.project, new_inputs + response.output)
             )
             input_pks = [entry if isinstance(entry, int) else next(pks) for entry in response.input]
             output_pks = list(pks)
-            await connection.execute(
+            await tx.execute(
                 insert(responses_table),
                 {
                     "id": response.id,
+                    "project": response.project,
+                    "background": response.background,
+                    "stream": response.stream,
                     "created_at": response.created_at,
                     "status": response.status,
                     "model": response.model,
@@ -157,29 +176,39 @@ class ResponseStore:
                     "output_pks": output_pks,
                 },
             )
+            if job is not None:
+                await tx.execute(insert(jobs_table), job)
+                await tx.notify("rg_jobs", response.id)
+            await append_events(tx, response.id, events or [])
 
-    async def get_response(self, response_id: str) -> StoredResponse | None:
-        async with self._transaction() as connection:
+    async def get_response(self, response_id: str, project: str) -> StoredResponse | None:
+        async with self._db.transaction() as connection:
             row = (
                 await connection.execute(
-                    select(responses_table.c.body, responses_table.c.output_pks).where(
-                        responses_table.c.id == response_id
+                    select(
+                        responses_table.c.body,
+                        responses_table.c.output_pks,
+                        responses_table.c.background,
+                        responses_table.c.stream,
+                    ).where(
+                        responses_table.c.id == response_id, responses_table.c.project == project
                     )
                 )
             ).first()
             if row is None:
                 return None
             data = await self._items_by_pk(connection, row.output_pks)
-        return StoredResponse(row.body, [data[pk] for pk in row.output_pks if pk in data])
+        output = [data[pk] for pk in row.output_pks if pk in data]
+        return StoredResponse(row.body, output, row.background, row.stream)
 
-    async def list_input_items(self, response_id: str) -> list[dict[str, Any]] | None:
+    async def list_input_items(self, response_id: str, project: str) -> list[dict[str, Any]] | None:
         """Every item used to generate the response (inherited context, then its own input),
         oldest first; None if the response does not exist."""
-        async with self._transaction() as connection:
+        async with self._db.transaction() as connection:
             row = (
                 await connection.execute(
                     select(responses_table.c.history_pks, responses_table.c.input_pks).where(
-                        responses_table.c.id == response_id
+                        responses_table.c.id == response_id, responses_table.c.project == project
                     )
                 )
             ).first()
@@ -189,15 +218,17 @@ class ResponseStore:
             data = await self._items_by_pk(connection, pks)
         return [data[pk] for pk in pks if pk in data]
 
-    async def delete_response(self, response_id: str) -> bool:
-        """Delete the response and the items it created. Returns False if it did not exist."""
-        async with self._transaction() as connection:
+    async def delete_response(self, response_id: str, project: str) -> bool:
+        """Delete the response, the items it created, its job and its stream events.
+        Returns False if it did not exist."""
+        async with self._db.transaction() as connection:
             result = await connection.execute(
-                delete(responses_table).where(responses_table.c.id == response_id)
+                delete(responses_table).where(
+                    responses_table.c.id == response_id, responses_table.c.project == project
+                )
             )
             if result.rowcount == 0:
                 return False
-            await connection.execute(
-                delete(items_table).where(items_table.c.response_id == response_id)
-            )
+            for table in (items_table, jobs_table, events_table):
+                await connection.execute(delete(table).where(table.c.response_id == response_id))
         return True

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from sqlalchemy import JSON, BigInteger, Integer, String, Table
+from sqlalchemy import JSON, BigInteger, Boolean, Float, Index, Integer, String, Table, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY (the rowid alias), not a BIGINT one.
@@ -45,6 +45,12 @@ class ResponseRow(Base):
     history_pks: Mapped[list[int]] = mapped_column(JSON)
     input_pks: Mapped[list[int]] = mapped_column(JSON)
     output_pks: Mapped[list[int]] = mapped_column(JSON)
+    # The owning project (tenant); every lookup filters on it, so another project's id answers
+    # exactly like an id that does not exist. '' is the open (key-less) mode.
+    project: Mapped[str] = mapped_column(String(64), server_default="")
+    background: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    # Created with `stream: true`: only such background responses can be streamed again.
+    stream: Mapped[bool] = mapped_column(Boolean, server_default=false())
 
 
 class ItemRow(Base):
@@ -56,7 +62,45 @@ class ItemRow(Base):
     response_id: Mapped[str] = mapped_column(String(96), index=True)
     type: Mapped[str] = mapped_column(String(64))
     data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    project: Mapped[str] = mapped_column(String(64), server_default="")
+
+
+class JobRow(Base):
+    """A background response's place in the durable queue (one per background response).
+
+    `status`: queued → running → done. A running job belongs to `lease_owner` until
+    `lease_expires_at`; the owner renews the lease while it works. A job whose lease expired
+    (its process died) is claimed again by any worker, up to the attempt limit.
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_status_created_at", "status", "created_at"),)
+
+    response_id: Mapped[str] = mapped_column(String(96), primary_key=True)
+    project: Mapped[str] = mapped_column(String(64), server_default="")
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[float | None] = mapped_column(Float)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    created_at: Mapped[float] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float)
+    # The validated create request (without its input, which is stored as items).
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class EventRow(Base):
+    """Stream events of background responses created with `stream: true`, kept so that any
+    replica can replay them (`starting_after`) and follow the live ones."""
+
+    __tablename__ = "response_events"
+
+    response_id: Mapped[str] = mapped_column(String(96), primary_key=True)
+    sequence_number: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
 responses_table = cast(Table, ResponseRow.__table__)
 items_table = cast(Table, ItemRow.__table__)
+jobs_table = cast(Table, JobRow.__table__)
+events_table = cast(Table, EventRow.__table__)

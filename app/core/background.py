@@ -1,0 +1,342 @@
+"""The background worker each gateway process runs: claims queued jobs from the shared
+database, generates under a renewed lease, persists stream events, and answers cancels.
+
+Lifecycle of a job: `queued` (stored with its response) → claimed by any replica's worker →
+`in_progress` → `completed` | `incomplete` | `failed` | `cancelled`. A worker that dies loses its
+lease; another claims the job after the lease expires and generates again from the start, up to
+`max_attempts`, after which the response is `failed` with a clear error. Nothing stays queued
+or in progress forever.
+
+Wake-ups are notifications (a queued job, a cancel), with polling as the fallback. A cancel
+reaches the task running the job within milliseconds through the `rg_cancels` notification;
+lease renewals also carry the cancel flag, in case a notification was missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+import time
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from app.backends.registry import Registry
+from app.core.events import Event, EventLadder
+from app.core.generation import (
+    Context,
+    Prepared,
+    failure_events,
+    response_body,
+    run_generation,
+)
+from app.core.requests import generation_request
+from app.errors import GatewayError, StorageError
+from app.schemas.requests import CreateResponseRequest
+from app.schemas.responses import error_object, render_response
+from app.store.database import Database
+from app.store.events import EventStore
+from app.store.jobs import ClaimedJob, JobStore
+from app.store.responses import ResponseStore, StoredResponse
+
+log = logging.getLogger(__name__)
+
+# Persisted stream events are written in batches, at most this old.
+FLUSH_SECONDS = 0.05
+PRUNE_EVERY_SECONDS = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    concurrency: int = 16
+    lease_seconds: float = 30.0
+    max_attempts: int = 3
+    poll_seconds: float = 1.0
+    shutdown_grace_seconds: float = 30.0
+    event_retention_seconds: float = 3600.0
+
+
+@dataclass(slots=True)
+class _Running:
+    task: asyncio.Task[None]
+    reason: str = ""  # "cancel" | "shutdown" | "lost"
+
+
+class BackgroundRunner:
+    def __init__(self, database: Database, registry: Registry, settings: WorkerSettings) -> None:
+        self._db = database
+        self._registry = registry
+        self._settings = settings
+        self._jobs = JobStore(database)
+        self._events = EventStore(database)
+        self._responses = ResponseStore(database)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self._running: dict[str, _Running] = {}
+        self._wake = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+        self._unsubscribe: list[Any] = []
+        self._stopping = False
+
+    # --- start and stop ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._unsubscribe = [
+            self._db.listen("rg_jobs", lambda _payload: self._wake.set()),
+            self._db.listen("rg_cancels", self._on_cancel),
+        ]
+        self._loops = [
+            asyncio.create_task(self._claim_loop(), name="jobs-claim"),
+            asyncio.create_task(self._lease_loop(), name="jobs-lease"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop claiming; let running jobs finish within the grace period; then release the
+        rest to the other replicas (their attempt does not count)."""
+        self._stopping = True
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._wake.set()
+        tasks = [running.task for running in self._running.values()]
+        if tasks:
+            log.info(
+                "waiting up to %ss for %d background jobs",
+                self._settings.shutdown_grace_seconds,
+                len(tasks),
+            )
+            await asyncio.wait(tasks, timeout=self._settings.shutdown_grace_seconds)
+        for running in list(self._running.values()):
+            self._interrupt(running, "shutdown")
+        remaining = [running.task for running in self._running.values()]
+        if remaining:
+            await asyncio.wait(remaining)
+        for loop in self._loops:
+            loop.cancel()
+        for loop in self._loops:
+            with suppress(asyncio.CancelledError):
+                await loop
+
+    # --- the loops ---------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        last_prune = 0.0
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                free = self._settings.concurrency - len(self._running)
+                if free > 0:
+                    for job in await self._jobs.claim(
+                        self.owner, free, self._settings.lease_seconds, self._settings.max_attempts
+                    ):
+                        self._spawn(job)
+                for response_id, project, attempts in await self._jobs.abandoned(
+                    self._settings.max_attempts
+                ):
+                    await self._fail_abandoned(response_id, project, attempts)
+                if time.monotonic() - last_prune > PRUNE_EVERY_SECONDS:
+                    last_prune = time.monotonic()
+                    await self._events.prune(self._settings.event_retention_seconds)
+            except StorageError as exc:
+                log.warning("background worker: %s", exc)
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._settings.poll_seconds)
+
+    async def _lease_loop(self) -> None:
+        interval = self._settings.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                stop = await self._jobs.renew(
+                    self.owner, list(self._running), self._settings.lease_seconds
+                )
+            except StorageError as exc:
+                log.warning("background worker: lease renewal failed: %s", exc)
+                continue
+            for response_id in stop:
+                running = self._running.get(response_id)
+                if running is not None:
+                    # Either a cancel was requested or the lease went to another worker.
+                    self._interrupt(running, "cancel")
+
+    def _on_cancel(self, response_id: str) -> None:
+        running = self._running.get(response_id)
+        if running is not None:
+            self._interrupt(running, "cancel")
+
+    def _interrupt(self, running: _Running, reason: str) -> None:
+        if not running.reason:
+            running.reason = reason
+            running.task.cancel()
+
+    def _spawn(self, job: ClaimedJob) -> None:
+        task = asyncio.create_task(self._execute(job), name=f"job-{job.response_id}")
+        self._running[job.response_id] = _Running(task)
+        task.add_done_callback(lambda _t: self._finished(job.response_id))
+
+    def _finished(self, response_id: str) -> None:
+        self._running.pop(response_id, None)
+        self._wake.set()  # a slot is free
+
+    # --- one job -----------------------------------------------------------------------------
+
+    async def _execute(self, job: ClaimedJob) -> None:
+        try:
+            stored = await self._responses.get_response(job.response_id, job.project)
+            if stored is None:
+                return  # deleted while queued
+            try:
+                await self._generate(job, stored)
+            except asyncio.CancelledError:
+                # Cancelled before or after the generation loop's own handling: make sure the
+                # job ends as the reason says (both calls are no-ops once the job is done).
+                reason = self._running[job.response_id].reason
+                with anyio.CancelScope(shield=True):
+                    if reason == "shutdown":
+                        await self._jobs.release(self.owner, job.response_id)
+                    elif reason == "cancel":
+                        await self._end_without_running(job, stored.body, stored.stream, False)
+        except Exception:
+            log.exception("background job %s crashed", job.response_id)
+
+    async def _generate(self, job: ClaimedJob, stored: StoredResponse) -> None:
+        request = CreateResponseRequest.model_validate(job.request)
+        route = self._registry.resolve(request.model)
+        if job.cancel_requested or route is None:
+            await self._end_without_running(job, stored.body, stored.stream, route is None)
+            return
+        items = await self._responses.list_input_items(job.response_id, job.project) or []
+        prepared = Prepared(
+            request,
+            route,
+            Context(history=[], entries=[], items=items),
+            generation_request(request, route.upstream_model, items),
+            project=job.project,
+            id=job.response_id,
+            created_at=stored.body["created_at"],
+        )
+        # A retried job continues the numbering of what earlier attempts persisted.
+        last = await self._events.last_sequence(job.response_id) if stored.stream else None
+        ladder = EventLadder(0 if last is None else last + 1)
+        body = response_body(prepared, "in_progress")
+        started = (
+            [ladder.event("response.in_progress", response=render_response(body, []))]
+            if stored.stream
+            else []
+        )
+        if not await self._jobs.record(job.response_id, self.owner, started, body):
+            return  # lost the lease already
+        sink = _BackgroundSink(self, job, prepared, persist=stored.stream)
+        flusher = asyncio.create_task(sink.autoflush())
+        try:
+            async for event in run_generation(prepared, ladder, sink):
+                sink.add(event)
+        finally:
+            flusher.cancel()
+            with suppress(asyncio.CancelledError):
+                await flusher
+
+    async def _end_without_running(
+        self, job: ClaimedJob, body: dict[str, Any], stream: bool, unroutable: bool
+    ) -> None:
+        if unroutable:
+            error = GatewayError(
+                f"The model '{body['model']}' is no longer configured on this gateway.",
+                code="model_not_found",
+            )
+            await self._store_failure(job.response_id, job.project, body, stream, error, self.owner)
+        else:
+            cancelled = {**body, "status": "cancelled", "completed_at": None}
+            await self._jobs.complete(job.response_id, job.project, self.owner, cancelled, [], [])
+
+    async def _fail_abandoned(self, response_id: str, project: str, attempts: int) -> None:
+        stored = await self._responses.get_response(response_id, project)
+        if stored is None:
+            return
+        error = GatewayError(
+            f"The background job was attempted {attempts} times and the process running it "
+            "stopped each time; giving up.",
+            code="server_error",
+        )
+        await self._store_failure(response_id, project, stored.body, stored.stream, error, None)
+
+    async def _store_failure(
+        self,
+        response_id: str,
+        project: str,
+        body: dict[str, Any],
+        stream: bool,
+        error: GatewayError,
+        owner: str | None,
+    ) -> None:
+        failed = {
+            **body,
+            "status": "failed",
+            "completed_at": None,
+            "error": error_object("server_error", error.message),
+        }
+        events: list[Event] = []
+        if stream:
+            last = await self._events.last_sequence(response_id)
+            events = failure_events(EventLadder(0 if last is None else last + 1), error, failed, [])
+        await self._jobs.complete(response_id, project, owner, failed, [], events)
+
+
+class _BackgroundSink:
+    """Persists a running job's stream events in batches and stores its outcome under the
+    lease; on interruption stores `cancelled` (a cancel) or gives the job back (shutdown)."""
+
+    def __init__(
+        self, runner: BackgroundRunner, job: ClaimedJob, prepared: Prepared, *, persist: bool
+    ) -> None:
+        self._runner = runner
+        self._job = job
+        self._prepared = prepared
+        self._persist = persist
+        self._buffer: list[Event] = []
+        self._lock = asyncio.Lock()
+        self._done = False
+
+    def add(self, event: Event) -> None:
+        if self._persist and not self._done:
+            self._buffer.append(event)
+
+    async def autoflush(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_SECONDS)
+            if self._buffer:
+                await self.flush()
+
+    async def flush(self) -> None:
+        async with self._lock:
+            if not self._buffer or self._done:
+                return
+            events, self._buffer = self._buffer, []
+            if not await self._runner._jobs.record(
+                self._job.response_id, self._runner.owner, events
+            ):
+                self._done = True  # lease lost: another worker owns the job now
+
+    async def finish(
+        self, body: dict[str, Any], output: list[dict[str, Any]], events: list[Event]
+    ) -> None:
+        async with self._lock:
+            pending = self._buffer + events if self._persist else []
+            self._buffer, self._done = [], True
+            await self._runner._jobs.complete(
+                self._job.response_id, self._job.project, self._runner.owner, body, output, pending
+            )
+
+    async def interrupted(self, ladder: EventLadder) -> None:
+        running = self._runner._running.get(self._job.response_id)
+        reason = running.reason if running is not None else "cancel"
+        if reason == "shutdown":
+            await self._runner._jobs.release(self._runner.owner, self._job.response_id)
+            return
+        if reason == "lost":
+            return
+        body = response_body(self._prepared, "cancelled")
+        await self.finish(body, ladder.snapshot_output(), [])

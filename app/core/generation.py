@@ -1,0 +1,191 @@
+"""One generation, shared by foreground requests and background workers: the prepared request,
+the Response body, and the loop that turns backend deltas into events and a stored outcome.
+
+`run_generation` is the only place a generation's ending is decided. Where the outcome goes is
+the caller's `Sink`: a foreground request inserts the response; a background worker completes
+its job under its lease.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import anyio
+
+from app.backends.base import Finish, GenerationRequest, Usage
+from app.backends.registry import Route
+from app.core.events import Event, EventLadder
+from app.core.requests import echo_tool
+from app.errors import GatewayError, StorageError, UpstreamError
+from app.ids import new_id
+from app.schemas.requests import CreateResponseRequest, FunctionTool
+from app.schemas.responses import error_object, render_response, usage_object
+from app.store.responses import InputEntry, StoredItem
+
+log = logging.getLogger(__name__)
+
+TERMINAL_STATUSES = frozenset({"completed", "failed", "incomplete", "cancelled"})
+
+
+@dataclass(slots=True)
+class Context:
+    """The input of one generation: inherited history, then this request's own entries."""
+
+    history: list[StoredItem]
+    entries: list[InputEntry]
+    items: list[dict[str, Any]]  # what the backend sees: history + input, in order
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A create request that passed every check and is ready to generate."""
+
+    request: CreateResponseRequest
+    route: Route
+    context: Context
+    generation: GenerationRequest
+    project: str = ""
+    id: str = field(default_factory=lambda: new_id("resp"))
+    created_at: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def storing(self) -> bool:
+        return self.request.store is not False
+
+
+def response_body(
+    prepared: Prepared,
+    status: str,
+    usage: Usage | None = None,
+    incomplete_reason: str | None = None,
+    error: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Every Response field but `output`, in OpenAI's order."""
+    request = prepared.request
+    text: dict[str, Any] = {"format": {"type": "text"}}
+    if request.text is not None:
+        text = request.text.model_dump(mode="json", by_alias=True, exclude_none=True)
+    text.setdefault("verbosity", "medium")
+    reasoning: dict[str, str | None] = {"effort": None, "summary": None}
+    if request.reasoning is not None:
+        reasoning = {
+            "effort": request.reasoning.effort,
+            "summary": request.reasoning.summary or request.reasoning.generate_summary,
+        }
+    tool_choice: Any = request.tool_choice or "auto"
+    if not isinstance(tool_choice, str):
+        tool_choice = tool_choice.model_dump(mode="json", exclude_none=True)
+    return {
+        "id": prepared.id,
+        "object": "response",
+        "created_at": prepared.created_at,
+        "status": status,
+        "background": bool(request.background),
+        "completed_at": int(time.time()) if status == "completed" else None,
+        "conversation": None,
+        "error": error,
+        "frequency_penalty": request.frequency_penalty or 0.0,
+        "incomplete_details": {"reason": incomplete_reason} if incomplete_reason else None,
+        "instructions": request.instructions,
+        "max_output_tokens": request.max_output_tokens,
+        "max_tool_calls": request.max_tool_calls,
+        "metadata": request.metadata or {},
+        "model": prepared.route.config.name,
+        "parallel_tool_calls": (
+            True if request.parallel_tool_calls is None else request.parallel_tool_calls
+        ),
+        "presence_penalty": request.presence_penalty or 0.0,
+        "previous_response_id": request.previous_response_id,
+        "prompt": None,
+        "prompt_cache_key": request.prompt_cache_key,
+        "reasoning": reasoning,
+        "safety_identifier": request.safety_identifier,
+        "service_tier": "default",
+        "store": request.store is not False,
+        "temperature": 1.0 if request.temperature is None else request.temperature,
+        "text": text,
+        "tool_choice": tool_choice,
+        "tools": [echo_tool(t) for t in request.tools or () if isinstance(t, FunctionTool)],
+        "top_logprobs": request.top_logprobs or 0,
+        "top_p": 1.0 if request.top_p is None else request.top_p,
+        "truncation": request.truncation or "disabled",
+        "usage": (
+            usage_object(
+                usage.input_tokens,
+                usage.output_tokens,
+                usage.cached_tokens,
+                usage.reasoning_tokens,
+            )
+            if usage is not None
+            else None
+        ),
+        "user": request.user,
+    }
+
+
+def failure_events(
+    ladder: EventLadder, exc: GatewayError, body: dict[str, Any], output: list[dict[str, Any]]
+) -> list[Event]:
+    """`error` (flat fields plus the nested object OpenAI's live API sends) + `response.failed`."""
+    error = {"type": exc.type, "code": exc.code, "message": exc.message, "param": exc.param}
+    return [
+        ladder.event("error", code=exc.code, message=exc.message, param=exc.param, error=error),
+        ladder.event("response.failed", response=render_response(body, output)),
+    ]
+
+
+class Sink(Protocol):
+    """Where the outcome of a generation goes."""
+
+    async def finish(
+        self, body: dict[str, Any], output: list[dict[str, Any]], events: list[Event]
+    ) -> None:
+        """Commit the final state; `events` are the closing events, not yet sent."""
+
+    async def interrupted(self, ladder: EventLadder) -> None:
+        """The consumer went away or the task was cancelled mid-generation. Runs shielded from
+        cancellation, after the upstream request was closed."""
+
+
+async def run_generation(
+    prepared: Prepared, ladder: EventLadder, sink: Sink
+) -> AsyncGenerator[Event, None]:
+    """Stream the upstream's answer as events. Exactly one terminal event ends it, yielded after
+    `sink.finish` committed; an upstream fault ends it with `error` + `response.failed` (the
+    partial output kept, open items closed as incomplete)."""
+    deltas = prepared.route.backend.stream(prepared.generation)
+    try:
+        async for delta in deltas:
+            for event in ladder.feed(delta):
+                yield event
+        finish = ladder.finish or Finish()
+        status = "incomplete" if finish.incomplete_reason else "completed"
+        for event in ladder.close_all(status):
+            yield event
+        body = response_body(prepared, status, finish.usage, finish.incomplete_reason)
+        terminal = ladder.event(f"response.{status}", response=render_response(body, ladder.output))
+        await sink.finish(body, ladder.output, [terminal])
+        yield terminal
+    except (UpstreamError, StorageError) as exc:
+        for event in ladder.close_all("incomplete"):
+            yield event
+        body = response_body(prepared, "failed", error=error_object("server_error", exc.message))
+        closing = failure_events(ladder, exc, body, ladder.output)
+        if not isinstance(exc, StorageError):
+            try:
+                await sink.finish(body, ladder.output, closing)
+            except StorageError as storage:
+                log.error("could not store failed response %s: %s", prepared.id, storage)
+        for event in closing:
+            yield event
+    except (GeneratorExit, anyio.get_cancelled_exc_class()):
+        with anyio.CancelScope(shield=True):
+            await deltas.aclose()
+            await sink.interrupted(ladder)
+        raise
+    finally:
+        await deltas.aclose()

@@ -1,0 +1,126 @@
+"""The database handle every store shares: the engine, transactions that map driver errors to
+ours, and cross-process notifications.
+
+Notifications wake other replicas without polling: a queued job (`jobs`), a cancel request
+(`cancels`), new stream events of a response (`events`). On PostgreSQL they are LISTEN/NOTIFY:
+sent inside the writing transaction, so they are delivered exactly when its rows are visible.
+On SQLite (one process) they are delivered in-process right after the commit. Either way a
+listener must treat them as hints and re-read the database: a notification can be missed (a
+listener connection that dropped), so waiters also poll on a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+import asyncpg
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app.errors import StorageError
+
+log = logging.getLogger(__name__)
+
+CHANNELS = ("rg_jobs", "rg_cancels", "rg_events")
+Listener = Callable[[str], None]
+
+
+class Transaction:
+    """A connection inside `Database.transaction()`, with notifications that go out on commit."""
+
+    def __init__(self, connection: AsyncConnection, database: Database) -> None:
+        self.connection = connection
+        self._database = database
+        self.pending: list[tuple[str, str]] = []
+
+    async def execute(self, statement: Any, parameters: Any = None) -> Any:
+        return await self.connection.execute(statement, parameters)
+
+    async def notify(self, channel: str, payload: str) -> None:
+        if self._database.postgres:
+            await self.connection.execute(
+                text("SELECT pg_notify(:channel, :payload)"),
+                {"channel": channel, "payload": payload},
+            )
+        else:
+            self.pending.append((channel, payload))
+
+
+class Database:
+    def __init__(self, engine: AsyncEngine, listen_url: str | None = None) -> None:
+        self.engine = engine
+        self.postgres = engine.dialect.name == "postgresql"
+        self._listen_url = listen_url
+        self._listeners: dict[str, list[Listener]] = defaultdict(list)
+        self._connection: asyncpg.Connection | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        tx: Transaction | None = None
+        try:
+            async with self.engine.begin() as connection:
+                tx = Transaction(connection, self)
+                yield tx
+        except SQLAlchemyError as exc:
+            cause = getattr(exc, "orig", None) or exc
+            raise StorageError(f"The database failed: {type(cause).__name__}.") from exc
+        for channel, payload in tx.pending if tx is not None else ():
+            self._dispatch(channel, payload)
+
+    # --- notifications -----------------------------------------------------------------------
+
+    def listen(self, channel: str, listener: Listener) -> Callable[[], None]:
+        """Call `listener(payload)` for every notification on `channel`; returns an unsubscribe."""
+        self._listeners[channel].append(listener)
+        return lambda: self._listeners[channel].remove(listener)
+
+    def _dispatch(self, channel: str, payload: str) -> None:
+        for listener in list(self._listeners.get(channel, ())):
+            try:
+                listener(payload)
+            except Exception:  # a listener's bug must not break the others
+                log.exception("notification listener failed")
+
+    async def start(self) -> None:
+        """Open the LISTEN connection (PostgreSQL only) and keep it open."""
+        if self.postgres and self._listen_url is not None:
+            self._supervisor = asyncio.create_task(self._supervise(), name="pg-listen")
+
+    async def _connect(self) -> None:
+        assert self._listen_url is not None
+        connection = await asyncpg.connect(self._listen_url)
+        for channel in CHANNELS:
+            await connection.add_listener(channel, self._on_notification)
+        self._connection = connection
+
+    def _on_notification(self, _conn: Any, _pid: int, channel: str, payload: str) -> None:
+        self._dispatch(channel, payload)
+
+    async def _supervise(self) -> None:
+        while True:
+            try:
+                if self._connection is None or self._connection.is_closed():
+                    await self._connect()
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("LISTEN connection failed (%s); retrying", exc)
+            await asyncio.sleep(2)
+
+    async def stop(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._supervisor
+        if self._connection is not None and not self._connection.is_closed():
+            await self._connection.close()
+
+
+def asyncpg_url(database_url: str) -> str:
+    """The plain libpq URL asyncpg.connect takes, from our SQLAlchemy URL."""
+    return database_url.replace("postgresql+asyncpg://", "postgresql://", 1)

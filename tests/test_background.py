@@ -1,0 +1,222 @@
+"""Background mode in one process, on SQLite and Postgres: queued at once, polled to the end,
+streamed and re-streamed from any event, cancelled (running or queued), failed cleanly."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from app.config import Settings
+from tests.conftest import Database, GatewayServer, Stack, migrate, models_yaml
+from tests.fake_upstream import Fail, FakeUpstream, Reply
+from tests.wire import restream_raw, stream_raw, strict_response, strict_stream
+
+TERMINAL = {"completed", "failed", "incomplete", "cancelled"}
+
+
+def wait_status(
+    client: openai.OpenAI, response_id: str, statuses: set[str], timeout: float = 10
+) -> openai.types.responses.Response:
+    deadline = time.monotonic() + timeout
+    while True:
+        response = client.responses.retrieve(response_id)
+        if response.status in statuses or time.monotonic() > deadline:
+            return response
+        time.sleep(0.02)
+
+
+def wait_disconnect(upstream: FakeUpstream, deadline: float) -> None:
+    while not upstream.disconnects and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_background_returns_queued_at_once_then_completes(client: openai.OpenAI, gw: Stack) -> None:
+    gw.upstream.enqueue(Reply(content="slow answer", delay=1.0))
+    started = time.monotonic()
+    raw = client.responses.with_raw_response.create(
+        model="local-llama", input="hi", background=True
+    ).http_response.json()
+    assert time.monotonic() - started < 0.5
+    queued = strict_response(raw)
+    assert queued.status == "queued" and queued.background is True
+    assert queued.output == [] and queued.usage is None and queued.completed_at is None
+    seen = {wait_status(client, queued.id, {"in_progress"} | TERMINAL, 5).status}
+    done = wait_status(client, queued.id, TERMINAL)
+    seen.add(done.status)
+    assert "in_progress" in seen
+    assert done.status == "completed" and done.output_text == "slow answer"
+    assert done.completed_at is not None and done.usage is not None
+    assert done.usage.total_tokens == 18 and done.background is True
+    strict_response(client.responses.with_raw_response.retrieve(done.id).http_response.json())
+    # The upstream was asked for a streamed answer (so a cancel can keep the partial output).
+    assert gw.upstream.last.body["stream"] is True
+
+
+def test_background_with_previous_response_id(client: openai.OpenAI, gw: Stack) -> None:
+    first = client.responses.create(model="local-llama", input="one")
+    second = client.responses.create(
+        model="local-llama", input="two", previous_response_id=first.id, background=True
+    )
+    done = wait_status(client, second.id, TERMINAL)
+    assert done.output_text == "echo: two"
+    assert [m["content"] for m in gw.upstream.last.body["messages"]] == ["one", "echo: one", "two"]
+    listed = client.responses.input_items.list(second.id, order="asc").data
+    assert len(listed) == 3
+
+
+def test_background_stream_and_restream(client: openai.OpenAI, gw: Stack) -> None:
+    gw.upstream.enqueue(Reply(content="alpha beta gamma delta"))
+    live = stream_raw(gw.gateway.url, {"model": "local-llama", "input": "x", "background": True})
+    strict_stream(live)
+    assert live.types[:3] == ["response.created", "response.queued", "response.in_progress"]
+    assert live.events[0]["response"]["status"] == "queued"
+    assert live.terminal["type"] == "response.completed"
+    response_id = live.terminal["response"]["id"]
+    # Re-stream from any point: exactly the events after it, then the end.
+    for after in (None, -1, 0, 3, len(live.events) - 2):
+        again = restream_raw(gw.gateway.url, response_id, after)
+        start = 0 if after is None else after + 1
+        assert again.events == live.events[start:]
+    # The SDK's own resume call.
+    with client.responses.retrieve(response_id, stream=True, starting_after=2) as events:
+        resumed = [event.sequence_number for event in events]
+    assert resumed == list(range(3, len(live.events)))
+    stored = client.responses.with_raw_response.retrieve(response_id).http_response.json()
+    assert stored == live.terminal["response"]
+
+
+def test_resume_follows_a_running_stream(client: openai.OpenAI, gw: Stack) -> None:
+    words = " ".join(f"w{i}" for i in range(20))
+    gw.upstream.enqueue(Reply(content=words, token_delay=0.05))
+    first_part: list[dict] = []
+    with httpx.stream(
+        "POST",
+        f"{gw.gateway.url}/v1/responses",
+        json={"model": "local-llama", "input": "x", "stream": True, "background": True},
+    ) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                first_part.append(json.loads(line[6:]))
+                if len(first_part) == 6:
+                    break
+    response_id = first_part[0]["response"]["id"]
+    rest = restream_raw(gw.gateway.url, response_id, first_part[-1]["sequence_number"])
+    events = first_part + rest.events
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert events[-1]["type"] == "response.completed"
+    assert events[-1]["response"]["output_text"] == words
+    assert not gw.upstream.disconnects  # a background stream's reader leaving stops nothing
+
+
+def test_cancel_running_job(client: openai.OpenAI, gw: Stack) -> None:
+    words = " ".join(f"w{i}" for i in range(100))
+    gw.upstream.enqueue(Reply(content=words, token_delay=0.05))
+    created = client.responses.create(model="local-llama", input="x", background=True)
+    wait_status(client, created.id, {"in_progress"} | TERMINAL)
+    time.sleep(0.4)  # some tokens arrive
+    asked = time.monotonic()
+    cancelled = client.responses.cancel(created.id)
+    assert cancelled.status == "cancelled"
+    assert time.monotonic() - asked < 1.5
+    wait_disconnect(gw.upstream, asked + 1.0)
+    assert gw.upstream.disconnects and gw.upstream.disconnects[0] - asked < 1.0
+    assert cancelled.output_text.startswith("w0 w1")  # the partial output is kept
+    assert cancelled.output[0].status == "incomplete"
+    assert cancelled.completed_at is None
+    again = client.responses.cancel(created.id)  # idempotent
+    assert again.model_dump() == cancelled.model_dump()
+    assert client.responses.retrieve(created.id).status == "cancelled"
+
+
+def test_cancel_finished_background_response_returns_it_unchanged(
+    client: openai.OpenAI,
+) -> None:
+    created = client.responses.create(model="local-llama", input="x", background=True)
+    done = wait_status(client, created.id, TERMINAL)
+    assert client.responses.cancel(created.id).model_dump() == done.model_dump()
+
+
+def test_cancel_rules(client: openai.OpenAI) -> None:
+    foreground = client.responses.create(model="local-llama", input="x")
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.cancel(foreground.id)
+    assert caught.value.body["message"] == "Cannot cancel a synchronous response."  # type: ignore[index]
+    with pytest.raises(openai.NotFoundError):
+        client.responses.cancel("resp_does_not_exist")
+
+
+def test_restream_needs_background_stream(client: openai.OpenAI, gw: Stack) -> None:
+    plain = client.responses.create(model="local-llama", input="x", background=True)
+    wait_status(client, plain.id, TERMINAL)
+    foreground = client.responses.create(model="local-llama", input="x")
+    for response_id in (plain.id, foreground.id):
+        raw = httpx.get(f"{gw.gateway.url}/v1/responses/{response_id}?stream=true")
+        assert raw.status_code == 400
+        assert raw.json()["error"]["param"] == "stream"
+    assert httpx.get(f"{gw.gateway.url}/v1/responses/resp_nope?stream=true").status_code == 404
+
+
+def test_background_upstream_failure(client: openai.OpenAI, gw: Stack) -> None:
+    gw.upstream.enqueue(Fail(500, {"error": {"message": "model crashed"}}))
+    live = stream_raw(gw.gateway.url, {"model": "local-llama", "input": "x", "background": True})
+    strict_stream(live)
+    assert live.types[-2:] == ["error", "response.failed"]
+    failed = client.responses.retrieve(live.terminal["response"]["id"])
+    assert failed.status == "failed" and failed.error is not None
+    assert "model crashed" in failed.error.message
+
+
+def test_background_truncation_is_incomplete(client: openai.OpenAI, gw: Stack) -> None:
+    gw.upstream.enqueue(Reply(content="cut short", finish_reason="length"))
+    created = client.responses.create(
+        model="local-llama", input="x", background=True, max_output_tokens=16
+    )
+    done = wait_status(client, created.id, TERMINAL)
+    assert done.status == "incomplete"
+    assert done.incomplete_details is not None
+    assert done.incomplete_details.reason == "max_output_tokens"
+
+
+def test_delete_in_flight_background_response(client: openai.OpenAI, gw: Stack) -> None:
+    gw.upstream.enqueue(Reply(content=" ".join("x" * 100), token_delay=0.05))
+    created = client.responses.create(model="local-llama", input="x", background=True)
+    wait_status(client, created.id, {"in_progress"} | TERMINAL)
+    time.sleep(0.2)
+    client.responses.delete(created.id)
+    wait_disconnect(gw.upstream, time.monotonic() + 1.5)
+    assert gw.upstream.disconnects, "deleting did not stop the upstream call"
+    time.sleep(0.3)  # the worker's fenced writes must not resurrect it
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(created.id)
+
+
+@pytest.fixture
+def idle_gateway(
+    empty_database: Database, upstream: FakeUpstream, tmp_path: Path
+) -> Iterator[GatewayServer]:
+    """A gateway whose worker is off: its background jobs stay queued."""
+    migrate(empty_database.url)
+    config = tmp_path / "models.yaml"
+    config.write_text(models_yaml(upstream))
+    settings = Settings(
+        database_url=empty_database.url, gateway_config=config, gateway_worker_concurrency=0
+    )
+    server = GatewayServer(settings).start()
+    yield server
+    server.stop()
+
+
+def test_cancel_queued_job(idle_gateway: GatewayServer) -> None:
+    with openai.OpenAI(base_url=f"{idle_gateway.url}/v1", api_key="x", max_retries=0) as client:
+        created = client.responses.create(model="local-llama", input="x", background=True)
+        time.sleep(0.2)
+        assert client.responses.retrieve(created.id).status == "queued"
+        cancelled = client.responses.cancel(created.id)
+        assert cancelled.status == "cancelled" and cancelled.output == []
+        assert client.responses.cancel(created.id).status == "cancelled"
