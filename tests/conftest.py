@@ -73,7 +73,7 @@ class Database:
     url: str  # the gateway's DATABASE_URL (async driver)
 
 
-def _new_database(kind: str, tmp_path: Path) -> Iterator[Database]:
+def new_database(kind: str, tmp_path: Path) -> Iterator[Database]:
     if kind == "sqlite":
         yield Database("sqlite", f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}")
         return
@@ -91,7 +91,7 @@ def _new_database(kind: str, tmp_path: Path) -> Iterator[Database]:
 @pytest.fixture(params=["sqlite", "postgres"])
 def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
     """A fresh database with no schema, per test."""
-    yield from _new_database(request.param, tmp_path)
+    yield from new_database(request.param, tmp_path)
 
 
 def migrate(url: str, to: str = "head") -> None:
@@ -180,7 +180,7 @@ def stack(
     """A migrated database, the fake upstream and a gateway in front of both (one per database
     kind for the whole session; tests reset the upstream, never the database)."""
     tmp = tmp_path_factory.mktemp(f"stack-{request.param}")
-    for database in _new_database(request.param, tmp):
+    for database in new_database(request.param, tmp):
         migrate(database.url)
         config = tmp / "models.yaml"
         config.write_text(models_yaml(upstream))
