@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     gateway_max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     # Seconds of upstream silence after which a stream gets an SSE keep-alive comment.
     gateway_sse_keepalive: float = Field(default=15.0, gt=0)
+    # PostgreSQL connections one process keeps open (bursts may open half as many again).
+    gateway_db_pool_size: int = Field(default=30, ge=1)
     # Background mode: jobs one process runs at once, the lease a running job holds (renewed
     # every third of it), attempts before a job whose process keeps dying is failed, how long
     # shutdown waits for running jobs before handing them to other replicas, how long stream

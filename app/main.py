@@ -58,7 +58,7 @@ def create_app(settings: Settings, models: ModelsFile) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         # Opened in order, closed in reverse: engine, notifications, backends, worker.
         async with AsyncExitStack() as stack:
-            engine = create_engine(settings.database_url)
+            engine = create_engine(settings.database_url, settings.gateway_db_pool_size)
             stack.push_async_callback(engine.dispose)
             await require_head(engine)
             database = Database(engine, listen_url=asyncpg_url(settings.database_url))

@@ -123,7 +123,7 @@ class BackgroundRunner:
     # --- the loops ---------------------------------------------------------------------------
 
     async def _claim_loop(self) -> None:
-        last_prune = 0.0
+        last_prune = last_sweep = 0.0
         while not self._stopping:
             self._wake.clear()
             try:
@@ -133,10 +133,14 @@ class BackgroundRunner:
                         self.owner, free, self._settings.lease_seconds, self._settings.max_attempts
                     ):
                         self._spawn(job)
-                for response_id, project, attempts in await self._jobs.abandoned(
-                    self._settings.max_attempts
-                ):
-                    await self._fail_abandoned(response_id, project, attempts)
+                # Jobs abandoned for good can only appear when a lease expires: no need to look
+                # on every wake-up.
+                if time.monotonic() - last_sweep > self._settings.lease_seconds / 2:
+                    last_sweep = time.monotonic()
+                    for response_id, project, attempts in await self._jobs.abandoned(
+                        self._settings.max_attempts
+                    ):
+                        await self._fail_abandoned(response_id, project, attempts)
                 if time.monotonic() - last_prune > PRUNE_EVERY_SECONDS:
                     last_prune = time.monotonic()
                     await self._events.prune(self._settings.event_retention_seconds)
@@ -185,7 +189,9 @@ class BackgroundRunner:
 
     async def _execute(self, job: ClaimedJob) -> None:
         try:
-            stored = await self._responses.get_response(job.response_id, job.project)
+            stored = await self._responses.get_response(
+                job.response_id, job.project, with_input=True
+            )
             if stored is None:
                 return  # deleted while queued
             try:
@@ -208,7 +214,7 @@ class BackgroundRunner:
         if job.cancel_requested or route is None:
             await self._end_without_running(job, stored.body, stored.stream, route is None)
             return
-        items = await self._responses.list_input_items(job.response_id, job.project) or []
+        items = stored.input
         prepared = Prepared(
             request,
             route,
@@ -221,15 +227,11 @@ class BackgroundRunner:
         # A retried job continues the numbering of what earlier attempts persisted.
         last = await self._events.last_sequence(job.response_id) if stored.stream else None
         ladder = EventLadder(0 if last is None else last + 1)
-        body = response_body(prepared, "in_progress")
-        started = (
-            [ladder.event("response.in_progress", response=render_response(body, []))]
-            if stored.stream
-            else []
-        )
-        if not await self._jobs.record(job.response_id, self.owner, started, body):
-            return  # lost the lease already
+        # The claim already set the status column to in_progress; the event goes out with the
+        # first batch.
         sink = _BackgroundSink(self, job, prepared, persist=stored.stream)
+        body = response_body(prepared, "in_progress")
+        sink.add(ladder.event("response.in_progress", response=render_response(body, [])))
         flusher = asyncio.create_task(sink.autoflush())
         try:
             async for event in run_generation(prepared, ladder, sink):

@@ -19,7 +19,7 @@ def _json_dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def create_engine(url: str) -> AsyncEngine:
+def create_engine(url: str, pool_size: int = 30) -> AsyncEngine:
     if url.startswith("sqlite"):
         engine = create_async_engine(
             url,
@@ -42,8 +42,11 @@ def create_engine(url: str) -> AsyncEngine:
         url,
         json_serializer=_json_dumps,
         json_deserializer=orjson.loads,
-        pool_size=20,
-        max_overflow=20,
+        # Sized for the steady concurrency of one process (requests plus background jobs):
+        # connections above pool_size are closed when returned, and reopening them per burst
+        # costs more than keeping them.
+        pool_size=pool_size,
+        max_overflow=pool_size // 2,
         pool_pre_ping=False,
     )
 

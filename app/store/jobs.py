@@ -94,6 +94,12 @@ class JobStore:
         )
         async with self._db.transaction() as tx:
             rows = (await tx.execute(statement)).all()
+            if rows:
+                await tx.execute(
+                    update(responses_table)
+                    .where(responses_table.c.id.in_([row.response_id for row in rows]))
+                    .values(status="in_progress")
+                )
         return [ClaimedJob(*row) for row in rows]
 
     async def abandoned(self, max_attempts: int) -> list[tuple[str, str, int]]:
@@ -193,15 +199,9 @@ class JobStore:
             )
         )
 
-    async def record(
-        self,
-        response_id: str,
-        owner: str,
-        events: list[dict[str, Any]],
-        body: dict[str, Any] | None = None,
-    ) -> bool:
-        """Persist stream events (and a new body, e.g. status in_progress) of a running job,
-        fenced by the lease. Returns False, writing nothing, if the lease was lost."""
+    async def record(self, response_id: str, owner: str, events: list[dict[str, Any]]) -> bool:
+        """Persist stream events of a running job, fenced by the lease. Returns False, writing
+        nothing, if the lease was lost."""
         async with self._db.transaction() as tx:
             held = await tx.execute(
                 select(jobs_table.c.response_id).where(
@@ -212,12 +212,6 @@ class JobStore:
             )
             if held.first() is None:
                 return False
-            if body is not None:
-                await tx.execute(
-                    update(responses_table)
-                    .where(responses_table.c.id == response_id)
-                    .values(status=body["status"], body=body)
-                )
             await append_events(tx, response_id, events)
         return True
 

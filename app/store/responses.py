@@ -8,7 +8,7 @@ Driver errors are turned into `StorageError` here, once.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -36,6 +36,7 @@ class StoredResponse:
     output: list[dict[str, Any]]
     background: bool = False
     stream: bool = False
+    input: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def status(self) -> str:
@@ -181,15 +182,26 @@ class ResponseStore:
                 await tx.notify("rg_jobs", response.id)
             await append_events(tx, response.id, events or [])
 
-    async def get_response(self, response_id: str, project: str) -> StoredResponse | None:
-        async with self._db.transaction() as connection:
+    async def get_response(
+        self, response_id: str, project: str, *, with_input: bool = False
+    ) -> StoredResponse | None:
+        """The stored response (and, with `with_input`, its input items: history then its own
+        input, as a background worker needs them) in one transaction.
+
+        The `status` column is authoritative over the body's copy: a worker that claims a job
+        flips the column to `in_progress` in the claiming statement, without rewriting the body.
+        """
+        async with self._db.transaction() as tx:
             row = (
-                await connection.execute(
+                await tx.execute(
                     select(
                         responses_table.c.body,
+                        responses_table.c.status,
                         responses_table.c.output_pks,
                         responses_table.c.background,
                         responses_table.c.stream,
+                        responses_table.c.history_pks,
+                        responses_table.c.input_pks,
                     ).where(
                         responses_table.c.id == response_id, responses_table.c.project == project
                     )
@@ -197,9 +209,16 @@ class ResponseStore:
             ).first()
             if row is None:
                 return None
-            data = await self._items_by_pk(connection, row.output_pks)
-        output = [data[pk] for pk in row.output_pks if pk in data]
-        return StoredResponse(row.body, output, row.background, row.stream)
+            input_pks = [*row.history_pks, *row.input_pks] if with_input else []
+            data = await self._items_by_pk(tx, [*row.output_pks, *input_pks])
+        body = row.body if row.body["status"] == row.status else {**row.body, "status": row.status}
+        return StoredResponse(
+            body,
+            [data[pk] for pk in row.output_pks if pk in data],
+            row.background,
+            row.stream,
+            [data[pk] for pk in input_pks if pk in data],
+        )
 
     async def list_input_items(self, response_id: str, project: str) -> list[dict[str, Any]] | None:
         """Every item used to generate the response (inherited context, then its own input),
