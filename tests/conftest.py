@@ -142,6 +142,8 @@ class GatewayServer:
 
 
 def models_yaml(upstream: FakeUpstream) -> str:
+    # `max_retries: 0`: these models exist to show a single upstream fault as the client sees
+    # it; retries have their own tests (test_routing.py).
     return f"""
 models:
   - name: local-llama
@@ -150,14 +152,17 @@ models:
     api_key: ${{FAKE_UPSTREAM_KEY:-sk-upstream-secret}}
     upstream_model: llama3.2
     context_window: 131072
+    max_retries: 0
   - name: short-timeout
     backend: chat_completions
     base_url: {upstream.base_url}
     timeout: 0.5
+    max_retries: 0
   - name: unreachable
     backend: chat_completions
     base_url: http://user:pw@127.0.0.1:9/v1
     connect_timeout: 2
+    max_retries: 0
 """
 
 

@@ -18,10 +18,10 @@ from app.backends.base import Finish, GenerationRequest, Usage
 from app.backends.registry import Registry, Route
 from app.core.events import Event, EventLadder
 from app.core.items import ConcreteItem, canonical_item, check_item
-from app.core.requests import check_request, echo_tool, generation_request
+from app.core.requests import check_request, echo_tools, generation_request
 from app.errors import GatewayError, NotFoundError, StorageError, UpstreamError
 from app.ids import new_id
-from app.schemas.requests import CreateResponseRequest, FunctionTool, ItemReference, MessageItem
+from app.schemas.requests import CreateResponseRequest, ItemReference, MessageItem
 from app.schemas.responses import error_object, list_object, render_response, usage_object
 from app.store.responses import InputEntry, NewResponse, ResponseStore, StoredItem
 
@@ -63,7 +63,7 @@ class ResponsesService:
     async def prepare(self, request: CreateResponseRequest) -> Prepared:
         """Every check that can refuse the request, before any upstream call or any byte sent."""
         route = self._resolve(request.model)
-        check_request(request, route.config.backend)
+        check_request(request, route.backend)
         context = await self._assemble(request)
         generation = generation_request(request, route.upstream_model, context.items)
         return Prepared(request, route, context, generation)
@@ -78,7 +78,9 @@ class ResponsesService:
                 await self._save(prepared, self._body(prepared, "failed", error=error), [])
                 exc.message += f" The response was stored as failed: {prepared.id}."
             raise
-        body = self._body(prepared, result.status, result.usage, result.incomplete_reason)
+        body = self._body(
+            prepared, result.status, result.usage, result.incomplete_reason, model=result.model
+        )
         await self._save(prepared, body, result.output)
         return render_response(body, result.output)
 
@@ -100,7 +102,9 @@ class ResponsesService:
             status = "incomplete" if finish.incomplete_reason else "completed"
             for event in ladder.close_all(status):
                 yield event
-            body = self._body(prepared, status, finish.usage, finish.incomplete_reason)
+            body = self._body(
+                prepared, status, finish.usage, finish.incomplete_reason, model=finish.model
+            )
             await self._save(prepared, body, ladder.output)
             yield ladder.event(f"response.{status}", response=render_response(body, ladder.output))
         except (UpstreamError, StorageError) as exc:
@@ -210,6 +214,7 @@ class ResponsesService:
         usage: Usage | None = None,
         incomplete_reason: str | None = None,
         error: dict[str, Any] | None = None,
+        model: str | None = None,
     ) -> dict[str, Any]:
         """Every Response field but `output`, in OpenAI's order."""
         request = prepared.request
@@ -241,7 +246,7 @@ class ResponsesService:
             "max_output_tokens": request.max_output_tokens,
             "max_tool_calls": request.max_tool_calls,
             "metadata": request.metadata or {},
-            "model": prepared.route.config.name,
+            "model": model or prepared.route.config.name,  # a fallback reports its own name
             "parallel_tool_calls": (
                 True if request.parallel_tool_calls is None else request.parallel_tool_calls
             ),
@@ -256,7 +261,7 @@ class ResponsesService:
             "temperature": 1.0 if request.temperature is None else request.temperature,
             "text": text,
             "tool_choice": tool_choice,
-            "tools": [echo_tool(t) for t in request.tools or () if isinstance(t, FunctionTool)],
+            "tools": echo_tools(request),
             "top_logprobs": request.top_logprobs or 0,
             "top_p": 1.0 if request.top_p is None else request.top_p,
             "truncation": request.truncation or "disabled",
