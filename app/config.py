@@ -7,6 +7,7 @@ field, so a typo stops the server with a message the user can act on.
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 from collections.abc import Iterator
@@ -132,6 +133,12 @@ class ModelConfig(BaseModel):
     # slot, then get a 429 (or go to a fallback).
     max_concurrency: int | None = Field(default=None, gt=0)
     queue_timeout: float = Field(default=30.0, ge=0)
+
+    @field_validator("api_version", mode="before")
+    @classmethod
+    def accept_unquoted_date(cls, value: object) -> object:
+        # YAML reads `api_version: 2024-10-21` as a date; what Azure wants is its text.
+        return value.isoformat() if isinstance(value, datetime.date) else value
 
     @field_validator("base_url", "endpoint")
     @classmethod
