@@ -12,7 +12,7 @@ from pathlib import Path
 from alembic import command
 from pydantic import ValidationError
 
-from app.config import ConfigError, ModelsFile, Settings, describe_routes, load_models_file
+from app.config import ConfigError, ModelsFile, Settings, describe_routes, load_routing
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -26,7 +26,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _models(settings: Settings) -> ModelsFile:
-    return load_models_file(settings.gateway_config)
+    return load_routing(settings)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

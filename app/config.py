@@ -7,6 +7,7 @@ field, so a typo stops the server with a message the user can act on.
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 from collections.abc import Iterator
@@ -16,10 +17,21 @@ from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./responses-gateway.db"
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+ENTRA_SCOPE = "https://cognitiveservices.azure.com/.default"
 
 
 class Settings(BaseSettings):
@@ -48,10 +60,28 @@ class Settings(BaseSettings):
     gateway_shutdown_grace_seconds: float = Field(default=30.0, ge=0)
     gateway_event_retention_seconds: float = Field(default=3600.0, ge=0)
     gateway_job_poll_seconds: float = Field(default=1.0, gt=0)
+    # The built-in `echo` backend is routable under this name (a testing aid, no network);
+    # an empty value switches it off. A model of the same name in the models file wins.
+    gateway_echo_model: str = "echo"
+    # Quick start without a models file (ignored when GATEWAY_CONFIG is set): see `quick_start`.
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+    azure_openai_endpoint: str | None = None
+    azure_openai_api_key: SecretStr | None = None
+    azure_openai_deployments: str = ""
+    azure_openai_api_version: str | None = None
 
-    @field_validator("gateway_config", mode="before")
+    @field_validator(
+        "gateway_config",
+        "openai_api_key",
+        "openai_base_url",
+        "azure_openai_endpoint",
+        "azure_openai_api_key",
+        "azure_openai_api_version",
+        mode="before",
+    )
     @classmethod
-    def treat_empty_config_as_unset(cls, value: object) -> object:
+    def treat_empty_as_unset(cls, value: object) -> object:
         return None if value == "" else value
 
     @field_validator("database_url")
@@ -72,33 +102,98 @@ class Settings(BaseSettings):
         return value
 
 
+BackendKind = Literal["chat_completions", "responses", "openai", "azure", "echo"]
+
+
+def _field_error(field: str, message: str) -> PydanticCustomError:
+    # Model-level checks have no location of their own; `field` in the context lets the loader
+    # name the field (and its line) all the same.
+    return PydanticCustomError("invalid_field", message, {"field": field})
+
+
 class ModelConfig(BaseModel):
-    """One routable model: what clients send as `model`, and where it goes."""
+    """One routable model (or, when `name` ends in `*`, a prefix rule): what clients send as
+    `model`, where it goes, and how hard to try."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(min_length=1)
-    backend: Literal["chat_completions"]
-    base_url: str
+    backend: BackendKind
+    base_url: str | None = None  # chat_completions, responses; openai defaults to OpenAI's
     api_key: SecretStr | None = None
-    upstream_model: str | None = None
+    upstream_model: str | None = None  # for azure: the deployment name
+    aliases: list[str] = Field(default_factory=list)
     context_window: int | None = Field(default=None, gt=0)
+    # Whether the model reasons (asks the upstream for `reasoning.encrypted_content` so that
+    # reasoning carries across turns). Unset: guessed from the name for openai/azure.
+    reasoning: bool | None = None
+    # Azure OpenAI: the resource endpoint; no api_version (or "preview") means the v1 API.
+    endpoint: str | None = None
+    api_version: str | None = None
+    api: Literal["responses", "chat_completions"] = "responses"
+    auth: Literal["api_key", "entra_id"] | None = None  # default: api_key if one is set
+    entra_scope: str = ENTRA_SCOPE
     # Seconds. `timeout` bounds the wait for each read from the upstream (so a long stream that
     # keeps sending is fine); `connect_timeout` bounds opening the connection.
     timeout: float = Field(default=600.0, gt=0)
     connect_timeout: float = Field(default=10.0, gt=0)
     max_connections: int = Field(default=256, gt=0)
+    # Retries of connection errors, 429 and 5xx before any output; then `fallbacks`, in order.
+    max_retries: int = Field(default=2, ge=0, le=10)
+    fallbacks: list[str] = Field(default_factory=list)
+    # Requests in flight to this model at once; more wait up to `queue_timeout` seconds for a
+    # slot, then get a 429 (or go to a fallback).
+    max_concurrency: int | None = Field(default=None, gt=0)
+    queue_timeout: float = Field(default=30.0, ge=0)
 
-    @field_validator("base_url")
+    @field_validator("api_version", mode="before")
     @classmethod
-    def require_http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
+    def accept_unquoted_date(cls, value: object) -> object:
+        # YAML reads `api_version: 2024-10-21` as a date; what Azure wants is its text.
+        return value.isoformat() if isinstance(value, datetime.date) else value
+
+    @field_validator("base_url", "endpoint")
+    @classmethod
+    def require_http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
+        return value.rstrip("/") if value else value
+
+    @model_validator(mode="after")
+    def require_backend_fields(self) -> ModelConfig:
+        needs = {"chat_completions": "base_url", "responses": "base_url", "azure": "endpoint"}
+        field = needs.get(self.backend)
+        if field and getattr(self, field) is None:
+            raise _field_error(field, f"required for backend {self.backend}")
+        if self.backend == "azure" and self.azure_auth == "api_key" and self.api_key is None:
+            raise _field_error("api_key", "required for auth api_key")
+        if self.is_rule and (self.upstream_model or self.aliases):
+            field = "upstream_model" if self.upstream_model else "aliases"
+            raise _field_error(field, "a prefix rule takes the upstream model from the name")
+        if "*" in self.name[:-1]:
+            raise _field_error("name", "'*' may only end a prefix rule, as in 'ollama/*'")
+        return self
+
+    @property
+    def is_rule(self) -> bool:
+        return self.name.endswith("*")
 
     @property
     def target_model(self) -> str:
         return self.upstream_model or self.name
+
+    @property
+    def azure_auth(self) -> str:
+        return self.auth or ("api_key" if self.api_key is not None else "entra_id")
+
+    @property
+    def url(self) -> str:
+        """Where the upstream is, for humans (no credentials)."""
+        if self.backend == "echo":
+            return "(built in, no network)"
+        if self.backend == "azure":
+            return public_url(self.endpoint or "") + f" ({self.azure_auth}, {self.api})"
+        return public_url(self.base_url or OPENAI_BASE_URL)
 
 
 class ModelsFile(BaseModel):
@@ -111,9 +206,19 @@ class ModelsFile(BaseModel):
     def require_unique_names(cls, value: list[ModelConfig]) -> list[ModelConfig]:
         seen: set[str] = set()
         for model in value:
-            if model.name in seen:
-                raise ValueError(f"model name {model.name!r} appears more than once")
-            seen.add(model.name)
+            for name in (model.name, *model.aliases):
+                if name in seen:
+                    raise ValueError(f"model name {name!r} appears more than once")
+                seen.add(name)
+        for index, model in enumerate(value):
+            for position, fallback in enumerate(model.fallbacks):
+                exact = {m.name for m in value if not m.is_rule}
+                if fallback not in exact or fallback == model.name:
+                    raise PydanticCustomError(
+                        "invalid_field",
+                        "'{name}' is not another model named in this file",
+                        {"name": fallback, "field": f"[{index}].fallbacks[{position}]"},
+                    )
         return value
 
 
@@ -204,6 +309,9 @@ def parse_models_file(text: str, source: str, env: dict[str, str] | None = None)
         problems = []
         for error in exc.errors():
             path = _loc_to_path(tuple(error["loc"]))
+            field = (error.get("ctx") or {}).get("field")
+            if field:
+                path += field if field.startswith("[") else f".{field}"
             line = _line_for(path, lines)
             where = f"line {line}, " if line else ""
             problems.append(f"{source}: {where}field {path or '(top level)'}: {error['msg']}")
@@ -230,6 +338,49 @@ def public_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
+def quick_start(settings: Settings) -> list[ModelConfig]:
+    """Routes from the environment, for a gateway started without a models file:
+    `OPENAI_API_KEY` routes every other model name to OpenAI (a catch-all `*` rule: OpenAI itself
+    answers 404 for names it does not know); `AZURE_OPENAI_ENDPOINT` (+ `AZURE_OPENAI_API_KEY`,
+    or Entra ID without one) routes each name of `AZURE_OPENAI_DEPLOYMENTS` to that deployment."""
+    models: list[ModelConfig] = []
+    deployments = [d.strip() for d in settings.azure_openai_deployments.split(",") if d.strip()]
+    if settings.azure_openai_endpoint:
+        for deployment in deployments:
+            models.append(
+                ModelConfig(
+                    name=deployment,
+                    backend="azure",
+                    endpoint=settings.azure_openai_endpoint,
+                    api_key=settings.azure_openai_api_key,
+                    api_version=settings.azure_openai_api_version,
+                )
+            )
+    if settings.openai_api_key is not None:
+        models.append(
+            ModelConfig(
+                name="*",
+                backend="openai",
+                base_url=settings.openai_base_url,
+                api_key=settings.openai_api_key,
+            )
+        )
+    return models
+
+
+def load_routing(settings: Settings) -> ModelsFile:
+    """The routing table `serve` and `check-config` use: the models file (or, without one, the
+    quick-start environment), plus the built-in echo model unless switched off or taken."""
+    models = list(load_models_file(settings.gateway_config).models)
+    if settings.gateway_config is None:
+        models += quick_start(settings)
+    taken = {name for model in models for name in (model.name, *model.aliases)}
+    echo = settings.gateway_echo_model
+    if echo and echo not in taken:
+        models.append(ModelConfig(name=echo, backend="echo"))
+    return ModelsFile(models=models)
+
+
 def describe_routes(models: ModelsFile) -> Iterator[str]:
     """Lines of the routing table as `check-config` and `serve` print it."""
     if not models.models:
@@ -237,7 +388,14 @@ def describe_routes(models: ModelsFile) -> Iterator[str]:
         return
     width = max(len(m.name) for m in models.models)
     for model in models.models:
-        yield (
-            f"{model.name:<{width}}  -> {model.backend} {public_url(model.base_url)} "
-            f"model={model.target_model}" + (" (api key set)" if model.api_key else "")
+        target = "<rest of the name>" if model.is_rule else model.target_model
+        notes = [f"aliases={','.join(model.aliases)}"] if model.aliases else []
+        if model.fallbacks:
+            notes.append(f"fallbacks={','.join(model.fallbacks)}")
+        if model.max_concurrency:
+            notes.append(f"max_concurrency={model.max_concurrency}")
+        if model.api_key:
+            notes.append("(api key set)")
+        yield " ".join(
+            [f"{model.name:<{width}}  -> {model.backend} {model.url}", f"model={target}", *notes]
         )

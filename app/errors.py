@@ -7,7 +7,8 @@
     ├── RateLimitError           429
     ├── StorageError             500 server_error (a database fault, mapped once in `store`)
     └── UpstreamError            502 server_error; an upstream 4xx keeps its own status
-        └── UpstreamTimeoutError 504 server_error
+        ├── UpstreamTimeoutError 504 server_error
+        └── UpstreamUnavailableError  502 (or the upstream's 429): worth trying again or elsewhere
 
 Messages never carry upstream credentials: backends build them from status and body only.
 """
@@ -77,3 +78,13 @@ class UpstreamError(GatewayError):
 class UpstreamTimeoutError(UpstreamError):
     status = 504
     code = "upstream_timeout"
+
+
+class UpstreamUnavailableError(UpstreamError):
+    """The upstream could not take the request: connection refused or dropped, 429, or 5xx.
+
+    Retrying is safe as long as no output has reached the client, which is why backends raise
+    this distinct type and the router (`app/backends/routing.py`) retries and falls back on it.
+    `retry_after` is the upstream's `Retry-After`, in seconds, when it sent one."""
+
+    retry_after: float | None = None

@@ -14,7 +14,7 @@ from app.api import models as models_routes
 from app.api import responses as responses_routes
 from app.api.errors import install_error_handlers
 from app.backends.registry import Registry
-from app.config import ModelsFile, Settings, describe_routes, load_models_file
+from app.config import ModelsFile, Settings, describe_routes, load_routing
 from app.core.background import BackgroundRunner, WorkerSettings
 from app.core.responses import ResponsesService
 from app.store.database import Database, asyncpg_url
@@ -85,4 +85,4 @@ def create_app(settings: Settings, models: ModelsFile) -> FastAPI:
 def app_from_env() -> FastAPI:
     """Factory for `uvicorn --factory app.main:app_from_env`: settings from the environment."""
     settings = Settings()
-    return create_app(settings, load_models_file(settings.gateway_config))
+    return create_app(settings, load_routing(settings))

@@ -24,8 +24,9 @@ import pytest
 import uvicorn
 
 from app.cli import main as cli_main
-from app.config import Settings, load_models_file
+from app.config import Settings, load_routing
 from app.main import create_app
+from tests.fake_responses import FakeResponses
 from tests.fake_upstream import FakeUpstream
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -109,7 +110,7 @@ class GatewayServer:
     """The app served by uvicorn in a thread, on a pre-bound free loopback port."""
 
     def __init__(self, settings: Settings) -> None:
-        models = load_models_file(settings.gateway_config)
+        models = load_routing(settings)
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", 0))
@@ -142,6 +143,8 @@ class GatewayServer:
 
 
 def models_yaml(upstream: FakeUpstream) -> str:
+    # `max_retries: 0`: these models exist to show a single upstream fault as the client sees
+    # it; retries have their own tests (test_routing.py).
     return f"""
 models:
   - name: local-llama
@@ -150,14 +153,17 @@ models:
     api_key: ${{FAKE_UPSTREAM_KEY:-sk-upstream-secret}}
     upstream_model: llama3.2
     context_window: 131072
+    max_retries: 0
   - name: short-timeout
     backend: chat_completions
     base_url: {upstream.base_url}
     timeout: 0.5
+    max_retries: 0
   - name: unreachable
     backend: chat_completions
     base_url: http://user:pw@127.0.0.1:9/v1
     connect_timeout: 2
+    max_retries: 0
 """
 
 
@@ -203,4 +209,123 @@ def gw(stack: Stack) -> Iterator[Stack]:
 @pytest.fixture
 def client(gw: Stack) -> Iterator[openai.OpenAI]:
     with gw.client() as c:
+        yield c
+
+
+# --- backends that speak Responses natively, Azure, routing ----------------------------------
+
+
+@pytest.fixture(scope="session")
+def responses_upstream() -> Iterator[FakeResponses]:
+    fake = FakeResponses().start()
+    yield fake
+    fake.stop()
+
+
+OPENAI_SECRET = "sk-openai-secret"
+AZURE_SECRET = "azure-secret-key"
+
+
+def native_models_yaml(fake: FakeResponses, chat: FakeUpstream) -> str:
+    v1 = f"{fake.root}/v1"
+    return f"""
+models:
+  - {{name: gpt-5-mini, backend: openai, base_url: {v1}, api_key: {OPENAI_SECRET}, max_retries: 0}}
+  - name: gpt-4o
+    backend: openai
+    base_url: {v1}
+    api_key: {OPENAI_SECRET}
+    aliases: [latest]
+    max_retries: 2
+  - {{name: vllm/*, backend: responses, base_url: {v1}, max_retries: 0}}
+  - name: azure-v1
+    backend: azure
+    endpoint: {fake.root}
+    upstream_model: prod-gpt
+    api_key: {AZURE_SECRET}
+    max_retries: 0
+  - name: azure-preview
+    backend: azure
+    endpoint: {fake.root}
+    api_version: 2025-04-01-preview
+    api_key: {AZURE_SECRET}
+  - name: azure-chat
+    backend: azure
+    api: chat_completions
+    endpoint: {fake.root}
+    api_version: 2024-10-21
+    upstream_model: chat-deployment
+    api_key: {AZURE_SECRET}
+  - {{name: azure-entra, backend: azure, endpoint: {fake.root}, auth: entra_id}}
+  - name: flaky
+    backend: openai
+    base_url: {v1}
+    max_retries: 1
+    fallbacks: [dead-end, backup]
+  - {{name: dead-end, backend: openai, base_url: "http://127.0.0.1:9/v1", max_retries: 1}}
+  - {{name: backup, backend: responses, base_url: {v1}, max_retries: 0}}
+  - name: limited
+    backend: responses
+    base_url: {v1}
+    max_concurrency: 1
+    queue_timeout: 0.3
+  - name: impatient
+    backend: responses
+    base_url: {v1}
+    timeout: 0.5
+    max_retries: 3
+    fallbacks: [backup]
+  - {{name: mixed, backend: openai, base_url: {v1}, fallbacks: [chat-fallback]}}
+  - {{name: chat-fallback, backend: chat_completions, base_url: {chat.base_url}}}
+"""
+
+
+@dataclass
+class NativeStack:
+    gateway: GatewayServer
+    fake: FakeResponses
+    database: Database
+
+    def client(self) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.gateway.url}/v1", api_key="sk-client", max_retries=0)
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def native_stack(
+    request: pytest.FixtureRequest,
+    upstream: FakeUpstream,
+    responses_upstream: FakeResponses,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[NativeStack]:
+    """A gateway whose models speak Responses natively (OpenAI, Azure, local servers) to the
+    fake Responses server. Entra ID tokens come from the fake's managed-identity endpoint,
+    found by azure-identity's `DefaultAzureCredential` through App Service's variables."""
+    tmp = tmp_path_factory.mktemp(f"native-{request.param}")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("IDENTITY_ENDPOINT", f"{responses_upstream.root}/msi/token")
+        env.setenv("IDENTITY_HEADER", "fake-identity-header")
+        for name in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET"):
+            env.delenv(name, raising=False)
+        for database in new_database(request.param, tmp):
+            migrate(database.url)
+            config = tmp / "models.yaml"
+            config.write_text(native_models_yaml(responses_upstream, upstream))
+            settings = Settings(database_url=database.url, gateway_config=config)
+            server = GatewayServer(settings).start()
+            try:
+                yield NativeStack(server, responses_upstream, database)
+            finally:
+                server.stop()
+
+
+@pytest.fixture
+def native(native_stack: NativeStack, upstream: FakeUpstream) -> Iterator[NativeStack]:
+    native_stack.fake.reset()
+    upstream.reset()
+    yield native_stack
+
+
+@pytest.fixture
+def nclient(native: NativeStack) -> Iterator[openai.OpenAI]:
+    with native.client() as c:
         yield c

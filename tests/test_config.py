@@ -123,8 +123,14 @@ def test_check_config_reports_bad_file(tmp_path: Path) -> None:
     assert "line 3, field models[0].backend" in result.stderr
 
 
+QUIET = {"OPENAI_API_KEY": "", "AZURE_OPENAI_ENDPOINT": ""}
+
+
 def test_check_config_without_file(monkeypatch: pytest.MonkeyPatch) -> None:
-    result = run_cli("check-config", env={"GATEWAY_CONFIG": ""})
+    result = run_cli("check-config", env={"GATEWAY_CONFIG": "", **QUIET})
+    assert result.returncode == 0
+    assert "echo  -> echo (built in, no network)" in result.stdout  # on unless switched off
+    result = run_cli("check-config", env={"GATEWAY_CONFIG": "", "GATEWAY_ECHO_MODEL": "", **QUIET})
     assert result.returncode == 0
     assert "EMPTY" in result.stdout
 

@@ -32,6 +32,12 @@ class GenerationRequest:
     max_output_tokens: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    reasoning_summary: str | None = None
+    include: list[str] = field(default_factory=list)
+    # Responses-only fields (`text.verbosity`, `max_tool_calls`, `top_logprobs`, `truncation`,
+    # `prompt_cache_key`, `safety_identifier`, `service_tier`, `user`…) that backends speaking
+    # Responses natively pass on verbatim; translating backends ignore them.
+    native: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -50,6 +56,8 @@ class Generation:
     status: Literal["completed", "incomplete"] = "completed"
     incomplete_reason: Literal["max_output_tokens", "content_filter"] | None = None
     usage: Usage | None = None
+    # The configured model name that answered, when it is not the one asked for (a fallback).
+    model: str | None = None
 
 
 # --- streaming deltas: what a backend yields while the upstream answers ------------------------
@@ -87,9 +95,19 @@ class Finish:
 
     incomplete_reason: Literal["max_output_tokens", "content_filter"] | None = None
     usage: Usage | None = None
+    model: str | None = None  # as in `Generation`
 
 
-Delta = TextDelta | RefusalDelta | ReasoningDelta | ToolCallDelta | Finish
+@dataclass(slots=True)
+class NativeEvent:
+    """A Responses stream event from an upstream that speaks Responses natively, to relay as is
+    (output items, hosted-tool progress, annotations…). It carries no `sequence_number`: the
+    ladder numbers every event it sends, and maps the upstream's `output_index` to ours."""
+
+    event: dict[str, Any]
+
+
+Delta = TextDelta | RefusalDelta | ReasoningDelta | ToolCallDelta | NativeEvent | Finish
 
 
 class Backend(abc.ABC):
@@ -100,11 +118,17 @@ class Backend(abc.ABC):
       status, a 5xx/connection fault is 502) or `UpstreamTimeoutError` (504). It never raises a
       transport library's own exception, and error messages never carry credentials.
     - Errors raised mid-stream by `stream` follow the same rules.
+    - `UpstreamUnavailableError` marks faults that are safe to retry before any output (connection
+      errors, 429, 5xx); the router retries and falls back only on those and on timeouts.
     - A backend owns one pooled HTTP client, created in `__init__` and closed by `aclose`, which the
       application lifespan calls once at shutdown.
     """
 
     name: str
+    # The backend speaks Responses natively, so hosted tools (web_search, file_search, mcp…),
+    # their tool choices and Responses-only options can be passed on; translating backends
+    # refuse them with a 400 before any upstream call.
+    responses_native: bool = False
 
     @abc.abstractmethod
     async def generate(self, request: GenerationRequest) -> Generation: ...

@@ -8,15 +8,10 @@ mapping of transport faults to our errors.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncGenerator
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
-import aiohttp
-import httpx
 import orjson
-from httpx_aiohttp import AiohttpTransport
 
 from app.backends.base import (
     Backend,
@@ -30,8 +25,9 @@ from app.backends.base import (
     ToolCallDelta,
     Usage,
 )
-from app.config import ModelConfig, public_url
-from app.errors import UpstreamError, UpstreamTimeoutError
+from app.backends.upstream import UpstreamClient, error_message
+from app.config import ModelConfig
+from app.errors import UpstreamError, UpstreamUnavailableError
 from app.schemas.items import function_call_item, message_item, output_text_part, reasoning_item
 
 # --- Responses → Chat Completions ------------------------------------------------------------
@@ -274,143 +270,70 @@ def chunk_deltas(chunk: Any) -> tuple[list[Delta], str | None, Usage | None]:
 # --- the backend -----------------------------------------------------------------------------
 
 
-def _error_message(body: bytes) -> tuple[str, str | None]:
-    """The upstream's own error message and code, from the shapes local servers use."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return body.decode("utf-8", "replace")[:500].strip() or "(empty body)", None
-    if isinstance(data, dict):
-        error = data.get("error")
-        if isinstance(error, dict):
-            code = error.get("code")
-            return str(error.get("message") or error), code if isinstance(code, str) else None
-        for key in ("error", "detail", "message"):
-            if isinstance(data.get(key), str):
-                return str(data[key]), None
-    return str(data)[:500], None
-
-
 class ChatCompletionsBackend(Backend):
-    def __init__(self, config: ModelConfig) -> None:
+    """`upstream` is given by backends that reach Chat Completions at another URL or with other
+    auth (Azure's deployment URLs); by default it is `{base_url}/chat/completions` with the
+    `api_key` as a bearer token."""
+
+    def __init__(self, config: ModelConfig, upstream: UpstreamClient | None = None) -> None:
         self.name = config.name
-        self._config = config
-        # Credentials in the URL become Basic auth (unless an api_key is set): the aiohttp
-        # transport refuses userinfo in URLs, and a URL is logged where a header is not.
-        parts = urlsplit(config.base_url)
-        auth = (
-            httpx.BasicAuth(unquote(parts.username), unquote(parts.password or ""))
-            if (parts.username and not config.api_key)
-            else None
-        )
-        self._url = public_url(config.base_url) + "/chat/completions"
-        self._where = f"the upstream of model {config.name!r} ({public_url(config.base_url)})"
-        self._secret = config.api_key.get_secret_value() if config.api_key else None
-        headers = {"content-type": "application/json", "accept": "application/json"}
-        if self._secret:
-            headers["authorization"] = f"Bearer {self._secret}"
-        limits = httpx.Limits(
-            max_connections=config.max_connections,
-            max_keepalive_connections=config.max_connections,
-        )
-        self._client = httpx.AsyncClient(
-            transport=AiohttpTransport(limits=limits),
-            headers=headers,
-            auth=auth,
-            timeout=httpx.Timeout(
-                config.timeout, connect=config.connect_timeout, pool=config.connect_timeout
-            ),
-        )
-
-    def _redact(self, text: str) -> str:
-        return text.replace(self._secret, "[redacted]") if self._secret else text
-
-    def _transport_error(self, exc: httpx.HTTPError) -> UpstreamError:
-        cause = exc.__cause__
-        # The aiohttp transport maps every connection error to ConnectTimeout; only a real
-        # timeout is a 504.
-        timed_out = isinstance(exc, httpx.TimeoutException) and (
-            cause is None or isinstance(cause, asyncio.TimeoutError | aiohttp.ServerTimeoutError)
-        )
-        if timed_out:
-            return UpstreamTimeoutError(f"Timed out waiting for {self._where}.")
-        detail = type(cause or exc).__name__
-        return UpstreamError(f"The connection to {self._where} failed: {detail}.")
-
-    def _status_error(self, status: int, body: bytes) -> UpstreamError:
-        message, code = _error_message(body)
-        message = self._redact(message)
-        if status < 500:
-            kind = "requests" if status == 429 else "invalid_request_error"
-            return UpstreamError(
-                f"{self._where.capitalize()} rejected the request ({status}): {message}",
-                status=status,
-                type=kind,
-                code=code or ("rate_limit_exceeded" if status == 429 else "upstream_error"),
-            )
-        return UpstreamError(f"{self._where.capitalize()} failed ({status}): {message}")
+        self._upstream = upstream or _default_upstream(config)
 
     async def generate(self, request: GenerationRequest) -> Generation:
-        payload = orjson.dumps(to_chat_body(request))
+        data = await self._upstream.post_json(to_chat_body(request))
         try:
-            response = await self._client.post(self._url, content=payload)
-        except httpx.HTTPError as exc:
-            raise self._transport_error(exc) from exc
-        if response.status_code >= 400:
-            raise self._status_error(response.status_code, response.content)
-        try:
-            return from_chat_completion(orjson.loads(response.content))
-        except (orjson.JSONDecodeError, ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise UpstreamError(
-                f"{self._where.capitalize()} sent a malformed answer: {exc}"
-            ) from exc
+            return from_chat_completion(data)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise self._upstream.malformed(f"a malformed answer: {exc}") from exc
 
     async def stream(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
-        payload = orjson.dumps(to_chat_body(request, stream=True))
         finish_reason: str | None = None
         usage: Usage | None = None
-        try:
-            async with self._client.stream("POST", self._url, content=payload) as response:
-                if response.status_code >= 400:
-                    raise self._status_error(response.status_code, await response.aread())
-                async for line in response.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue  # blank separators, comments, `event:` lines
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        break
-                    deltas, reason, chunk_usage = self._parse_chunk(data)
-                    finish_reason = reason or finish_reason
-                    usage = chunk_usage or usage
-                    for delta in deltas:
-                        yield delta
-                else:
-                    if finish_reason is None:
-                        raise UpstreamError(
-                            f"{self._where.capitalize()} closed the stream before finishing."
-                        )
-        except httpx.HTTPError as exc:
-            raise self._transport_error(exc) from exc
+        async with self._upstream.stream_lines(to_chat_body(request, stream=True)) as lines:
+            async for line in lines:
+                if not line.startswith("data:"):
+                    continue  # blank separators, comments, `event:` lines
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                deltas, reason, chunk_usage = self._parse_chunk(data)
+                finish_reason = reason or finish_reason
+                usage = chunk_usage or usage
+                for delta in deltas:
+                    yield delta
+            else:
+                if finish_reason is None:
+                    raise UpstreamUnavailableError(
+                        f"{self._upstream.where.capitalize()} closed the stream before finishing."
+                    )
         yield Finish(_FINISH.get(finish_reason or ""), usage)  # type: ignore[arg-type]
 
     def _parse_chunk(self, data: str) -> tuple[list[Delta], str | None, Usage | None]:
         try:
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError:
-            raise UpstreamError(
-                f"{self._where.capitalize()} sent a malformed stream chunk: {data[:200]!r}"
-            ) from None
+            raise self._upstream.malformed(f"a malformed stream chunk: {data[:200]!r}") from None
         if isinstance(chunk, dict) and chunk.get("error"):
-            message, _code = _error_message(orjson.dumps(chunk))
+            message, _code = error_message(orjson.dumps(chunk))
             raise UpstreamError(
-                f"{self._where.capitalize()} failed mid-stream: {self._redact(message)}"
+                f"{self._upstream.where.capitalize()} failed mid-stream: "
+                + self._upstream.redact(message)
             )
         try:
             return chunk_deltas(chunk)
         except (ValueError, TypeError, AttributeError) as exc:
-            raise UpstreamError(
-                f"{self._where.capitalize()} sent a malformed stream chunk: {exc}"
-            ) from exc
+            raise self._upstream.malformed(f"a malformed stream chunk: {exc}") from exc
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._upstream.aclose()
+
+
+def _default_upstream(config: ModelConfig) -> UpstreamClient:
+    assert config.base_url is not None  # the models file requires it for this backend
+    secret = config.api_key.get_secret_value() if config.api_key else ""
+    return UpstreamClient(
+        config,
+        config.base_url + "/chat/completions",
+        headers={"authorization": f"Bearer {secret}"} if secret else None,
+        secrets=lambda: [secret],
+    )

@@ -6,6 +6,11 @@ call begins; the message is closed when the first tool call begins. Parallel too
 interleave by upstream index, so several function_call items can be open at once; every event
 names its item, and all are closed, in output order, when the stream ends. Sequence numbers
 start at 0 and increase by one per event.
+
+A backend that speaks Responses natively sends the upstream's own events (`NativeEvent`): they
+are relayed in order inside our ladder, numbered by us, with the upstream's `output_index`
+mapped to ours. Their items are tracked like ours (parts, arguments), so a stream cut short
+still closes them and stores their partial content.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any
 from app.backends.base import (
     Delta,
     Finish,
+    NativeEvent,
     ReasoningDelta,
     RefusalDelta,
     TextDelta,
@@ -68,6 +74,14 @@ _DONE_EVENT = {
 }
 
 
+def _item_status(kind: str, status: str) -> str:
+    # Hosted-tool calls (web_search_call, image_generation_call…) have no `incomplete` status;
+    # `failed` is the one every one of them knows.
+    if status == "incomplete" and kind not in ("message", "function_call"):
+        return "failed"
+    return status
+
+
 class EventLadder:
     """Feed deltas in, get events out; `output` holds the finished items in order."""
 
@@ -78,6 +92,7 @@ class EventLadder:
         self._reasoning: _OpenItem | None = None
         self._message: _OpenItem | None = None
         self._calls: dict[int, _OpenItem] = {}  # upstream tool-call index → open item
+        self._native: dict[int, int] = {}  # a native upstream's output index → ours
         self.finish: Finish | None = None
 
     def event(self, type_: str, **fields: Any) -> Event:
@@ -143,7 +158,7 @@ class EventLadder:
             self._close_part(item, events)
             data["content"] = [part.wire() for part in item.parts]
         if data["type"] != "reasoning":
-            data["status"] = status
+            data["status"] = _item_status(data["type"], status)
         events.append(self.event("response.output_item.done", output_index=item.index, item=data))
 
     def _close_reasoning(self, events: list[Event]) -> None:
@@ -207,6 +222,36 @@ class EventLadder:
                 )
             )
 
+    def _relay(self, event: dict[str, Any], events: list[Event]) -> None:
+        kind = event["type"]
+        fields = {key: value for key, value in event.items() if key != "type"}
+        if kind == "response.output_item.added":
+            added = self._add(dict(fields["item"]), events)
+            self._native[fields.get("output_index", added.index)] = added.index
+            return
+        index = fields.get("output_index")
+        if index is None:  # not about an output item (audio…): relayed as it is
+            events.append(self.event(kind, **fields))
+            return
+        index = fields["output_index"] = self._native.get(index, index)
+        opened = self._open.get(index)
+        if kind == "response.output_item.done" and 0 <= index < len(self.output):
+            self._open.pop(index, None)
+            self.output[index] = fields["item"]
+        elif opened is not None:
+            self._track(opened, kind, fields)
+        events.append(self.event(kind, **fields))
+
+    @staticmethod
+    def _track(opened: _OpenItem, kind: str, fields: dict[str, Any]) -> None:
+        """Keep what a native item has produced so far, for a stream that is cut short."""
+        if kind == "response.content_part.added":
+            opened.parts.append(_Part(str(fields.get("part", {}).get("type"))))
+        elif kind in _DELTA_EVENT.values() and opened.parts:
+            opened.parts[-1].chunks.append(str(fields.get("delta", "")))
+        elif kind == "response.function_call_arguments.delta":
+            opened.arguments.append(str(fields.get("delta", "")))
+
     def feed(self, delta: Delta) -> list[Event]:
         events: list[Event] = []
         if isinstance(delta, TextDelta):
@@ -217,6 +262,8 @@ class EventLadder:
             self._content("reasoning_text", delta.text, events)
         elif isinstance(delta, ToolCallDelta):
             self._tool_call(delta, events)
+        elif isinstance(delta, NativeEvent):
+            self._relay(delta.event, events)
         else:
             self.finish = delta
         return events
@@ -245,9 +292,9 @@ class EventLadder:
             data = dict(item)
             if data["type"] == "function_call":
                 data["arguments"] = "".join(opened.arguments)
-            else:
+            elif opened.parts or "content" in data:
                 data["content"] = [part.wire() for part in opened.parts]
             if data["type"] != "reasoning":
-                data["status"] = "incomplete"
+                data["status"] = _item_status(data["type"], "incomplete")
             output.append(data)
         return output

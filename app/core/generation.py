@@ -19,10 +19,10 @@ import anyio
 from app.backends.base import Finish, GenerationRequest, Usage
 from app.backends.registry import Route
 from app.core.events import Event, EventLadder
-from app.core.requests import echo_tool
+from app.core.requests import echo_tools
 from app.errors import GatewayError, StorageError, UpstreamError
 from app.ids import new_id
-from app.schemas.requests import CreateResponseRequest, FunctionTool
+from app.schemas.requests import CreateResponseRequest
 from app.schemas.responses import error_object, render_response, usage_object
 from app.store.responses import InputEntry, StoredItem
 
@@ -63,8 +63,10 @@ def response_body(
     usage: Usage | None = None,
     incomplete_reason: str | None = None,
     error: dict[str, Any] | None = None,
+    model: str | None = None,
 ) -> dict[str, Any]:
-    """Every Response field but `output`, in OpenAI's order."""
+    """Every Response field but `output`, in OpenAI's order. `model` is the model that
+    answered, when a fallback did."""
     request = prepared.request
     text: dict[str, Any] = {"format": {"type": "text"}}
     if request.text is not None:
@@ -94,7 +96,7 @@ def response_body(
         "max_output_tokens": request.max_output_tokens,
         "max_tool_calls": request.max_tool_calls,
         "metadata": request.metadata or {},
-        "model": prepared.route.config.name,
+        "model": model or prepared.route.config.name,
         "parallel_tool_calls": (
             True if request.parallel_tool_calls is None else request.parallel_tool_calls
         ),
@@ -109,7 +111,7 @@ def response_body(
         "temperature": 1.0 if request.temperature is None else request.temperature,
         "text": text,
         "tool_choice": tool_choice,
-        "tools": [echo_tool(t) for t in request.tools or () if isinstance(t, FunctionTool)],
+        "tools": echo_tools(request),
         "top_logprobs": request.top_logprobs or 0,
         "top_p": 1.0 if request.top_p is None else request.top_p,
         "truncation": request.truncation or "disabled",
@@ -166,7 +168,9 @@ async def run_generation(
         status = "incomplete" if finish.incomplete_reason else "completed"
         for event in ladder.close_all(status):
             yield event
-        body = response_body(prepared, status, finish.usage, finish.incomplete_reason)
+        body = response_body(
+            prepared, status, finish.usage, finish.incomplete_reason, model=finish.model
+        )
         terminal = ladder.event(f"response.{status}", response=render_response(body, ladder.output))
         await sink.finish(body, ladder.output, [terminal])
         yield terminal

@@ -1,15 +1,20 @@
 """What a create request asks for that we cannot honour (a 400 naming the `param`), and the
-translation of the validated request into a backend `GenerationRequest`."""
+translation of the validated request into a backend `GenerationRequest`.
+
+What can be honoured depends on the route's backend: one that speaks Responses natively
+(`Backend.responses_native`: openai, azure, responses) takes hosted tools, their tool choices,
+log probabilities and `truncation: "auto"` as they are; translating backends refuse them."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from app.backends.base import GenerationRequest
+from app.backends.base import Backend, GenerationRequest
 from app.errors import BadRequestError
 from app.schemas.requests import (
     CreateResponseRequest,
     FunctionTool,
+    Tool,
     ToolChoiceAllowed,
     ToolChoiceFunction,
     ToolChoiceOther,
@@ -33,8 +38,9 @@ def _not_supported(param: str, what: str) -> BadRequestError:
     return BadRequestError(f"{what} is not supported by this gateway yet.", param=param)
 
 
-def check_request(request: CreateResponseRequest, backend: str) -> None:
-    """Raise `BadRequestError` for every field we know but cannot honour."""
+def check_request(request: CreateResponseRequest, backend: Backend) -> None:
+    """Raise `BadRequestError` for every field we know but cannot honour on `backend`."""
+    native = backend.responses_native
     if request.conversation is not None and request.previous_response_id is not None:
         raise BadRequestError(
             "Use either 'conversation' or 'previous_response_id', not both.",
@@ -55,13 +61,13 @@ def check_request(request: CreateResponseRequest, backend: str) -> None:
             "text as 'instructions' and 'input'.",
             param="prompt",
         )
-    if request.truncation == "auto":
+    if request.truncation == "auto" and not native:
         raise _not_supported("truncation", "'truncation': 'auto'")
     if request.context_management:
         raise _not_supported("context_management", "Server-side compaction ('context_management')")
     if request.moderation is not None:
         raise _not_supported("moderation", "Moderation ('moderation')")
-    if request.top_logprobs:
+    if request.top_logprobs and not native:
         raise _not_supported("top_logprobs", "Log probabilities ('top_logprobs')")
     for index, value in enumerate(request.include or ()):
         if value not in KNOWN_INCLUDES:
@@ -70,25 +76,31 @@ def check_request(request: CreateResponseRequest, backend: str) -> None:
                 param=f"include[{index}]",
                 code="invalid_value",
             )
-        if value not in ACCEPTED_INCLUDES:
+        if value not in ACCEPTED_INCLUDES and not native:
             raise _not_supported(f"include[{index}]", f"Include value {value!r}")
     for index, tool in enumerate(request.tools or ()):
-        if not isinstance(tool, FunctionTool):
+        if not isinstance(tool, FunctionTool) and not native:
             raise BadRequestError(
-                f"Tool type {tool.type!r} is not supported by the {backend} backend: only "
-                "'function' tools can be passed on.",
+                f"Tool type {tool.type!r} is not supported by model {request.model!r}: its "
+                "backend does not speak the Responses API, so only 'function' tools can be "
+                "passed on.",
                 param=f"tools[{index}].type",
             )
-    _check_tool_choice(request)
+    _check_tool_choice(request, native)
 
 
 def _function_names(request: CreateResponseRequest) -> set[str]:
     return {tool.name for tool in request.tools or () if isinstance(tool, FunctionTool)}
 
 
-def _check_tool_choice(request: CreateResponseRequest) -> None:
+def _hosted_types(request: CreateResponseRequest) -> set[str]:
+    return {tool.type for tool in request.tools or () if not isinstance(tool, FunctionTool)}
+
+
+def _check_tool_choice(request: CreateResponseRequest, native: bool) -> None:
     choice = request.tool_choice
     names = _function_names(request)
+    hosted = _hosted_types(request)
     if isinstance(choice, ToolChoiceFunction) and choice.name not in names:
         raise BadRequestError(
             f"Tool choice names function {choice.name!r}, which is not in 'tools'.",
@@ -96,12 +108,17 @@ def _check_tool_choice(request: CreateResponseRequest) -> None:
         )
     if isinstance(choice, ToolChoiceAllowed):
         for index, allowed in enumerate(choice.tools):
-            if allowed.get("type") != "function" or allowed.get("name") not in names:
+            listed = (
+                allowed.get("name") in names
+                if allowed.get("type") == "function"
+                else allowed.get("type") in hosted
+            )
+            if not listed:
                 raise BadRequestError(
-                    "Each of 'tool_choice.tools' must be a function tool listed in 'tools'.",
+                    "Each of 'tool_choice.tools' must be a tool listed in 'tools'.",
                     param=f"tool_choice.tools[{index}]",
                 )
-    if isinstance(choice, ToolChoiceOther):
+    if isinstance(choice, ToolChoiceOther) and not native:
         raise BadRequestError(
             f"Tool choice type {choice.type!r} is not supported: use 'none', 'auto', 'required', "
             "a function or 'allowed_tools'.",
@@ -121,17 +138,47 @@ def echo_tool(tool: FunctionTool) -> dict[str, Any]:
     }
 
 
-def _upstream_tool(tool: FunctionTool) -> dict[str, Any]:
+def _upstream_tool(tool: Tool) -> dict[str, Any]:
+    if not isinstance(tool, FunctionTool):  # hosted: passed on exactly as the client sent it
+        return tool.model_dump(mode="json", exclude_none=True)
     wire = echo_tool(tool)
     if tool.strict is None:
         del wire["strict"]
     return wire
 
 
+def echo_tools(request: CreateResponseRequest) -> list[dict[str, Any]]:
+    """The Response's `tools`: function tools with every field, hosted tools as sent."""
+    return [
+        echo_tool(tool) if isinstance(tool, FunctionTool) else _upstream_tool(tool)
+        for tool in request.tools or ()
+    ]
+
+
+# Responses fields that only a backend speaking Responses natively can use; passed on verbatim.
+_NATIVE_FIELDS = (
+    "max_tool_calls",
+    "top_logprobs",
+    "truncation",
+    "prompt_cache_key",
+    "prompt_cache_retention",
+    "safety_identifier",
+    "service_tier",
+    "user",
+)
+
+
+def _native_fields(request: CreateResponseRequest) -> dict[str, Any]:
+    native = {name: getattr(request, name) for name in _NATIVE_FIELDS}
+    if request.text is not None:
+        native["verbosity"] = request.text.verbosity
+    return {name: value for name, value in native.items() if value is not None}
+
+
 def generation_request(
     request: CreateResponseRequest, upstream_model: str, items: list[dict[str, Any]]
 ) -> GenerationRequest:
-    tools = [_upstream_tool(tool) for tool in request.tools or () if isinstance(tool, FunctionTool)]
+    tools = [_upstream_tool(tool) for tool in request.tools or ()]
     choice: str | dict[str, Any] | None = None
     if isinstance(request.tool_choice, str):
         choice = request.tool_choice
@@ -139,9 +186,11 @@ def generation_request(
         choice = {"type": "function", "name": request.tool_choice.name}
     elif isinstance(request.tool_choice, ToolChoiceAllowed):
         # allowed_tools is a hard limit: the upstream never sees the other tools.
-        allowed = {entry["name"] for entry in request.tool_choice.tools}
-        tools = [tool for tool in tools if tool["name"] in allowed]
+        allowed = {(e.get("type"), e.get("name")) for e in request.tool_choice.tools}
+        tools = [t for t in tools if (t["type"], t.get("name")) in allowed]
         choice = request.tool_choice.mode
+    elif isinstance(request.tool_choice, ToolChoiceOther):
+        choice = request.tool_choice.model_dump(mode="json", exclude_none=True)
     text_format = None
     if request.text is not None:
         text_format = request.text.format.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -159,4 +208,11 @@ def generation_request(
         max_output_tokens=request.max_output_tokens,
         presence_penalty=request.presence_penalty,
         frequency_penalty=request.frequency_penalty,
+        reasoning_summary=(
+            (request.reasoning.summary or request.reasoning.generate_summary)
+            if request.reasoning
+            else None
+        ),
+        include=list(request.include or ()),
+        native=_native_fields(request),
     )

@@ -51,7 +51,7 @@ class ResponsesService:
     async def prepare(self, request: CreateResponseRequest, project: str = "") -> Prepared:
         """Every check that can refuse the request, before any upstream call or any byte sent."""
         route = self._resolve(request.model)
-        check_request(request, route.config.backend)
+        check_request(request, route.backend)
         context = await self._assemble(request, project)
         generation = generation_request(request, route.upstream_model, context.items)
         return Prepared(request, route, context, generation, project)
@@ -70,7 +70,9 @@ class ResponsesService:
                 await self._insert(prepared, response_body(prepared, "failed", error=error), [])
                 exc.message += f" The response was stored as failed: {prepared.id}."
             raise
-        body = response_body(prepared, result.status, result.usage, result.incomplete_reason)
+        body = response_body(
+            prepared, result.status, result.usage, result.incomplete_reason, model=result.model
+        )
         await self._insert(prepared, body, result.output)
         return render_response(body, result.output)
 

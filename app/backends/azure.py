@@ -1,0 +1,136 @@
+"""Azure OpenAI: the same dialects as OpenAI, at Azure's URLs, with Azure's auth.
+
+URL forms (`endpoint` is `https://<resource>.openai.azure.com`, the model is the deployment):
+
+- `api: responses`, `api_version` unset or `v1`: `{endpoint}/openai/v1/responses`, the
+  deployment in the body's `model`; `api_version: preview` adds `?api-version=preview`.
+- `api: responses`, a dated `api_version` (`2025-04-01-preview`): the older preview surface,
+  `{endpoint}/openai/responses?api-version=…`, deployment in `model`.
+- `api: chat_completions`, `api_version` unset, `v1` or `preview`:
+  `{endpoint}/openai/v1/chat/completions`.
+- `api: chat_completions`, a dated `api_version` (`2024-10-21`), the classic form:
+  `{endpoint}/openai/deployments/{deployment}/chat/completions?api-version=…`.
+
+Azure never had a deployment-scoped Responses path: the classic `deployments/{deployment}/…`
+form exists for Chat Completions only, so that is served through the Chat Completions
+translation (no hosted tools there).
+
+Auth: the `api-key` header, or a Microsoft Entra ID bearer token from an `azure-identity` async
+credential (`DefaultAzureCredential` unless one is injected), cached and refreshed five minutes
+before it expires, by one request at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator
+from typing import Any, Protocol
+
+import httpx
+
+from app.backends.base import Backend
+from app.backends.chat_completions import ChatCompletionsBackend
+from app.backends.responses import OpenAIBackend
+from app.backends.upstream import UpstreamClient
+from app.config import ConfigError, ModelConfig
+from app.errors import UpstreamError
+
+log = logging.getLogger(__name__)
+
+# Refresh this many seconds before expiry, so that no request leaves with a token about to lapse.
+REFRESH_MARGIN = 300.0
+_V1_VERSIONS = {None, "v1", "preview", "latest"}
+
+
+class TokenCredential(Protocol):
+    """What we need of an `azure.identity.aio` credential."""
+
+    async def get_token(self, *scopes: str) -> Any: ...
+
+    async def close(self) -> None: ...
+
+
+class EntraAuth(httpx.Auth):
+    """Bearer auth with a cached Entra ID token."""
+
+    def __init__(self, credential: TokenCredential, scope: str, where: str) -> None:
+        self._credential = credential
+        self._scope = scope
+        self._where = where
+        self._token = ""
+        self._expires_on = 0.0
+        self._lock = asyncio.Lock()
+
+    def _fresh(self) -> bool:
+        return time.time() < self._expires_on - REFRESH_MARGIN
+
+    async def token(self) -> str:
+        if self._fresh():
+            return self._token
+        async with self._lock:  # one refresh at a time; the others reuse its token
+            if not self._fresh():
+                try:
+                    access = await self._credential.get_token(self._scope)
+                except Exception as exc:  # any credential's failure: azure-identity has many
+                    log.warning(
+                        "Entra ID token for %s: %s: %s", self._where, type(exc).__name__, exc
+                    )
+                    raise UpstreamError(
+                        f"Could not get a Microsoft Entra ID token for {self._where} "
+                        f"({type(exc).__name__}; see the gateway log)."
+                    ) from None
+                self._token, self._expires_on = access.token, float(access.expires_on)
+        return self._token
+
+    async def async_auth_flow(
+        self, request: httpx.Request
+    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        request.headers["authorization"] = f"Bearer {await self.token()}"
+        yield request
+
+    def secrets(self) -> list[str]:
+        return [self._token]
+
+    async def aclose(self) -> None:
+        await self._credential.close()
+
+
+def azure_url(config: ModelConfig) -> tuple[str, dict[str, str]]:
+    """The URL and query of the upstream, per the table above."""
+    endpoint, version = config.endpoint, config.api_version
+    v1 = version in _V1_VERSIONS
+    params = {"api-version": version} if version and version not in ("v1", "latest") else {}
+    if config.api == "responses":
+        return (f"{endpoint}/openai/v1/responses" if v1 else f"{endpoint}/openai/responses"), params
+    if v1:
+        return f"{endpoint}/openai/v1/chat/completions", params
+    return f"{endpoint}/openai/deployments/{config.target_model}/chat/completions", params
+
+
+def default_credential() -> TokenCredential:
+    try:
+        from azure.identity.aio import DefaultAzureCredential
+    except ImportError:
+        raise ConfigError(
+            "auth: entra_id needs azure-identity: pip install 'responses-gateway[azure]'"
+        ) from None
+    return DefaultAzureCredential()
+
+
+def azure_backend(config: ModelConfig, credential: TokenCredential | None = None) -> Backend:
+    """The backend for an `azure` model; `credential` replaces `DefaultAzureCredential`."""
+    url, params = azure_url(config)
+    where = f"the upstream of model {config.name!r}"
+    if config.azure_auth == "entra_id":
+        auth = EntraAuth(credential or default_credential(), config.entra_scope, where)
+        upstream = UpstreamClient(config, url, params=params, auth=auth, secrets=auth.secrets)
+    else:
+        secret = config.api_key.get_secret_value() if config.api_key else ""
+        upstream = UpstreamClient(
+            config, url, params=params, headers={"api-key": secret}, secrets=lambda: [secret]
+        )
+    if config.api == "chat_completions":
+        return ChatCompletionsBackend(config, upstream)
+    return OpenAIBackend(config, upstream)

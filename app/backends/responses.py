@@ -1,0 +1,251 @@
+"""Backends that speak the Responses API natively: OpenAI (`OpenAIBackend`), Azure OpenAI (built in
+`azure.py`) and local servers such as vLLM, Ollama or LM Studio (`ResponsesBackend`).
+
+We own the state: every upstream call is stateless (`store: false`) and carries the whole
+expanded context as `input`. Reasoning survives across turns only as `encrypted_content`, which
+we ask for (`include: ["reasoning.encrypted_content"]`) when the model reasons and send back
+verbatim, id included, on the next turn.
+
+Output items are stored under the upstream's ids. The Response id and the stream's sequence
+numbers are ours, but item ids are not renamed, for three reasons: OpenAI matches a replayed
+reasoning item's id with its encrypted content, so the id has to go back exactly as it came;
+the relayed stream events name items by those ids (`item_id`), so renaming would mean rewriting
+every event; and OpenAI's ids already carry OpenAI's prefixes (`rs_`, `msg_`, `ws_`…), which is
+all our own ids promise. The store tolerates an id seen twice (see README, "How state is
+stored"), so an upstream with weak ids cannot break a chain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import orjson
+
+from app.backends.base import (
+    Backend,
+    Delta,
+    Finish,
+    Generation,
+    GenerationRequest,
+    NativeEvent,
+    Usage,
+)
+from app.backends.upstream import UpstreamClient, error_message
+from app.config import OPENAI_BASE_URL, ModelConfig
+from app.errors import UpstreamError, UpstreamUnavailableError
+from app.ids import new_item_id
+
+ENCRYPTED_REASONING = "reasoning.encrypted_content"
+# OpenAI model families that reason; a deployment or model outside them can say `reasoning: true`.
+REASONING_FAMILIES = ("o1", "o3", "o4", "gpt-5", "codex")
+_INCOMPLETE = {"max_output_tokens", "content_filter"}
+# Our own stream frames these; the upstream's copies carry the upstream's response id.
+_SKIPPED = {"response.created", "response.in_progress", "response.queued"}
+_TERMINAL = {"response.completed", "response.incomplete"}
+
+
+def wants_encrypted_reasoning(config: ModelConfig, request: GenerationRequest) -> bool:
+    """`reasoning: true|false` in the models file decides. Unset, OpenAI and Azure models ask for
+    it when the request asks for reasoning or the model belongs to a reasoning family (OpenAI
+    answers 400 to the include on models that do not reason); local servers never do."""
+    if config.reasoning is not None:
+        return config.reasoning
+    if config.backend not in ("openai", "azure"):
+        return False
+    asked = request.reasoning_effort is not None or request.reasoning_summary is not None
+    return asked or request.model.lower().startswith(REASONING_FAMILIES)
+
+
+def to_responses_input(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Our stored items → the upstream's `input`.
+
+    Reasoning without `encrypted_content` (produced by another backend, or by a model that was
+    not asked for it) is dropped: a stateless upstream answers 400 to a reasoning id it cannot
+    look up. Ids of input-only items (user messages, tool outputs) are ours and mean nothing
+    upstream, so they are left out; output items keep their ids.
+    """
+    wire: list[dict[str, Any]] = []
+    for item in items:
+        kind = item.get("type")
+        if kind == "reasoning" and not item.get("encrypted_content"):
+            continue
+        if (kind == "message" and item.get("role") != "assistant") or (
+            kind == "function_call_output"
+        ):
+            wire.append({key: value for key, value in item.items() if key != "id"})
+        else:
+            wire.append(item)
+    return wire
+
+
+def to_responses_body(
+    request: GenerationRequest, *, stream: bool, encrypted_reasoning: bool, penalties: bool
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": request.model,
+        "input": to_responses_input(request.items),
+        "store": False,
+    }
+    if stream:
+        # We add no obfuscation padding ourselves; asking for none saves the bytes.
+        body.update(stream=True, stream_options={"include_obfuscation": False})
+    if request.instructions is not None:
+        body["instructions"] = request.instructions
+    if request.tools:
+        body["tools"] = request.tools
+    if request.tool_choice is not None:
+        body["tool_choice"] = request.tool_choice
+    if request.parallel_tool_calls is not None:
+        body["parallel_tool_calls"] = request.parallel_tool_calls
+    if request.text_format is not None:
+        body["text"] = {"format": request.text_format}
+    if request.reasoning_effort is not None or request.reasoning_summary is not None:
+        reasoning = {"effort": request.reasoning_effort, "summary": request.reasoning_summary}
+        body["reasoning"] = {key: value for key, value in reasoning.items() if value is not None}
+    optional: dict[str, Any] = {
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "max_output_tokens": request.max_output_tokens,
+    }
+    if penalties:  # Open Responses servers take them; OpenAI's create body has no such fields
+        optional["presence_penalty"] = request.presence_penalty
+        optional["frequency_penalty"] = request.frequency_penalty
+    body.update((key, value) for key, value in optional.items() if value is not None)
+    include = list(request.include)
+    if encrypted_reasoning and ENCRYPTED_REASONING not in include:
+        include.append(ENCRYPTED_REASONING)
+    if include:
+        body["include"] = include
+    for key, value in request.native.items():
+        if key == "verbosity":
+            body.setdefault("text", {})["verbosity"] = value
+        else:
+            body[key] = value
+    return body
+
+
+def _usage(raw: Any) -> Usage | None:
+    if not isinstance(raw, dict):
+        return None
+    return Usage(
+        input_tokens=int(raw.get("input_tokens") or 0),
+        output_tokens=int(raw.get("output_tokens") or 0),
+        cached_tokens=int((raw.get("input_tokens_details") or {}).get("cached_tokens") or 0),
+        reasoning_tokens=int((raw.get("output_tokens_details") or {}).get("reasoning_tokens") or 0),
+    )
+
+
+def _incomplete_reason(data: dict[str, Any]) -> Any:
+    reason = (data.get("incomplete_details") or {}).get("reason")
+    return reason if reason in _INCOMPLETE else None
+
+
+def _with_id(item: dict[str, Any]) -> dict[str, Any]:
+    # Some local servers leave ids out; every stored item needs one.
+    return item if item.get("id") else {**item, "id": new_item_id(str(item.get("type")))}
+
+
+def from_response(data: Any) -> Generation:
+    """A Response body → a `Generation`. Raises `ValueError` when it is malformed, `LookupError`
+    (with the upstream's message) when it reports `failed`."""
+    if not isinstance(data, dict) or not isinstance(data.get("output"), list):
+        raise ValueError("the upstream answer has no output list")
+    if data.get("status") == "failed":
+        raise LookupError(str((data.get("error") or {}).get("message") or "no message"))
+    incomplete = data.get("status") == "incomplete"
+    return Generation(
+        output=[_with_id(item) for item in data["output"] if isinstance(item, dict)],
+        status="incomplete" if incomplete else "completed",
+        incomplete_reason=_incomplete_reason(data) if incomplete else None,
+        usage=_usage(data.get("usage")),
+    )
+
+
+class ResponsesBackend(Backend):
+    """`POST {base_url}/responses` with the `api_key` as a bearer token, unless `upstream` says
+    otherwise (Azure)."""
+
+    responses_native = True
+    penalties = True
+
+    def __init__(self, config: ModelConfig, upstream: UpstreamClient | None = None) -> None:
+        self.name = config.name
+        self._config = config
+        self._upstream = upstream or _bearer_upstream(config, config.base_url or OPENAI_BASE_URL)
+
+    def _body(self, request: GenerationRequest, *, stream: bool) -> dict[str, Any]:
+        return to_responses_body(
+            request,
+            stream=stream,
+            encrypted_reasoning=wants_encrypted_reasoning(self._config, request),
+            penalties=self.penalties,
+        )
+
+    def _failed(self, message: str) -> UpstreamError:
+        return UpstreamError(
+            f"{self._upstream.where.capitalize()} failed: {self._upstream.redact(message)}"
+        )
+
+    async def generate(self, request: GenerationRequest) -> Generation:
+        data = await self._upstream.post_json(self._body(request, stream=False))
+        try:
+            return from_response(data)
+        except LookupError as exc:
+            raise self._failed(str(exc)) from None
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise self._upstream.malformed(f"a malformed answer: {exc}") from exc
+
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
+        async with self._upstream.stream_lines(self._body(request, stream=True)) as lines:
+            async for line in lines:
+                if not line.startswith("data:") or line[5:].strip() == "[DONE]":
+                    continue  # `event:` lines repeat the data's type; blank lines separate
+                event = self._parse_event(line[5:].strip())
+                kind = event.get("type")
+                if kind in _SKIPPED:
+                    continue
+                if kind in _TERMINAL:
+                    response = event.get("response") or {}
+                    yield Finish(_incomplete_reason(response), _usage(response.get("usage")))
+                    return
+                if kind == "response.failed":
+                    error = (event.get("response") or {}).get("error") or {}
+                    raise self._failed(str(error.get("message") or "no message"))
+                if kind == "error":
+                    message, _code = error_message(orjson.dumps(event))
+                    raise self._failed(event.get("message") or message)
+                event.pop("sequence_number", None)
+                event.pop("obfuscation", None)
+                yield NativeEvent(event)
+        raise UpstreamUnavailableError(
+            f"{self._upstream.where.capitalize()} closed the stream before finishing."
+        )
+
+    def _parse_event(self, data: str) -> dict[str, Any]:
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise self._upstream.malformed(f"a malformed stream event: {data[:200]!r}") from None
+        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+            raise self._upstream.malformed("a stream event without a type")
+        return event
+
+    async def aclose(self) -> None:
+        await self._upstream.aclose()
+
+
+class OpenAIBackend(ResponsesBackend):
+    """OpenAI itself: `base_url` defaults to https://api.openai.com/v1."""
+
+    penalties = False
+
+
+def _bearer_upstream(config: ModelConfig, base_url: str) -> UpstreamClient:
+    secret = config.api_key.get_secret_value() if config.api_key else ""
+    return UpstreamClient(
+        config,
+        base_url + "/responses",
+        headers={"authorization": f"Bearer {secret}"} if secret else None,
+        secrets=lambda: [secret],
+    )

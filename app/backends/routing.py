@@ -1,0 +1,189 @@
+"""Retries, fallbacks and concurrency limits, as a `Backend` wrapping the backends of a route, so
+that core's run loop never learns about any of them.
+
+Rules:
+- Only `UpstreamUnavailableError` (connection errors, 429, 5xx) is retried, and only before the
+  first delta of an answer: once output may have reached the client, a retry would repeat it.
+  A timeout is not retried (the upstream may still be generating, and billing, the first
+  attempt) but does move on to the next fallback, as does a model at its concurrency limit.
+- Backoff is exponential with jitter (half fixed, half random, so that clients that failed
+  together do not come back together); an upstream `Retry-After` replaces it, and one longer
+  than `MAX_RETRY_AFTER` ends the retries on that model rather than holding the client.
+- Fallbacks are tried in the listed order, each with its own retries; the fallbacks' own
+  fallbacks are not followed, so a chain cannot loop. A fallback that answers is reported as
+  `Generation.model` / `Finish.model`.
+- `max_concurrency` is a semaphore per configured model, shared by every route that reaches it
+  (aliases, prefix rules, fallbacks), held for the whole generation. A full model queues the
+  request for up to `queue_timeout` seconds (bursts are smoothed rather than refused), then
+  answers 429 `rate_limit_exceeded`, or hands over to the next fallback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, replace
+
+from app.backends.base import Backend, Delta, Finish, Generation, GenerationRequest
+from app.config import ModelConfig
+from app.errors import UpstreamError, UpstreamTimeoutError, UpstreamUnavailableError
+
+log = logging.getLogger(__name__)
+
+BACKOFF_BASE = 0.5  # seconds before the first retry, doubled each time
+BACKOFF_CAP = 8.0
+MAX_RETRY_AFTER = 30.0
+_FALL_BACK_ON = (UpstreamUnavailableError, UpstreamTimeoutError)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One model a route may use: its configuration, the name to report and the upstream's."""
+
+    config: ModelConfig
+    name: str
+    upstream_model: str
+    backend: Backend
+    slots: asyncio.Semaphore | None
+
+
+def backoff(attempt: int, retry_after: float | None) -> float | None:
+    """Seconds to wait before retry number `attempt + 1`, or None to stop retrying."""
+    if retry_after is not None:
+        return retry_after if retry_after <= MAX_RETRY_AFTER else None
+    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt)
+    return float(ceiling / 2 + random.uniform(0, ceiling / 2))
+
+
+@asynccontextmanager
+async def _slot(target: Target) -> AsyncIterator[None]:
+    slots = target.slots
+    if slots is None:
+        yield
+        return
+    if slots.locked():
+        try:
+            await asyncio.wait_for(slots.acquire(), target.config.queue_timeout)
+        except TimeoutError:
+            raise UpstreamUnavailableError(
+                f"Model {target.name!r} is serving its limit of "
+                f"{target.config.max_concurrency} requests at once; try again shortly.",
+                status=429,
+                type="requests",
+                code="rate_limit_exceeded",
+            ) from None
+    else:
+        await slots.acquire()  # free: returns without waiting
+    try:
+        yield
+    finally:
+        slots.release()
+
+
+class RoutedBackend(Backend):
+    def __init__(self, targets: list[Target]) -> None:
+        self.name = targets[0].name
+        # Hosted tools only where every model of the route can take them: a fallback must be
+        # able to serve whatever its primary accepted.
+        self.responses_native = all(target.backend.responses_native for target in targets)
+        self._targets = targets
+
+    def _retry_delay(self, target: Target, attempt: int, exc: UpstreamUnavailableError) -> float:
+        delay = backoff(attempt, exc.retry_after) if attempt < target.config.max_retries else None
+        if delay is None:
+            raise exc
+        log.warning("model %s: retry %d in %.2fs: %s", target.name, attempt + 1, delay, exc)
+        return delay
+
+    async def _generate_on(self, target: Target, request: GenerationRequest) -> Generation:
+        for attempt in itertools.count():
+            async with _slot(target):
+                try:
+                    return await target.backend.generate(request)
+                except UpstreamUnavailableError as exc:
+                    delay = self._retry_delay(target, attempt, exc)
+            await asyncio.sleep(delay)  # the slot is free while we wait
+        raise AssertionError("unreachable")
+
+    async def generate(self, request: GenerationRequest) -> Generation:
+        failure: UpstreamError | None = None
+        for index, target in enumerate(self._targets):
+            try:
+                result = await self._generate_on(
+                    target, replace(request, model=target.upstream_model)
+                )
+            except _FALL_BACK_ON as exc:
+                failure = self._next(index, exc)
+                continue
+            if index:
+                result.model = target.name
+            return result
+        assert failure is not None
+        raise failure
+
+    async def _open_stream(
+        self, target: Target, request: GenerationRequest, stack: AsyncExitStack
+    ) -> tuple[Delta, AsyncGenerator[Delta, None]]:
+        """The first delta of a stream, retrying until one arrives; what the stream holds (its
+        slot, the upstream request) is left on `stack` for the caller to release."""
+        for attempt in itertools.count():
+            held = AsyncExitStack()
+            await held.enter_async_context(_slot(target))
+            try:
+                deltas = target.backend.stream(request)
+                held.push_async_callback(deltas.aclose)
+                first = await anext(deltas)
+            except UpstreamUnavailableError as exc:
+                await held.aclose()
+                await asyncio.sleep(self._retry_delay(target, attempt, exc))
+                continue
+            except StopAsyncIteration:
+                await held.aclose()
+                raise UpstreamError(
+                    f"Model {target.name!r} ended its stream without an answer."
+                ) from None
+            except BaseException:
+                await held.aclose()
+                raise
+            await stack.enter_async_context(held)
+            return first, deltas
+        raise AssertionError("unreachable")
+
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
+        failure: UpstreamError | None = None
+        for index, target in enumerate(self._targets):
+            async with AsyncExitStack() as stack:
+                try:
+                    first, deltas = await self._open_stream(
+                        target, replace(request, model=target.upstream_model), stack
+                    )
+                except _FALL_BACK_ON as exc:
+                    failure = self._next(index, exc)
+                    continue
+                # From here on output exists: faults propagate, never retried or re-routed.
+                answered = target.name if index else None
+                yield _mark(first, answered)
+                async for delta in deltas:
+                    yield _mark(delta, answered)
+                return
+        assert failure is not None
+        raise failure
+
+    def _next(self, index: int, exc: UpstreamError) -> UpstreamError:
+        if index + 1 < len(self._targets):
+            failed, following = self._targets[index].name, self._targets[index + 1].name
+            log.warning("model %s failed, falling back to %s: %s", failed, following, exc)
+        return exc
+
+    async def aclose(self) -> None:
+        """Nothing of its own: the registry closes the backends it shares between routes."""
+
+
+def _mark(delta: Delta, answered: str | None) -> Delta:
+    if answered is not None and isinstance(delta, Finish):
+        return replace(delta, model=answered)
+    return delta

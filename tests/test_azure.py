@@ -1,0 +1,105 @@
+"""Azure OpenAI: the v1 and preview Responses URLs, the classic deployment URL (Chat Completions
+only, through the translation), the `api-key` header, and Microsoft Entra ID tokens, fetched by
+azure-identity from a local managed-identity endpoint or by an injected credential, cached and
+refreshed before they expire."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import openai
+
+from app.backends.azure import REFRESH_MARGIN, azure_backend
+from app.backends.base import GenerationRequest
+from app.config import ModelConfig
+from tests.conftest import AZURE_SECRET, NativeStack
+from tests.fake_responses import FakeResponses
+
+USER = [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}]
+
+
+def test_v1_with_api_key(native: NativeStack, nclient: openai.OpenAI) -> None:
+    response = nclient.responses.create(model="azure-v1", input="hi")
+    seen = native.fake.last
+    assert (seen.path, seen.query) == ("/openai/v1/responses", {})
+    assert seen.headers["api-key"] == AZURE_SECRET and "Authorization" not in seen.headers
+    assert seen.body["model"] == "prod-gpt" and seen.body["store"] is False
+    assert response.model == "azure-v1" and response.output_text == "native: hi"
+
+
+def test_preview_api_version(native: NativeStack, nclient: openai.OpenAI) -> None:
+    nclient.responses.create(model="azure-preview", input="hi")
+    seen = native.fake.last
+    assert (seen.path, seen.query) == ("/openai/responses", {"api-version": "2025-04-01-preview"})
+    assert seen.body["model"] == "azure-preview"
+
+
+def test_classic_deployment_is_chat_completions(
+    native: NativeStack, nclient: openai.OpenAI
+) -> None:
+    response = nclient.responses.create(model="azure-chat", input="hi")
+    seen = native.fake.last
+    assert seen.path == "/openai/deployments/chat-deployment/chat/completions"
+    assert seen.query == {"api-version": "2024-10-21"}
+    assert seen.headers["api-key"] == AZURE_SECRET
+    assert response.output_text == "azure chat: hi"
+
+
+def test_entra_token_from_managed_identity(native: NativeStack, nclient: openai.OpenAI) -> None:
+    before = native.fake.tokens_issued
+    nclient.responses.create(model="azure-entra", input="hi")
+    nclient.responses.create(model="azure-entra", input="again")
+    first, second = native.fake.seen
+    assert first.headers["Authorization"].startswith("Bearer entra-token-")
+    assert second.headers["Authorization"] == first.headers["Authorization"]  # cached
+    assert "api-key" not in first.headers
+    assert native.fake.tokens_issued - before <= 1
+
+
+@dataclass
+class Token:
+    token: str
+    expires_on: int
+
+
+class FakeCredential:
+    """What `azure.identity.aio` credentials offer: `get_token(*scopes)` and `close()`."""
+
+    def __init__(self, lifetime: float) -> None:
+        self.lifetime = lifetime
+        self.calls: list[tuple[str, ...]] = []
+        self.closed = False
+
+    async def get_token(self, *scopes: str) -> Token:
+        self.calls.append(scopes)
+        return Token(f"injected-{len(self.calls)}", int(time.time() + self.lifetime))
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def run_twice(fake: FakeResponses, credential: FakeCredential) -> list[str]:
+    config = ModelConfig(name="entra", backend="azure", endpoint=fake.root, auth="entra_id")
+
+    async def go() -> None:
+        backend = azure_backend(config, credential)
+        try:
+            for _ in range(2):
+                await backend.generate(GenerationRequest(model="dep", items=USER))
+        finally:
+            await backend.aclose()
+
+    fake.reset()
+    asyncio.run(go())
+    return [seen.headers["Authorization"] for seen in fake.seen]
+
+
+def test_injected_credential_cached_and_refreshed(responses_upstream: FakeResponses) -> None:
+    lasting = FakeCredential(lifetime=3600)
+    assert run_twice(responses_upstream, lasting) == ["Bearer injected-1"] * 2
+    assert lasting.calls == [("https://cognitiveservices.azure.com/.default",)]
+    assert lasting.closed  # the backend closes what it was given, at shutdown
+    expiring = FakeCredential(lifetime=REFRESH_MARGIN - 1)  # inside the refresh margin
+    assert run_twice(responses_upstream, expiring) == ["Bearer injected-1", "Bearer injected-2"]

@@ -1,0 +1,183 @@
+"""Backends that speak Responses natively (OpenAI, local servers) and the built-in echo model:
+stateless upstream calls carrying our state, encrypted reasoning across turns, hosted tools and
+their events relayed under our id and numbering, strict SDK validation throughout."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import NativeStack
+from tests.fake_responses import Answer
+from tests.wire import raw_create, stream_raw, strict_items, strict_response, strict_stream
+
+
+def test_openai_state_stays_with_us(native: NativeStack, nclient: openai.OpenAI) -> None:
+    native.fake.enqueue(Answer(text="Hello Ada.", reasoning=True))
+    first = raw_create(
+        nclient, model="gpt-5-mini", input="My name is Ada.", instructions="Be brief."
+    )
+    strict_response(first)
+    sent = native.fake.last
+    assert sent.path == "/v1/responses"
+    assert sent.headers["Authorization"] == "Bearer sk-openai-secret"
+    assert sent.body["store"] is False and sent.body["model"] == "gpt-5-mini"
+    # gpt-5 is a reasoning family: encrypted reasoning is asked for without the client asking.
+    assert sent.body["include"] == ["reasoning.encrypted_content"]
+    assert sent.body["instructions"] == "Be brief."
+    assert sent.body["input"] == [
+        {
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_text", "text": "My name is Ada."}],
+            "status": "completed",
+        }
+    ]
+    assert first["id"].startswith("resp_") and first["id"] != "resp_upstream_should_not_leak"
+    assert first["model"] == "gpt-5-mini" and first["output_text"] == "Hello Ada."
+    reasoning, message = first["output"]
+    assert reasoning["id"].startswith("rs_fake")  # the upstream's id, kept
+    assert reasoning["encrypted_content"].startswith("gAAAA-encrypted-")
+    assert first["usage"]["output_tokens_details"]["reasoning_tokens"] == 4
+
+    native.fake.enqueue(Answer(text="You are Ada."))
+    second = nclient.responses.create(
+        model="gpt-5-mini", input="What is my name?", previous_response_id=first["id"]
+    )
+    replayed = native.fake.last.body["input"]
+    # The whole context, from our database; the reasoning item goes back verbatim.
+    assert [item.get("type") for item in replayed] == ["message", "reasoning", "message", "message"]
+    assert replayed[1] == reasoning
+    assert replayed[2]["id"] == message["id"] and replayed[2]["role"] == "assistant"
+    assert "id" not in replayed[0] and "id" not in replayed[3]  # ours mean nothing upstream
+    assert second.output_text == "You are Ada."
+    items = nclient.responses.input_items.list(second.id, order="asc")
+    assert [item.id for item in items.data][1:3] == [reasoning["id"], message["id"]]
+    strict_items([item.model_dump() for item in items.data])
+
+
+def test_reasoning_include_only_when_it_reasons(
+    native: NativeStack, nclient: openai.OpenAI
+) -> None:
+    nclient.responses.create(model="gpt-4o", input="hi")
+    assert "include" not in native.fake.last.body  # OpenAI refuses it for such models
+    nclient.responses.create(
+        model="gpt-4o", input="hi", reasoning={"effort": "low", "summary": "auto"}
+    )
+    body = native.fake.last.body
+    assert body["include"] == ["reasoning.encrypted_content"]
+    assert body["reasoning"] == {"effort": "low", "summary": "auto"}
+
+
+def test_hosted_tool_stream_relayed(native: NativeStack, nclient: openai.OpenAI) -> None:
+    native.fake.enqueue(Answer(text="It is sunny in Paris.", reasoning=True, web_search=True))
+    result = stream_raw(
+        native.gateway.url,
+        {
+            "model": "gpt-5-mini",
+            "input": "Weather in Paris?",
+            "tools": [{"type": "web_search", "search_context_size": "low"}],
+            "include": ["web_search_call.action.sources"],
+        },
+    )
+    strict_stream(result)  # our numbering from 0, every event a typed SDK event
+    sent = native.fake.last.body
+    assert sent["tools"] == [{"type": "web_search", "search_context_size": "low"}]
+    assert sent["include"] == ["web_search_call.action.sources", "reasoning.encrypted_content"]
+    assert sent["stream_options"] == {"include_obfuscation": False}
+    searches = [t for t in result.types if t.startswith("response.web_search_call.")]
+    assert searches == [
+        f"response.web_search_call.{p}" for p in ("in_progress", "searching", "completed")
+    ]
+    assert result.types.count("response.created") == 1
+    assert "response.reasoning_summary_text.delta" in result.types
+    assert not any("obfuscation" in event for event in result.events)
+    final = result.terminal["response"]
+    ids = [item["id"] for item in final["output"]]
+    assert [i.split("_")[0] for i in ids] == ["rs", "ws", "msg"]
+    assert final["output"][0]["encrypted_content"].startswith("gAAAA-encrypted-")
+    assert {e["item_id"] for e in result.of("response.web_search_call.completed")} == {ids[1]}
+    assert {e["output_index"] for e in result.of("response.web_search_call.searching")} == {1}
+    assert final["tools"] == [{"type": "web_search", "search_context_size": "low"}]
+    assert final["id"] == result.events[0]["response"]["id"] != "resp_upstream_should_not_leak"
+    stored = nclient.responses.with_raw_response.retrieve(final["id"]).http_response.json()
+    assert stored == final
+
+    # Next turn: the hosted call and the encrypted reasoning go back upstream.
+    nclient.responses.create(
+        model="gpt-5-mini", input="And tomorrow?", previous_response_id=final["id"]
+    )
+    kinds = [item["type"] for item in native.fake.last.body["input"]]
+    assert kinds == ["message", "reasoning", "web_search_call", "message", "message"]
+
+
+def test_hosted_tools_only_where_every_model_takes_them(native: NativeStack) -> None:
+    body = {"input": "hi", "tools": [{"type": "web_search"}], "tool_choice": {"type": "web_search"}}
+    ok = httpx.post(f"{native.gateway.url}/v1/responses", json={**body, "model": "vllm/qwen3"})
+    assert ok.status_code == 200, ok.text
+    assert native.fake.last.body["tool_choice"] == {"type": "web_search"}
+    # `mixed` falls back to a Chat Completions upstream, which could not honour them.
+    refused = httpx.post(f"{native.gateway.url}/v1/responses", json={**body, "model": "mixed"})
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "tools[0].type"
+
+
+def test_upstream_failed_response(native: NativeStack, nclient: openai.OpenAI) -> None:
+    native.fake.enqueue(Answer(status="failed"))
+    with pytest.raises(openai.InternalServerError) as caught:
+        nclient.responses.create(model="gpt-5-mini", input="hi")
+    assert "upstream melted" in str(caught.value)
+    native.fake.enqueue(Answer(status="failed"))
+    result = stream_raw(native.gateway.url, {"model": "gpt-5-mini", "input": "hi"})
+    strict_stream(result)
+    assert result.types[-2:] == ["error", "response.failed"]
+
+
+def test_incomplete_is_reported(native: NativeStack, nclient: openai.OpenAI) -> None:
+    native.fake.enqueue(Answer(status="incomplete"))
+    response = nclient.responses.create(model="gpt-5-mini", input="hi")
+    assert response.status == "incomplete"
+    assert response.incomplete_details is not None
+    assert response.incomplete_details.reason == "max_output_tokens"
+
+
+def test_stream_cut_short_keeps_partial_output(native: NativeStack, nclient: openai.OpenAI) -> None:
+    native.fake.enqueue(Answer(text="one two three four five six", drop_after=6))
+    result = stream_raw(native.gateway.url, {"model": "gpt-5-mini", "input": "count"})
+    strict_stream(result)
+    assert result.types[-2:] == ["error", "response.failed"]
+    assert len(native.fake.seen) == 1
+    stored = nclient.responses.retrieve(result.terminal["response"]["id"])
+    assert stored.status == "failed"
+    assert stored.output[0].status == "incomplete" and stored.output_text == "one two "
+
+
+def test_prefix_rule_and_models(native: NativeStack, nclient: openai.OpenAI) -> None:
+    response = nclient.responses.create(model="vllm/qwen3-8b", input="hi")
+    assert native.fake.last.body["model"] == "qwen3-8b"
+    assert "authorization" not in {k.lower() for k in native.fake.last.headers}
+    assert response.model == "vllm/qwen3-8b" and response.output_text == "native: hi"
+    ids = [model.id for model in nclient.models.list()]
+    assert {"gpt-4o", "latest", "echo", "azure-v1"} <= set(ids) and "vllm/*" not in ids
+    assert nclient.models.retrieve("vllm/anything").id == "vllm/anything"
+    with pytest.raises(openai.NotFoundError):
+        nclient.models.retrieve("nope/anything")
+
+
+def test_echo_model(native: NativeStack, nclient: openai.OpenAI) -> None:
+    response = nclient.responses.create(model="echo", input="ping", instructions="Be kind.")
+    expected = (
+        "echo: 1 input items (1 user message). Instructions: 8 characters. "
+        'Last user message: "ping"'
+    )
+    assert response.output_text == expected
+    assert response.usage is not None and response.usage.output_tokens == len(expected.split())
+    result = stream_raw(
+        native.gateway.url, {"model": "echo", "input": "ping", "instructions": "Be kind."}
+    )
+    strict_stream(result)
+    deltas = result.of("response.output_text.delta")
+    assert len(deltas) == len(expected.split())
+    assert "".join(d["delta"] for d in deltas) == expected
+    assert native.fake.seen == []
