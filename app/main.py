@@ -10,12 +10,14 @@ from typing import Any
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.api import conversations as conversations_routes
 from app.api import models as models_routes
 from app.api import responses as responses_routes
 from app.api.errors import install_error_handlers
 from app.backends.registry import Registry
 from app.config import ModelsFile, Settings, describe_routes, load_routing
 from app.core.background import BackgroundRunner, WorkerSettings
+from app.core.conversations import ConversationsService
 from app.core.responses import ResponsesService
 from app.store.database import Database, asyncpg_url
 from app.store.engine import create_engine, current_revision, head_revision
@@ -71,7 +73,11 @@ def create_app(settings: Settings, models: ModelsFile) -> FastAPI:
             if settings.gateway_worker_concurrency > 0:
                 await runner.start()
                 stack.push_async_callback(runner.stop)
-            yield {"responses": ResponsesService(database, registry), "registry": registry}
+            yield {
+                "responses": ResponsesService(database, registry),
+                "conversations": ConversationsService(database),
+                "registry": registry,
+            }
 
     app = FastAPI(title="responses-gateway", version="0.1.0", lifespan=lifespan)
     app.state.max_body_bytes = settings.gateway_max_body_bytes
@@ -79,6 +85,7 @@ def create_app(settings: Settings, models: ModelsFile) -> FastAPI:
     install_error_handlers(app)
     app.include_router(responses_routes.router)
     app.include_router(models_routes.router)
+    app.include_router(conversations_routes.router)
     return app
 
 

@@ -109,7 +109,7 @@ def test_conversation_with_previous_response_id(gw: Stack) -> None:
     ("extra", "param"),
     [
         ({"background": True, "store": False}, "store"),
-        ({"conversation": "conv_1"}, "conversation"),
+        ({"conversation": "conv_1", "store": False}, "store"),
         ({"prompt": {"id": "pmpt_1"}}, "prompt"),
         ({"truncation": "auto"}, "truncation"),
         ({"top_logprobs": 5}, "top_logprobs"),

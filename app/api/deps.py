@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, TypeVar, cast
 
 import orjson
 from fastapi import Depends, Request
+from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
+from app.api.errors import bad_json, most_specific, validation_error
 from app.backends.registry import Registry
+from app.core.conversations import ConversationsService
 from app.core.responses import ResponsesService
+from app.errors import BadRequestError, GatewayError
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def _responses(request: Request) -> ResponsesService:
     return cast(ResponsesService, request.state.responses)
+
+
+def _conversations(request: Request) -> ConversationsService:
+    return cast(ConversationsService, request.state.conversations)
 
 
 def _registry(request: Request) -> Registry:
@@ -22,6 +32,31 @@ def _registry(request: Request) -> Registry:
 
 Responses = Annotated[ResponsesService, Depends(_responses)]
 Routes = Annotated[Registry, Depends(_registry)]
+Conversations = Annotated[ConversationsService, Depends(_conversations)]
+
+
+async def read_body(request: Request, model: type[M]) -> M:
+    """The JSON body, validated: bad JSON, a non-object or an invalid field is a 400 naming
+    the param (never FastAPI's 422); a body over the limit is a 413."""
+    limit: int = request.app.state.max_body_bytes
+    body = await request.body()
+    if len(body) > limit:
+        raise GatewayError(
+            f"The request body is {len(body)} bytes; the limit is {limit} bytes.",
+            status=413,
+            type="invalid_request_error",
+            code="request_too_large",
+        )
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise bad_json() from None
+    if not isinstance(data, dict):
+        raise BadRequestError("The request body must be a JSON object.", code="invalid_type")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(most_specific(exc.errors()), data) from None
 
 
 def json_response(body: Any, status: int = 200) -> Response:

@@ -4,40 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-import orjson
 from fastapi import APIRouter, Query, Request
-from pydantic import ValidationError
 from starlette.responses import Response
 
-from app.api.deps import Responses, json_response
-from app.api.errors import bad_json, most_specific, validation_error
+from app.api.deps import Responses, json_response, read_body
 from app.api.sse import event_stream
-from app.errors import BadRequestError, GatewayError
 from app.schemas.requests import CreateResponseRequest
 
 router = APIRouter(prefix="/v1/responses", tags=["responses"])
-
-
-async def read_create_request(request: Request) -> CreateResponseRequest:
-    limit: int = request.app.state.max_body_bytes
-    body = await request.body()
-    if len(body) > limit:
-        raise GatewayError(
-            f"The request body is {len(body)} bytes; the limit is {limit} bytes.",
-            status=413,
-            type="invalid_request_error",
-            code="request_too_large",
-        )
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise bad_json() from None
-    if not isinstance(data, dict):
-        raise BadRequestError("The request body must be a JSON object.", code="invalid_type")
-    try:
-        return CreateResponseRequest.model_validate(data)
-    except ValidationError as exc:
-        raise validation_error(most_specific(exc.errors()), data) from None
 
 
 @router.post(
@@ -50,7 +24,7 @@ async def read_create_request(request: Request) -> CreateResponseRequest:
     },
 )
 async def create_response(request: Request, responses: Responses) -> Response:
-    create = await read_create_request(request)
+    create = await read_body(request, CreateResponseRequest)
     prepared = await responses.prepare(create)  # every 4xx is raised here, before any byte
     if create.stream:
         return event_stream(responses.stream(prepared), request.app.state.sse_keepalive)

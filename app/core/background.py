@@ -27,6 +27,7 @@ from typing import Any
 import anyio
 
 from app.backends.registry import Registry
+from app.core.conversations import conversation_id_of
 from app.core.events import Event, EventLadder
 from app.core.generation import (
     Context,
@@ -221,6 +222,7 @@ class BackgroundRunner:
             Context(history=[], entries=[], items=items),
             generation_request(request, route.upstream_model, items),
             project=job.project,
+            conversation_id=conversation_id_of(request),
             id=job.response_id,
             created_at=stored.body["created_at"],
         )
@@ -329,7 +331,13 @@ class _BackgroundSink:
             pending = self._buffer + events if self._persist else []
             self._buffer, self._done = [], True
             await self._runner._jobs.complete(
-                self._job.response_id, self._job.project, self._runner.owner, body, output, pending
+                self._job.response_id,
+                self._job.project,
+                self._runner.owner,
+                body,
+                output,
+                pending,
+                self._prepared.conversation_id,
             )
 
     async def interrupted(self, ladder: EventLadder) -> None:

@@ -49,6 +49,7 @@ class Prepared:
     context: Context
     generation: GenerationRequest
     project: str = ""
+    conversation_id: str | None = None
     id: str = field(default_factory=lambda: new_id("resp"))
     created_at: int = field(default_factory=lambda: int(time.time()))
 
@@ -88,7 +89,7 @@ def response_body(
         "status": status,
         "background": bool(request.background),
         "completed_at": int(time.time()) if status == "completed" else None,
-        "conversation": None,
+        "conversation": {"id": prepared.conversation_id} if prepared.conversation_id else None,
         "error": error,
         "frequency_penalty": request.frequency_penalty or 0.0,
         "incomplete_details": {"reason": incomplete_reason} if incomplete_reason else None,

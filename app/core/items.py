@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.errors import BadRequestError
+from app.errors import BadRequestError, NotFoundError
 from app.ids import new_item_id
 from app.schemas.requests import (
     FunctionCallItem,
@@ -20,6 +20,7 @@ from app.schemas.requests import (
     MessageItem,
     ReasoningItem,
 )
+from app.store.responses import ResponseStore, StoredItem
 
 ConcreteItem = MessageItem | FunctionCallItem | FunctionCallOutputItem | ReasoningItem
 
@@ -46,9 +47,9 @@ def _check_parts(parts: list[Any], role: str, where: str) -> None:
             )
 
 
-def check_item(item: ConcreteItem | ItemReference, index: int) -> None:
+def check_item(item: ConcreteItem | ItemReference, index: int, param: str = "input") -> None:
     """Reject content this gateway cannot pass on, naming the param."""
-    where = f"input[{index}]"
+    where = f"{param}[{index}]"
     if isinstance(item, MessageItem) and isinstance(item.content, list):
         _check_parts(item.content, item.role, f"{where}.content")
     elif isinstance(item, FunctionCallOutputItem) and isinstance(item.output, list):
@@ -80,3 +81,37 @@ def canonical_item(item: ConcreteItem) -> dict[str, Any]:
     if not isinstance(item, ReasoningItem):
         data.setdefault("status", "completed")
     return data
+
+
+async def resolve_items(
+    store: ResponseStore,
+    items: list[ConcreteItem | ItemReference],
+    project: str,
+    *,
+    reuse: bool,
+    param: str,
+) -> list[StoredItem | dict[str, Any]]:
+    """Validate items, give them their stored form, resolve item references, and — with
+    `reuse` — point replayed items at the row already stored for them (same id, same content)
+    instead of storing them twice. Only ids the client chose can name stored items."""
+    for index, item in enumerate(items):
+        check_item(item, index, param)
+    canonical = [
+        item if isinstance(item, ItemReference) else canonical_item(item) for item in items
+    ]
+    references = {item.id for item in items if isinstance(item, ItemReference)}
+    replayed = {item.id for item in items if not isinstance(item, ItemReference) and item.id}
+    stored = await store.find_items(references | (replayed if reuse else set()), project)
+    resolved: list[StoredItem | dict[str, Any]] = []
+    for index, entry in enumerate(canonical):
+        if isinstance(entry, ItemReference):
+            candidates = stored.get(entry.id, [])
+            if not candidates:
+                raise NotFoundError(
+                    f"Item with id '{entry.id}' not found.", param=f"{param}[{index}].id"
+                )
+            resolved.append(candidates[-1])
+            continue
+        same = next((c for c in reversed(stored.get(entry["id"], [])) if c.data == entry), None)
+        resolved.append(same if same is not None else entry)
+    return resolved

@@ -53,8 +53,12 @@ def check_request(request: CreateResponseRequest, backend: Backend) -> None:
             "retrieved. Remove 'store': false or 'background': true.",
             param="store",
         )
-    if request.conversation is not None:
-        raise _not_supported("conversation", "The 'conversation' parameter")
+    if request.conversation is not None and request.store is False:
+        raise BadRequestError(
+            "A response in a conversation is stored in it: 'store': false cannot be combined "
+            "with 'conversation'.",
+            param="store",
+        )
     if request.prompt is not None:
         raise BadRequestError(
             "Prompt templates ('prompt') are not available on this gateway: send the prompt "

@@ -14,6 +14,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from app.backends.registry import Registry, Route
+from app.core.conversations import conversation_id_of, conversation_not_found
 from app.core.events import TERMINAL_EVENTS, Event, EventLadder
 from app.core.generation import (
     TERMINAL_STATUSES,
@@ -22,11 +23,12 @@ from app.core.generation import (
     response_body,
     run_generation,
 )
-from app.core.items import ConcreteItem, canonical_item, check_item
+from app.core.items import ConcreteItem, resolve_items
 from app.core.requests import check_request, generation_request
 from app.errors import BadRequestError, NotFoundError, UpstreamError
-from app.schemas.requests import CreateResponseRequest, ItemReference, MessageItem
+from app.schemas.requests import ConcreteInput, CreateResponseRequest, MessageItem
 from app.schemas.responses import error_object, list_object, render_response
+from app.store.conversations import ConversationStore
 from app.store.database import Database
 from app.store.events import EventStore
 from app.store.jobs import RUNNING, JobStore, new_job
@@ -44,6 +46,7 @@ class ResponsesService:
         self._store = ResponseStore(database)
         self._jobs = JobStore(database)
         self._events = EventStore(database)
+        self._conversations = ConversationStore(database)
         self._registry = registry
 
     # --- create ------------------------------------------------------------------------------
@@ -54,7 +57,7 @@ class ResponsesService:
         check_request(request, route.backend)
         context = await self._assemble(request, project)
         generation = generation_request(request, route.upstream_model, context.items)
-        return Prepared(request, route, context, generation, project)
+        return Prepared(request, route, context, generation, project, conversation_id_of(request))
 
     async def create(self, prepared: Prepared) -> dict[str, Any]:
         """Generate without streaming (the stored row is committed before this returns), or
@@ -115,6 +118,7 @@ class ResponsesService:
             self._new_response(prepared, body, []),
             job=new_job(prepared.id, prepared.project, payload),
             events=events,
+            conversation_id=prepared.conversation_id,
         )
         return body, events
 
@@ -140,7 +144,10 @@ class ResponsesService:
         self, prepared: Prepared, body: dict[str, Any], output: list[dict[str, Any]]
     ) -> None:
         if prepared.storing:
-            await self._store.insert_response(self._new_response(prepared, body, output))
+            await self._store.insert_response(
+                self._new_response(prepared, body, output),
+                conversation_id=prepared.conversation_id,
+            )
 
     def _resolve(self, model: str) -> Route:
         route = self._registry.resolve(model)
@@ -163,49 +170,24 @@ class ResponsesService:
                     code="previous_response_not_found",
                 )
             history = loaded
+        conversation_id = conversation_id_of(request)
+        if conversation_id is not None:
+            turns = await self._conversations.context(conversation_id, project)
+            if turns is None:
+                raise conversation_not_found(conversation_id, "conversation")
+            history = turns
         raw = request.input
-        parsed = [] if isinstance(raw, str) else list(raw)
-        for index, item in enumerate(parsed):
-            check_item(item, index)
-        if isinstance(raw, str):
-            canonical: list[dict[str, Any] | ItemReference] = [canonical_item(_user_message(raw))]
-        else:
-            canonical = [
-                item if isinstance(item, ItemReference) else canonical_item(item) for item in parsed
-            ]
-        # Only ids the client chose can name stored items; ids we just minted cannot.
-        client_ids = {item.id for item in parsed if not isinstance(item, ItemReference) and item.id}
-        entries = await self._reuse_stored(
-            canonical, client_ids if request.store is not False else set(), project
+        parsed: list[ConcreteInput] = [_user_message(raw)] if isinstance(raw, str) else list(raw)
+        entries = await resolve_items(
+            self._store, parsed, project, reuse=request.store is not False, param="input"
         )
-        items = [entry.data for entry in history]
+        items: list[dict[str, Any]] = [entry.data for entry in history]
         items += [entry.data if isinstance(entry, StoredItem) else entry for entry in entries]
         return Context(
             history,
             [entry.pk if isinstance(entry, StoredItem) else entry for entry in entries],
             items,
         )
-
-    async def _reuse_stored(
-        self, items: list[dict[str, Any] | ItemReference], replayed: set[str], project: str
-    ) -> list[StoredItem | dict[str, Any]]:
-        """Resolve item references, and point replayed items at the row already stored for them
-        (same id, same content) instead of storing them twice."""
-        references = {item.id for item in items if isinstance(item, ItemReference)}
-        stored = await self._store.find_items(references | replayed, project)
-        resolved: list[StoredItem | dict[str, Any]] = []
-        for index, item in enumerate(items):
-            candidates = stored.get(item.id if isinstance(item, ItemReference) else item["id"], [])
-            if isinstance(item, ItemReference):
-                if not candidates:
-                    raise NotFoundError(
-                        f"Item with id '{item.id}' not found.", param=f"input[{index}].id"
-                    )
-                resolved.append(candidates[-1])
-                continue
-            same = next((c for c in reversed(candidates) if c.data == item), None)
-            resolved.append(same if same is not None else item)
-        return resolved
 
     # --- retrieve, delete, list, cancel, follow -------------------------------------------------
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag
 
 
 class WireModel(BaseModel):
@@ -132,6 +132,12 @@ InputItem = Annotated[
 ]
 
 
+# An input item as parsed, before references are resolved.
+ConcreteInput = (
+    MessageItem | FunctionCallItem | FunctionCallOutputItem | ReasoningItem | ItemReference
+)
+
+
 # --- tools and formats -----------------------------------------------------------------------
 
 
@@ -231,6 +237,22 @@ METADATA_MAX_KEY = 64
 METADATA_MAX_VALUE = 512
 
 
+def check_metadata_limits(value: dict[str, str]) -> dict[str, str]:
+    if len(value) > METADATA_MAX_KEYS:
+        raise ValueError(f"metadata may hold at most {METADATA_MAX_KEYS} keys, got {len(value)}")
+    for key, item in value.items():
+        if len(key) > METADATA_MAX_KEY:
+            raise ValueError(f"metadata key {key[:20]!r}… is longer than {METADATA_MAX_KEY}")
+        if len(item) > METADATA_MAX_VALUE:
+            raise ValueError(
+                f"metadata value of key {key!r} is longer than {METADATA_MAX_VALUE} characters"
+            )
+    return value
+
+
+Metadata = Annotated[dict[str, str], AfterValidator(check_metadata_limits)]
+
+
 class CreateResponseRequest(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
@@ -257,7 +279,7 @@ class CreateResponseRequest(BaseModel):
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     truncation: Literal["auto", "disabled"] | None = None
-    metadata: dict[str, str] | None = None
+    metadata: Metadata | None = None
     service_tier: (
         Literal["auto", "default", "flex", "scale", "priority", "fast", "ultrafast"] | None
     ) = None
@@ -270,20 +292,26 @@ class CreateResponseRequest(BaseModel):
     context_management: list[dict[str, Any]] | None = None
     moderation: dict[str, Any] | None = None
 
-    @field_validator("metadata")
-    @classmethod
-    def check_metadata_limits(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        if value is None:
-            return value
-        if len(value) > METADATA_MAX_KEYS:
-            raise ValueError(
-                f"metadata may hold at most {METADATA_MAX_KEYS} keys, got {len(value)}"
-            )
-        for key, item in value.items():
-            if len(key) > METADATA_MAX_KEY:
-                raise ValueError(f"metadata key {key[:20]!r}… is longer than {METADATA_MAX_KEY}")
-            if len(item) > METADATA_MAX_VALUE:
-                raise ValueError(
-                    f"metadata value of key {key!r} is longer than {METADATA_MAX_VALUE} characters"
-                )
-        return value
+
+# --- conversations ---------------------------------------------------------------------------
+
+CONVERSATION_ITEMS_MAX = 20
+
+
+class CreateConversationRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    metadata: Metadata | None = None
+    items: list[InputItem] | None = Field(default=None, max_length=CONVERSATION_ITEMS_MAX)
+
+
+class UpdateConversationRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    metadata: Metadata
+
+
+class AddConversationItemsRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    items: list[InputItem] = Field(min_length=1, max_length=CONVERSATION_ITEMS_MAX)

@@ -20,7 +20,7 @@ from sqlalchemy import and_, or_, select, update
 
 from app.store.database import Database, Transaction
 from app.store.events import append_events
-from app.store.responses import insert_items
+from app.store.items import APPENDED_STATUSES, append_to_conversation, insert_items
 from app.store.rows import jobs_table, responses_table
 
 QUEUED, RUNNING, DONE = "queued", "running", "done"
@@ -223,8 +223,10 @@ class JobStore:
         body: dict[str, Any],
         output: list[dict[str, Any]],
         events: list[dict[str, Any]],
+        conversation_id: str | None = None,
     ) -> bool:
-        """Store the final state of a background response and close its job, in one
+        """Store the final state of a background response and close its job (and append its
+        turn to its conversation), in one
         transaction fenced by the lease (`owner` None: no lease needed, e.g. a job failed
         after its process died). Returns False, writing nothing, if the lease was lost."""
         async with self._db.transaction() as tx:
@@ -249,6 +251,15 @@ class JobStore:
                 .where(responses_table.c.id == response_id)
                 .values(status=body["status"], body=body, output_pks=output_pks)
             )
+            if conversation_id is not None and body["status"] in APPENDED_STATUSES:
+                input_pks = (
+                    await tx.execute(
+                        select(responses_table.c.input_pks).where(
+                            responses_table.c.id == response_id
+                        )
+                    )
+                ).scalar_one()
+                await append_to_conversation(tx, conversation_id, input_pks + output_pks)
             await append_events(tx, response_id, events)
             if not events:  # waiters (a cancel, a follower) learn of the final state
                 await tx.notify("rg_events", response_id)

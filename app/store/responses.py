@@ -18,6 +18,7 @@ from sqlalchemy.types import BigInteger
 
 from app.store.database import Database, Transaction
 from app.store.events import append_events
+from app.store.items import APPENDED_STATUSES, append_to_conversation, insert_items
 from app.store.rows import events_table, items_table, jobs_table, responses_table
 
 # An input entry is either the pk of an item stored earlier (reused) or a new item to insert.
@@ -59,30 +60,6 @@ class NewResponse:
     output: list[dict[str, Any]]
     background: bool = False
     stream: bool = False
-
-
-async def insert_items(
-    connection: Transaction,
-    response_id: str,
-    project: str,
-    items: list[dict[str, Any]],
-) -> list[int]:
-    if not items:
-        return []
-    rows = [
-        {
-            "id": item["id"],
-            "response_id": response_id,
-            "project": project,
-            "type": item["type"],
-            "data": item,
-        }
-        for item in items
-    ]
-    result = await connection.execute(
-        insert(items_table).returning(items_table.c.pk, sort_by_parameter_order=True), rows
-    )
-    return [pk for (pk,) in result.all()]
 
 
 class ResponseStore:
@@ -150,6 +127,7 @@ class ResponseStore:
         response: NewResponse,
         job: dict[str, Any] | None = None,
         events: list[dict[str, Any]] | None = None,
+        conversation_id: str | None = None,
     ) -> None:
         """Insert the response with its new items — and its background job and first stream
         events, if given — committed when this returns."""
@@ -177,6 +155,8 @@ class ResponseStore:
                     "output_pks": output_pks,
                 },
             )
+            if conversation_id is not None and response.status in APPENDED_STATUSES:
+                await append_to_conversation(tx, conversation_id, input_pks + output_pks)
             if job is not None:
                 await tx.execute(insert(jobs_table), job)
                 await tx.notify("rg_jobs", response.id)

@@ -100,7 +100,30 @@ class EventRow(Base):
     data: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
+class ConversationRow(Base):
+    """A conversation. Its items are stored once in `items` like any other; `next_position`
+    hands out contiguous blocks of positions, so concurrent appends never interleave."""
+
+    __tablename__ = "conversations"
+
+    id: Mapped[str] = mapped_column(String(96), primary_key=True)
+    project: Mapped[str] = mapped_column(String(64), server_default="")
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON)
+    next_position: Mapped[int] = mapped_column(Integer, server_default="0")
+
+
+class ConversationItemRow(Base):
+    __tablename__ = "conversation_items"
+
+    conversation_id: Mapped[str] = mapped_column(String(96), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    item_pk: Mapped[int] = mapped_column(BigInteger)
+
+
 responses_table = cast(Table, ResponseRow.__table__)
 items_table = cast(Table, ItemRow.__table__)
 jobs_table = cast(Table, JobRow.__table__)
 events_table = cast(Table, EventRow.__table__)
+conversations_table = cast(Table, ConversationRow.__table__)
+conversation_items_table = cast(Table, ConversationItemRow.__table__)

@@ -1,0 +1,193 @@
+"""The Conversations API and responses created in a conversation, through the official SDK."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import openai
+import pytest
+from openai.types.conversations import Conversation, ConversationItemList
+
+from tests.conftest import Stack
+from tests.wire import strict_response
+
+
+def raw_json(response: object) -> dict:
+    return response.http_response.json()  # type: ignore[attr-defined]
+
+
+def test_conversation_crud(client: openai.OpenAI) -> None:
+    created = raw_json(
+        client.conversations.with_raw_response.create(
+            metadata={"topic": "demo"},
+            items=[{"type": "message", "role": "user", "content": "Hello!"}],
+        )
+    )
+    conversation = Conversation.model_validate(created)
+    assert conversation.id.startswith("conv_") and conversation.object == "conversation"
+    assert conversation.metadata == {"topic": "demo"}
+    assert client.conversations.retrieve(conversation.id).model_dump() == conversation.model_dump()
+    updated = client.conversations.update(conversation.id, metadata={"topic": "changed"})
+    assert updated.metadata == {"topic": "changed"}
+    deleted = client.conversations.delete(conversation.id)
+    assert (deleted.id, deleted.object, deleted.deleted) == (
+        conversation.id,
+        "conversation.deleted",
+        True,
+    )
+    with pytest.raises(openai.NotFoundError):
+        client.conversations.retrieve(conversation.id)
+    with pytest.raises(openai.NotFoundError):
+        client.conversations.delete(conversation.id)
+
+
+def test_conversation_items_api(client: openai.OpenAI) -> None:
+    conversation = client.conversations.create()
+    assert conversation.metadata == {}
+    added = raw_json(
+        client.conversations.items.with_raw_response.create(
+            conversation.id,
+            items=[
+                {"type": "message", "role": "user", "content": f"message {i}"} for i in range(5)
+            ],
+        )
+    )
+    page = ConversationItemList.model_validate(added)
+    assert len(page.data) == 5 and page.has_more is False
+    ids = [item.id for item in page.data]
+    listed = client.conversations.items.list(conversation.id)  # default: newest first
+    assert [item.id for item in listed.data] == list(reversed(ids))
+    first_two = client.conversations.items.list(conversation.id, order="asc", limit=2)
+    assert [i.id for i in first_two.data] == ids[:2] and first_two.has_more
+    next_two = client.conversations.items.list(
+        conversation.id, order="asc", limit=2, after=first_two.data[-1].id
+    )
+    assert [i.id for i in next_two.data] == ids[2:4]
+    walked = [i.id for i in client.conversations.items.list(conversation.id, order="asc", limit=2)]
+    assert walked == ids
+    item = client.conversations.items.retrieve(ids[1], conversation_id=conversation.id)
+    assert item.id == ids[1] and item.type == "message"
+    after_delete = client.conversations.items.delete(ids[1], conversation_id=conversation.id)
+    assert after_delete.id == conversation.id and after_delete.object == "conversation"
+    remaining = [i.id for i in client.conversations.items.list(conversation.id, order="asc")]
+    assert remaining == [ids[0], *ids[2:]]
+    with pytest.raises(openai.NotFoundError):
+        client.conversations.items.retrieve(ids[1], conversation_id=conversation.id)
+    with pytest.raises(openai.NotFoundError):
+        client.conversations.items.list("conv_missing")
+
+
+def test_item_limits(gw: Stack) -> None:
+    url = f"{gw.gateway.url}/v1/conversations"
+    too_many = [{"role": "user", "content": "x"}] * 21
+    raw = httpx.post(url, json={"items": too_many})
+    assert raw.status_code == 400 and raw.json()["error"]["param"] == "items"
+    conversation = httpx.post(url, json={}).json()
+    raw = httpx.post(f"{url}/{conversation['id']}/items", json={"items": too_many})
+    assert raw.status_code == 400 and raw.json()["error"]["param"] == "items"
+    raw = httpx.post(f"{url}/{conversation['id']}/items", json={"items": []})
+    assert raw.status_code == 400
+    raw = httpx.post(url, json={"metadata": {f"k{i}": "v" for i in range(17)}})
+    assert raw.status_code == 400 and raw.json()["error"]["param"] == "metadata"
+
+
+def test_responses_in_a_conversation(client: openai.OpenAI, gw: Stack) -> None:
+    conversation = client.conversations.create(
+        items=[{"type": "message", "role": "developer", "content": "Be brief."}]
+    )
+    first = client.responses.with_raw_response.create(
+        model="local-llama", input="one", conversation=conversation.id
+    )
+    response = strict_response(raw_json(first))
+    assert response.conversation is not None and response.conversation.id == conversation.id
+    second = client.responses.create(
+        model="local-llama", input="two", conversation={"id": conversation.id}
+    )
+    assert second.output_text == "echo: two"
+    assert [m["content"] for m in gw.upstream.last.body["messages"]] == [
+        "Be brief.",
+        "one",
+        "echo: one",
+        "two",
+    ]
+    items = client.conversations.items.list(conversation.id, order="asc")
+    assert [i.type for i in items.data] == ["message"] * 5
+    assert items.data[2].id == response.output[0].id  # stored once, listed by reference
+    # Deleting the conversation leaves its responses retrievable.
+    client.conversations.delete(conversation.id)
+    kept = client.responses.retrieve(second.id)
+    assert kept.output_text == "echo: two" and kept.conversation is not None
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.responses.create(model="local-llama", input="x", conversation=conversation.id)
+    assert caught.value.body["param"] == "conversation"  # type: ignore[index]
+
+
+def test_failed_response_is_not_appended(client: openai.OpenAI, gw: Stack) -> None:
+    from tests.fake_upstream import Fail
+
+    conversation = client.conversations.create()
+    gw.upstream.enqueue(Fail(500))
+    with pytest.raises(openai.InternalServerError):
+        client.responses.create(model="local-llama", input="lost", conversation=conversation.id)
+    assert client.conversations.items.list(conversation.id).data == []
+
+
+def test_streamed_and_background_responses_append(client: openai.OpenAI, gw: Stack) -> None:
+    conversation = client.conversations.create()
+    with client.responses.stream(
+        model="local-llama", input="streamed", conversation=conversation.id
+    ) as stream:
+        stream.get_final_response()
+    job = client.responses.create(
+        model="local-llama", input="background", conversation=conversation.id, background=True
+    )
+    for _ in range(200):
+        if client.responses.retrieve(job.id).status == "completed":
+            break
+        asyncio.run(asyncio.sleep(0.02))
+    texts = [
+        item.content[0].text  # type: ignore[union-attr]
+        for item in client.conversations.items.list(conversation.id, order="asc").data
+    ]
+    assert texts == ["streamed", "echo: streamed", "background", "echo: background"]
+
+
+def test_item_reference_into_a_conversation(client: openai.OpenAI) -> None:
+    response = client.responses.create(model="local-llama", input="remember")
+    conversation = client.conversations.create(
+        items=[{"type": "item_reference", "id": response.output[0].id}]
+    )
+    (item,) = client.conversations.items.list(conversation.id).data
+    assert item.id == response.output[0].id
+
+
+def test_concurrent_responses_on_one_conversation(gw: Stack) -> None:
+    """Parallel turns: every turn's items land contiguously (input then output) and none is
+    lost."""
+
+    async def run() -> list[str]:
+        async with openai.AsyncOpenAI(
+            base_url=f"{gw.gateway.url}/v1", api_key="x", max_retries=0
+        ) as client:
+            conversation = await client.conversations.create()
+            await asyncio.gather(
+                *(
+                    client.responses.create(
+                        model="local-llama", input=f"turn {i}", conversation=conversation.id
+                    )
+                    for i in range(12)
+                )
+            )
+            texts = []
+            async for item in client.conversations.items.list(
+                conversation.id, order="asc", limit=100
+            ):
+                texts.append(item.content[0].text)  # type: ignore[union-attr]
+            return texts
+
+    texts = asyncio.run(run())
+    assert len(texts) == 24
+    pairs = [(texts[i], texts[i + 1]) for i in range(0, 24, 2)]
+    assert all(answer == f"echo: {question}" for question, answer in pairs)
+    assert sorted(q for q, _ in pairs) == sorted(f"turn {i}" for i in range(12))
