@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Literal
 
 import orjson
@@ -9,13 +10,15 @@ from fastapi import APIRouter, Query, Request
 from pydantic import ValidationError
 from starlette.responses import Response
 
-from app.api.deps import Responses, json_response
+from app.api.deps import Caller, Limits, Responses, Usage, json_response
 from app.api.errors import bad_json, most_specific, validation_error
 from app.api.sse import event_stream
+from app.core.limits import check_input_size
 from app.errors import BadRequestError, GatewayError
 from app.schemas.requests import CreateResponseRequest
 
 router = APIRouter(prefix="/v1/responses", tags=["responses"])
+log = logging.getLogger("app.api")
 
 
 async def read_create_request(request: Request) -> CreateResponseRequest:
@@ -49,12 +52,30 @@ async def read_create_request(request: Request) -> CreateResponseRequest:
         }
     },
 )
-async def create_response(request: Request, responses: Responses) -> Response:
+async def create_response(
+    request: Request, responses: Responses, caller: Caller, limits: Limits, usage: Usage
+) -> Response:
+    request.state.ratelimit_headers = await limits.admit(caller)
     create = await read_create_request(request)
-    prepared = await responses.prepare(create)  # every 4xx is raised here, before any byte
+    request.state.model = create.model
+    check_input_size(create, request.app.state.max_input_items)
+    if request.app.state.log_prompts:  # a debug setting: prompts stay out of logs otherwise
+        log.info(
+            "prompt",
+            extra={"instructions": create.instructions, "input": request_input(create)},
+        )
+    # Every 4xx is raised here, before any byte.
+    prepared = await responses.prepare(create, caller.project, caller.key_id)
     if create.stream:
-        return event_stream(responses.stream(prepared), request.app.state.sse_keepalive)
-    return json_response(await responses.create(prepared))
+        events = usage.stream(responses.stream(prepared), prepared, caller.key_id)
+        return event_stream(events, request.app.state.sse_keepalive)
+    return json_response(await usage.create(responses, prepared, caller.key_id))
+
+
+def request_input(create: CreateResponseRequest) -> object:
+    if isinstance(create.input, str):
+        return create.input
+    return [item.model_dump(mode="json", exclude_none=True) for item in create.input]
 
 
 @router.get("/{response_id}")
@@ -62,32 +83,37 @@ async def retrieve_response(
     request: Request,
     response_id: str,
     responses: Responses,
+    caller: Caller,
+    usage: Usage,
     stream: bool = False,
     starting_after: Annotated[int | None, Query(ge=-1)] = None,
 ) -> Response:
     if stream:
-        events = await responses.replay(response_id, "", starting_after)
-        return event_stream(events, request.app.state.sse_keepalive)
-    return json_response(await responses.retrieve(response_id))
+        events = await responses.replay(response_id, caller.project, starting_after)
+        return event_stream(usage.stream(events), request.app.state.sse_keepalive)
+    return json_response(await responses.retrieve(response_id, caller.project))
 
 
 @router.delete("/{response_id}")
-async def delete_response(response_id: str, responses: Responses) -> Response:
-    return json_response(await responses.delete(response_id))
+async def delete_response(response_id: str, responses: Responses, caller: Caller) -> Response:
+    return json_response(await responses.delete(response_id, caller.project))
 
 
 @router.post("/{response_id}/cancel")
-async def cancel_response(response_id: str, responses: Responses) -> Response:
-    return json_response(await responses.cancel(response_id))
+async def cancel_response(response_id: str, responses: Responses, caller: Caller) -> Response:
+    return json_response(await responses.cancel(response_id, caller.project))
 
 
 @router.get("/{response_id}/input_items")
 async def list_input_items(
     response_id: str,
     responses: Responses,
+    caller: Caller,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     order: Literal["asc", "desc"] = "desc",
     after: str | None = None,
 ) -> Response:
-    page = await responses.list_input_items(response_id, limit=limit, order=order, after=after)
+    page = await responses.list_input_items(
+        response_id, limit=limit, order=order, after=after, project=caller.project
+    )
     return json_response(page)
