@@ -94,6 +94,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from app.main import MigrationNeededError, create_app
 
     settings = _settings(args)
+    configure_logging(settings.gateway_log_level, settings.gateway_log_format)
     models = _models(settings)
 
     async def keys_exist() -> bool:
@@ -108,7 +109,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if refusal is not None:
         print(f"responses-gateway: {refusal}", file=sys.stderr)
         return 1
-    configure_logging(settings.gateway_log_level, settings.gateway_log_format)
     app = create_app(settings, models)
     uvicorn.run(
         app,
