@@ -1,4 +1,5 @@
-"""`responses-gateway serve | migrate | check-config`. Flags override the environment."""
+"""`responses-gateway serve | migrate | check-config | keys | usage`. Flags override the
+environment."""
 
 from __future__ import annotations
 
@@ -6,13 +7,17 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
+import orjson
 from alembic import command
 from pydantic import ValidationError
 
 from app.config import ConfigError, ModelsFile, Settings, describe_routes, load_routing
+from app.errors import GatewayError
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -51,26 +56,58 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+@asynccontextmanager
+async def _database(settings: Settings) -> AsyncIterator[Any]:
+    """The database at head migration, for the commands that read or write it."""
+    from app.main import require_head
+    from app.store.database import Database
+    from app.store.engine import create_engine
+
+    engine = create_engine(settings.database_url, pool_size=2)
+    try:
+        await require_head(engine)
+        yield Database(engine)
+    finally:
+        await engine.dispose()
+
+
+def open_mode_refusal(settings: Settings, keys_exist: bool) -> str | None:
+    """Why `serve` must not start: open mode (no keys) on an address other machines reach."""
+    from app.core.keys import is_loopback
+
+    if is_loopback(settings.gateway_host) or keys_exist or settings.gateway_admin_key:
+        return None
+    return (
+        f"refusing to serve on {settings.gateway_host} without API keys: with no keys anyone "
+        "who can reach this address could use the gateway (open mode is for loopback only).\n"
+        "Create a key first (same DATABASE_URL):\n"
+        "    responses-gateway keys create --project NAME\n"
+        "or set GATEWAY_ADMIN_KEY and create keys with POST /admin/keys."
+    )
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from app.main import MigrationNeededError, create_app, require_head
-    from app.store.engine import create_engine
+    from app.core.keys import KeyService
+    from app.logs import configure_logging
+    from app.main import MigrationNeededError, create_app
 
     settings = _settings(args)
+    configure_logging(settings.gateway_log_level, settings.gateway_log_format)
     models = _models(settings)
 
-    async def check_database() -> None:
-        engine = create_engine(settings.database_url)
-        try:
-            await require_head(engine)
-        finally:
-            await engine.dispose()
+    async def keys_exist() -> bool:
+        async with _database(settings) as database:
+            return await KeyService(database).keys_exist()
 
     try:
-        asyncio.run(check_database())
+        refusal = open_mode_refusal(settings, asyncio.run(keys_exist()))
     except MigrationNeededError as exc:
         print(f"responses-gateway: {exc}", file=sys.stderr)
+        return 1
+    if refusal is not None:
+        print(f"responses-gateway: {refusal}", file=sys.stderr)
         return 1
     app = create_app(settings, models)
     uvicorn.run(
@@ -78,10 +115,81 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=settings.gateway_host,
         port=settings.gateway_port,
         log_level=settings.gateway_log_level,
+        log_config=None,  # configure_logging routes uvicorn's loggers to ours
+        access_log=False,  # the middleware writes one access line per request, with its id
         loop="auto",
         http="auto",
     )
     return 0
+
+
+def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    cells = [[("-" if row[c] is None else str(row[c])) for c in columns] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for r in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from app.core.keys import KeyService, key_object
+
+    settings = _settings(args)
+
+    async def run() -> int:
+        async with _database(settings) as database:
+            keys = KeyService(database)
+            if args.keys_command == "create":
+                created = await keys.create(
+                    args.project, name=args.name, rpm=args.rpm, tpm=args.tpm
+                )
+                print(created.secret)
+                print(
+                    f"created {created.key.id} for project {created.key.project}; the key is "
+                    "shown only now, store it safely",
+                    file=sys.stderr,
+                )
+            elif args.keys_command == "list":
+                rows = [key_object(key) for key in await keys.list(args.project)]
+                _print_table(rows, ["id", "project", "name", "prefix", "rpm", "tpm", "revoked_at"])
+            else:
+                key = await keys.revoke(args.key_id)
+                print(f"revoked {key.id} ({key.prefix}…, project {key.project})")
+        return 0
+
+    return asyncio.run(run())
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    from app.core.usage import usage_report
+
+    settings = _settings(args)
+
+    async def run() -> int:
+        async with _database(settings) as database:
+            rows = await usage_report(
+                database, project=args.project, start=args.start, end=args.end
+            )
+        if args.json:
+            print(orjson.dumps(rows).decode())
+        else:
+            _print_table(
+                rows,
+                [
+                    "day",
+                    "project",
+                    "model",
+                    "requests",
+                    "input_tokens",
+                    "output_tokens",
+                    "reasoning_tokens",
+                    "cached_tokens",
+                    "not_completed",
+                ],
+            )
+        return 0
+
+    return asyncio.run(run())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,10 +215,35 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate the models file, print the routes")
     check.add_argument("--config", type=Path, help="models file (GATEWAY_CONFIG)")
     check.set_defaults(run=cmd_check_config)
+
+    keys = commands.add_parser("keys", help="create, list and revoke API keys")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_commands.add_parser("create", help="create a key; prints it once")
+    create.add_argument("--project", required=True, help="the project (tenant) it belongs to")
+    create.add_argument("--name", help="a label for people")
+    create.add_argument("--rpm", type=int, help="requests per minute (default: no limit)")
+    create.add_argument("--tpm", type=int, help="tokens per minute (default: no limit)")
+    listing = keys_commands.add_parser("list", help="list keys (never their secrets)")
+    listing.add_argument("--project", help="only this project's keys")
+    revoke = keys_commands.add_parser("revoke", help="revoke a key by id")
+    revoke.add_argument("key_id")
+    for sub in (create, listing, revoke):
+        sub.add_argument("--database-url", help="database (DATABASE_URL)")
+    keys.set_defaults(run=cmd_keys)
+
+    usage = commands.add_parser("usage", help="usage by day, project and model")
+    usage.add_argument("--project", help="only this project")
+    usage.add_argument("--start", help="first day, UTC (YYYY-MM-DD)")
+    usage.add_argument("--end", help="last day, UTC, inclusive (YYYY-MM-DD)")
+    usage.add_argument("--json", action="store_true", help="JSON instead of a table")
+    usage.add_argument("--database-url", help="database (DATABASE_URL)")
+    usage.set_defaults(run=cmd_usage)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from app.main import MigrationNeededError
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -123,6 +256,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"responses-gateway: invalid settings:\n{exc}", file=sys.stderr)
         return 2
+    except GatewayError as exc:  # e.g. a bad project name, an unknown key id
+        print(f"responses-gateway: {exc.message}", file=sys.stderr)
+        return 1
+    except MigrationNeededError as exc:
+        print(f"responses-gateway: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -70,6 +70,28 @@ class Settings(BaseSettings):
     azure_openai_api_key: SecretStr | None = None
     azure_openai_deployments: str = ""
     azure_openai_api_version: str | None = None
+    # Tenants (README "Keys, projects and limits"). The admin key guards `/admin/`; with it set,
+    # or with any API key in the database, every `/v1` request needs a key.
+    gateway_admin_key: SecretStr | None = None
+    # How long a replica trusts what it looked up about a key: a revocation takes effect on
+    # every replica within this many seconds.
+    gateway_key_cache_seconds: float = Field(default=5.0, ge=0)
+    gateway_max_input_items: int = Field(default=2048, ge=1)
+    # Retention: stored responses older than this are purged by the workers (0 keeps them).
+    gateway_response_ttl_seconds: float = Field(default=0.0, ge=0)
+    gateway_prune_seconds: float = Field(default=60.0, gt=0)
+    # Usage rows (and the token counts limits see) are written in batches at most this old.
+    gateway_usage_flush_seconds: float = Field(default=1.0, gt=0)
+    # Observability: JSON log lines (or plain text), prompts in the log only if asked for, and
+    # OpenTelemetry tracing (needs the `otel` extra).
+    gateway_log_format: Literal["json", "text"] = "json"
+    gateway_log_prompts: bool = False
+    gateway_otel: Literal["none", "otlp", "console"] = "none"
+
+    @field_validator("gateway_admin_key", mode="before")
+    @classmethod
+    def treat_empty_admin_key_as_unset(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator(
         "gateway_config",

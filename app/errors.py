@@ -20,6 +20,8 @@ class GatewayError(Exception):
     status: int = 500
     type: str = "server_error"
     code: str | None = None
+    # Extra HTTP headers for the error reply (a 429's `Retry-After` and `x-ratelimit-*`).
+    headers: dict[str, str] | None = None
 
     def __init__(
         self,
@@ -29,10 +31,13 @@ class GatewayError(Exception):
         code: str | None = None,
         status: int | None = None,
         type: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        if headers is not None:
+            self.headers = headers
         if code is not None:
             self.code = code
         if status is not None:

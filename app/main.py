@@ -10,15 +10,23 @@ from typing import Any
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.api import admin as admin_routes
 from app.api import conversations as conversations_routes
+from app.api import health as health_routes
 from app.api import models as models_routes
 from app.api import responses as responses_routes
 from app.api.errors import install_error_handlers
+from app.api.middleware import ObservabilityMiddleware
 from app.backends.registry import Registry
 from app.config import ModelsFile, Settings, describe_routes, load_routing
 from app.core.background import BackgroundRunner, WorkerSettings
 from app.core.conversations import ConversationsService
+from app.core.keys import KeyService
+from app.core.limits import RateLimiter
 from app.core.responses import ResponsesService
+from app.core.usage import UsageMeter
+from app.logs import configure_logging
+from app.metrics import Metrics
 from app.store.database import Database, asyncpg_url
 from app.store.engine import create_engine, current_revision, head_revision
 
@@ -52,14 +60,26 @@ def worker_settings(settings: Settings) -> WorkerSettings:
         poll_seconds=settings.gateway_job_poll_seconds,
         shutdown_grace_seconds=settings.gateway_shutdown_grace_seconds,
         event_retention_seconds=settings.gateway_event_retention_seconds,
+        response_ttl_seconds=settings.gateway_response_ttl_seconds,
+        prune_seconds=settings.gateway_prune_seconds,
     )
 
 
 def create_app(settings: Settings, models: ModelsFile) -> FastAPI:
+    metrics = Metrics()
+    tracer, tracer_provider = None, None
+    if settings.gateway_otel != "none":
+        from app.tracing import create_tracer
+
+        tracer, tracer_provider = create_tracer(settings.gateway_otel)
+    admin_key = settings.gateway_admin_key
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        # Opened in order, closed in reverse: engine, notifications, backends, worker.
+        # Opened in order, closed in reverse: engine, notifications, backends, usage, worker.
         async with AsyncExitStack() as stack:
+            if tracer_provider is not None:
+                stack.callback(tracer_provider.shutdown)
             engine = create_engine(settings.database_url, settings.gateway_db_pool_size)
             stack.push_async_callback(engine.dispose)
             await require_head(engine)
@@ -69,27 +89,47 @@ def create_app(settings: Settings, models: ModelsFile) -> FastAPI:
             registry = Registry(models)
             stack.push_async_callback(registry.aclose)
             log_routes(models)
-            runner = BackgroundRunner(database, registry, worker_settings(settings))
+            limits = RateLimiter(database)
+            usage = UsageMeter(database, limits, metrics, settings.gateway_usage_flush_seconds)
+            await usage.start()
+            stack.push_async_callback(usage.stop)
+            runner = BackgroundRunner(database, registry, worker_settings(settings), usage)
             if settings.gateway_worker_concurrency > 0:
                 await runner.start()
                 stack.push_async_callback(runner.stop)
+            keys = KeyService(
+                database,
+                admin_key=admin_key.get_secret_value() if admin_key is not None else None,
+                cache_seconds=settings.gateway_key_cache_seconds,
+            )
             yield {
                 "responses": ResponsesService(database, registry),
                 "conversations": ConversationsService(database),
                 "registry": registry,
+                "keys": keys,
+                "limits": limits,
+                "usage": usage,
+                "database": database,
             }
 
     app = FastAPI(title="responses-gateway", version="0.1.0", lifespan=lifespan)
     app.state.max_body_bytes = settings.gateway_max_body_bytes
+    app.state.max_input_items = settings.gateway_max_input_items
     app.state.sse_keepalive = settings.gateway_sse_keepalive
+    app.state.log_prompts = settings.gateway_log_prompts
+    app.state.metrics = metrics
     install_error_handlers(app)
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics, tracer=tracer)
     app.include_router(responses_routes.router)
     app.include_router(models_routes.router)
     app.include_router(conversations_routes.router)
+    app.include_router(admin_routes.router)
+    app.include_router(health_routes.router)
     return app
 
 
 def app_from_env() -> FastAPI:
     """Factory for `uvicorn --factory app.main:app_from_env`: settings from the environment."""
     settings = Settings()
+    configure_logging(settings.gateway_log_level, settings.gateway_log_format)
     return create_app(settings, load_routing(settings))

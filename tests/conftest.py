@@ -29,6 +29,9 @@ from app.main import create_app
 from tests.fake_responses import FakeResponses
 from tests.fake_upstream import FakeUpstream
 
+# Fixtures of a gateway with API keys (`tenants`), for any test module.
+pytest_plugins = ["tests.tenancy"]
+
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REQUIRE_POSTGRES = os.environ.get("REQUIRE_POSTGRES") == "1"
 _postgres_notice_given = False

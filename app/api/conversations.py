@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from app.api.deps import Conversations, json_response, read_body
+from app.api.deps import Caller, Conversations, json_response, read_body
 from app.schemas.requests import (
     AddConversationItemsRequest,
     CreateConversationRequest,
@@ -18,58 +18,73 @@ router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
 
 
 @router.post("")
-async def create_conversation(request: Request, conversations: Conversations) -> Response:
+async def create_conversation(
+    request: Request, conversations: Conversations, caller: Caller
+) -> Response:
     body = await read_body(request, CreateConversationRequest)
-    return json_response(await conversations.create("", body.metadata, list(body.items or ())))
+    return json_response(
+        await conversations.create(caller.project, body.metadata, list(body.items or ()))
+    )
 
 
 @router.get("/{conversation_id}")
-async def retrieve_conversation(conversation_id: str, conversations: Conversations) -> Response:
-    return json_response(await conversations.retrieve(conversation_id, ""))
+async def retrieve_conversation(
+    conversation_id: str, conversations: Conversations, caller: Caller
+) -> Response:
+    return json_response(await conversations.retrieve(conversation_id, caller.project))
 
 
 @router.post("/{conversation_id}")
 async def update_conversation(
-    conversation_id: str, request: Request, conversations: Conversations
+    conversation_id: str, request: Request, conversations: Conversations, caller: Caller
 ) -> Response:
     body = await read_body(request, UpdateConversationRequest)
-    return json_response(await conversations.update(conversation_id, "", body.metadata))
+    return json_response(await conversations.update(conversation_id, caller.project, body.metadata))
 
 
 @router.delete("/{conversation_id}")
-async def delete_conversation(conversation_id: str, conversations: Conversations) -> Response:
-    return json_response(await conversations.delete(conversation_id, ""))
+async def delete_conversation(
+    conversation_id: str, conversations: Conversations, caller: Caller
+) -> Response:
+    return json_response(await conversations.delete(conversation_id, caller.project))
 
 
 @router.post("/{conversation_id}/items")
 async def add_items(
-    conversation_id: str, request: Request, conversations: Conversations
+    conversation_id: str, request: Request, conversations: Conversations, caller: Caller
 ) -> Response:
     body = await read_body(request, AddConversationItemsRequest)
-    return json_response(await conversations.add_items(conversation_id, "", list(body.items)))
+    return json_response(
+        await conversations.add_items(conversation_id, caller.project, list(body.items))
+    )
 
 
 @router.get("/{conversation_id}/items")
 async def list_items(
     conversation_id: str,
     conversations: Conversations,
+    caller: Caller,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     order: Literal["asc", "desc"] = "desc",
     after: str | None = None,
 ) -> Response:
     page = await conversations.list_items(
-        conversation_id, "", limit=limit, order=order, after=after
+        conversation_id, caller.project, limit=limit, order=order, after=after
     )
     return json_response(page)
 
 
 @router.get("/{conversation_id}/items/{item_id}")
 async def retrieve_item(
-    conversation_id: str, item_id: str, conversations: Conversations
+    conversation_id: str, item_id: str, conversations: Conversations, caller: Caller
 ) -> Response:
-    return json_response(await conversations.retrieve_item(conversation_id, "", item_id))
+    return json_response(
+        await conversations.retrieve_item(conversation_id, caller.project, item_id)
+    )
 
 
 @router.delete("/{conversation_id}/items/{item_id}")
-async def delete_item(conversation_id: str, item_id: str, conversations: Conversations) -> Response:
-    return json_response(await conversations.delete_item(conversation_id, "", item_id))
+async def delete_item(
+    conversation_id: str, item_id: str, conversations: Conversations, caller: Caller
+) -> Response:
+    return json_response(await conversations.delete_item(conversation_id, caller.project, item_id))

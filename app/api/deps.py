@@ -12,8 +12,12 @@ from starlette.responses import Response
 from app.api.errors import bad_json, most_specific, validation_error
 from app.backends.registry import Registry
 from app.core.conversations import ConversationsService
+from app.core.keys import KeyService, Principal
+from app.core.limits import RateLimiter
 from app.core.responses import ResponsesService
+from app.core.usage import UsageMeter
 from app.errors import BadRequestError, GatewayError
+from app.store.database import Database
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -28,6 +32,34 @@ def _conversations(request: Request) -> ConversationsService:
 
 def _registry(request: Request) -> Registry:
     return cast(Registry, request.state.registry)
+
+
+def _keys(request: Request) -> KeyService:
+    return cast(KeyService, request.state.keys)
+
+
+def _limits(request: Request) -> RateLimiter:
+    return cast(RateLimiter, request.state.limits)
+
+
+def _usage(request: Request) -> UsageMeter:
+    return cast(UsageMeter, request.state.usage)
+
+
+def _database(request: Request) -> Database:
+    return cast(Database, request.state.database)
+
+
+async def _principal(request: Request) -> Principal:
+    """The caller of a `/v1` route, from its API key (401 `invalid_api_key` otherwise)."""
+    client = request.client.host if request.client is not None else None
+    principal = await _keys(request).authenticate(request.headers.get("authorization"), client)
+    request.state.project = principal.project  # for the access log
+    return principal
+
+
+def _admin(request: Request) -> None:
+    _keys(request).authenticate_admin(request.headers.get("authorization"))
 
 
 Responses = Annotated[ResponsesService, Depends(_responses)]
@@ -57,6 +89,15 @@ async def read_body(request: Request, model: type[M]) -> M:
         return model.model_validate(data)
     except ValidationError as exc:
         raise validation_error(most_specific(exc.errors()), data) from None
+
+
+Keys = Annotated[KeyService, Depends(_keys)]
+Limits = Annotated[RateLimiter, Depends(_limits)]
+Usage = Annotated[UsageMeter, Depends(_usage)]
+DatabaseDep = Annotated[Database, Depends(_database)]
+Caller = Annotated[Principal, Depends(_principal)]
+require_key = Depends(_principal)
+require_admin = Depends(_admin)
 
 
 def json_response(body: Any, status: int = 200) -> Response:

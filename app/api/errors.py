@@ -37,14 +37,21 @@ _TYPE_ERRORS = {
 
 
 def envelope(
-    status: int, message: str, type_: str, param: str | None, code: str | None
+    status: int,
+    message: str,
+    type_: str,
+    param: str | None,
+    code: str | None,
+    headers: dict[str, str] | None = None,
 ) -> Response:
     body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+    return Response(
+        orjson.dumps(body), status_code=status, media_type="application/json", headers=headers
+    )
 
 
 def error_response(exc: GatewayError) -> Response:
-    return envelope(exc.status, exc.message, exc.type, exc.param, exc.code)
+    return envelope(exc.status, exc.message, exc.type, exc.param, exc.code, exc.headers)
 
 
 def param_path(data: Any, loc: tuple[int | str, ...]) -> str | None:

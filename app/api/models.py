@@ -7,11 +7,11 @@ from typing import Any
 from fastapi import APIRouter
 from starlette.responses import Response
 
-from app.api.deps import Routes, json_response
+from app.api.deps import Routes, json_response, require_key
 from app.backends.registry import Route
 from app.errors import NotFoundError
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[require_key])
 
 
 def model_object(route: Route, created: int) -> dict[str, Any]:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from app.api.deps import Responses, json_response, read_body
+from app.api.deps import Caller, Limits, Responses, Usage, json_response, read_body
 from app.api.sse import event_stream
+from app.core.limits import check_input_size
 from app.schemas.requests import CreateResponseRequest
 
 router = APIRouter(prefix="/v1/responses", tags=["responses"])
+log = logging.getLogger("app.api")
 
 
 @router.post(
@@ -23,12 +26,30 @@ router = APIRouter(prefix="/v1/responses", tags=["responses"])
         }
     },
 )
-async def create_response(request: Request, responses: Responses) -> Response:
+async def create_response(
+    request: Request, responses: Responses, caller: Caller, limits: Limits, usage: Usage
+) -> Response:
+    request.state.ratelimit_headers = await limits.admit(caller)
     create = await read_body(request, CreateResponseRequest)
-    prepared = await responses.prepare(create)  # every 4xx is raised here, before any byte
+    request.state.model = create.model
+    check_input_size(create, request.app.state.max_input_items)
+    if request.app.state.log_prompts:  # a debug setting: prompts stay out of logs otherwise
+        log.info(
+            "prompt",
+            extra={"instructions": create.instructions, "input": request_input(create)},
+        )
+    # Every 4xx is raised here, before any byte.
+    prepared = await responses.prepare(create, caller.project, caller.key_id)
     if create.stream:
-        return event_stream(responses.stream(prepared), request.app.state.sse_keepalive)
-    return json_response(await responses.create(prepared))
+        events = usage.stream(responses.stream(prepared), prepared, caller.key_id)
+        return event_stream(events, request.app.state.sse_keepalive)
+    return json_response(await usage.create(responses, prepared, caller.key_id))
+
+
+def request_input(create: CreateResponseRequest) -> object:
+    if isinstance(create.input, str):
+        return create.input
+    return [item.model_dump(mode="json", exclude_none=True) for item in create.input]
 
 
 @router.get("/{response_id}")
@@ -36,32 +57,37 @@ async def retrieve_response(
     request: Request,
     response_id: str,
     responses: Responses,
+    caller: Caller,
+    usage: Usage,
     stream: bool = False,
     starting_after: Annotated[int | None, Query(ge=-1)] = None,
 ) -> Response:
     if stream:
-        events = await responses.replay(response_id, "", starting_after)
-        return event_stream(events, request.app.state.sse_keepalive)
-    return json_response(await responses.retrieve(response_id))
+        events = await responses.replay(response_id, caller.project, starting_after)
+        return event_stream(usage.stream(events), request.app.state.sse_keepalive)
+    return json_response(await responses.retrieve(response_id, caller.project))
 
 
 @router.delete("/{response_id}")
-async def delete_response(response_id: str, responses: Responses) -> Response:
-    return json_response(await responses.delete(response_id))
+async def delete_response(response_id: str, responses: Responses, caller: Caller) -> Response:
+    return json_response(await responses.delete(response_id, caller.project))
 
 
 @router.post("/{response_id}/cancel")
-async def cancel_response(response_id: str, responses: Responses) -> Response:
-    return json_response(await responses.cancel(response_id))
+async def cancel_response(response_id: str, responses: Responses, caller: Caller) -> Response:
+    return json_response(await responses.cancel(response_id, caller.project))
 
 
 @router.get("/{response_id}/input_items")
 async def list_input_items(
     response_id: str,
     responses: Responses,
+    caller: Caller,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     order: Literal["asc", "desc"] = "desc",
     after: str | None = None,
 ) -> Response:
-    page = await responses.list_input_items(response_id, limit=limit, order=order, after=after)
+    page = await responses.list_input_items(
+        response_id, limit=limit, order=order, after=after, project=caller.project
+    )
     return json_response(page)

@@ -36,7 +36,9 @@ from app.core.generation import (
     response_body,
     run_generation,
 )
+from app.core.limits import RateLimiter
 from app.core.requests import generation_request
+from app.core.usage import UsageMeter
 from app.errors import GatewayError, StorageError
 from app.schemas.requests import CreateResponseRequest
 from app.schemas.responses import error_object, render_response
@@ -44,12 +46,12 @@ from app.store.database import Database
 from app.store.events import EventStore
 from app.store.jobs import ClaimedJob, JobStore
 from app.store.responses import ResponseStore, StoredResponse
+from app.store.retention import RetentionStore
 
 log = logging.getLogger(__name__)
 
 # Persisted stream events are written in batches, at most this old.
 FLUSH_SECONDS = 0.05
-PRUNE_EVERY_SECONDS = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,9 @@ class WorkerSettings:
     poll_seconds: float = 1.0
     shutdown_grace_seconds: float = 30.0
     event_retention_seconds: float = 3600.0
+    # Stored responses older than this are purged (0: kept forever); housekeeping runs this often.
+    response_ttl_seconds: float = 0.0
+    prune_seconds: float = 60.0
 
 
 @dataclass(slots=True)
@@ -69,10 +74,19 @@ class _Running:
 
 
 class BackgroundRunner:
-    def __init__(self, database: Database, registry: Registry, settings: WorkerSettings) -> None:
+    def __init__(
+        self,
+        database: Database,
+        registry: Registry,
+        settings: WorkerSettings,
+        usage: UsageMeter | None = None,
+    ) -> None:
         self._db = database
         self._registry = registry
         self._settings = settings
+        self._usage = usage
+        self._retention = RetentionStore(database)
+        self._limits = RateLimiter(database)
         self._jobs = JobStore(database)
         self._events = EventStore(database)
         self._responses = ResponseStore(database)
@@ -142,13 +156,25 @@ class BackgroundRunner:
                         self._settings.max_attempts
                     ):
                         await self._fail_abandoned(response_id, project, attempts)
-                if time.monotonic() - last_prune > PRUNE_EVERY_SECONDS:
+                if time.monotonic() - last_prune > self._settings.prune_seconds:
                     last_prune = time.monotonic()
-                    await self._events.prune(self._settings.event_retention_seconds)
+                    await self._prune()
             except StorageError as exc:
                 log.warning("background worker: %s", exc)
             with suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._settings.poll_seconds)
+
+    async def _prune(self) -> None:
+        """Housekeeping every replica's worker does (each statement is idempotent): expired
+        stream events, responses past their TTL, finished rate-limit windows."""
+        await self._events.prune(self._settings.event_retention_seconds)
+        if self._settings.response_ttl_seconds > 0:
+            purged = await self._retention.purge_responses(
+                time.time() - self._settings.response_ttl_seconds
+            )
+            if purged:
+                log.info("retention: purged %d stored responses", purged)
+        await self._limits.prune()
 
     async def _lease_loop(self) -> None:
         interval = self._settings.lease_seconds / 3
@@ -178,6 +204,8 @@ class BackgroundRunner:
             running.task.cancel()
 
     def _spawn(self, job: ClaimedJob) -> None:
+        if self._usage is not None and job.created_at:
+            self._usage.metrics.job_wait_seconds.observe(max(0.0, time.time() - job.created_at))
         task = asyncio.create_task(self._execute(job), name=f"job-{job.response_id}")
         self._running[job.response_id] = _Running(task)
         task.add_done_callback(lambda _t: self._finished(job.response_id))
@@ -303,8 +331,12 @@ class _BackgroundSink:
         self._buffer: list[Event] = []
         self._lock = asyncio.Lock()
         self._done = False
+        self._started = time.perf_counter()
+        self._ttft: float | None = None
 
     def add(self, event: Event) -> None:
+        if self._ttft is None and event["type"].endswith(".delta"):
+            self._ttft = time.perf_counter() - self._started
         if self._persist and not self._done:
             self._buffer.append(event)
 
@@ -330,7 +362,7 @@ class _BackgroundSink:
         async with self._lock:
             pending = self._buffer + events if self._persist else []
             self._buffer, self._done = [], True
-            await self._runner._jobs.complete(
+            completed = await self._runner._jobs.complete(
                 self._job.response_id,
                 self._job.project,
                 self._runner.owner,
@@ -339,6 +371,10 @@ class _BackgroundSink:
                 pending,
                 self._prepared.conversation_id,
             )
+        usage = self._runner._usage
+        if completed and usage is not None:
+            latency = time.perf_counter() - self._started
+            usage.record_response(self._prepared, self._job.key_id, body, latency, self._ttft)
 
     async def interrupted(self, ladder: EventLadder) -> None:
         running = self._runner._running.get(self._job.response_id)

@@ -51,6 +51,8 @@ class Prepared:
     project: str = ""
     conversation_id: str | None = None
     id: str = field(default_factory=lambda: new_id("resp"))
+    # The API key that asked (None in open mode), for usage accounting.
+    key_id: str | None = None
     created_at: int = field(default_factory=lambda: int(time.time()))
 
     @property

@@ -51,13 +51,23 @@ class ResponsesService:
 
     # --- create ------------------------------------------------------------------------------
 
-    async def prepare(self, request: CreateResponseRequest, project: str = "") -> Prepared:
+    async def prepare(
+        self, request: CreateResponseRequest, project: str = "", key_id: str | None = None
+    ) -> Prepared:
         """Every check that can refuse the request, before any upstream call or any byte sent."""
         route = self._resolve(request.model)
         check_request(request, route.backend)
         context = await self._assemble(request, project)
         generation = generation_request(request, route.upstream_model, context.items)
-        return Prepared(request, route, context, generation, project, conversation_id_of(request))
+        return Prepared(
+            request,
+            route,
+            context,
+            generation,
+            project,
+            conversation_id=conversation_id_of(request),
+            key_id=key_id,
+        )
 
     async def create(self, prepared: Prepared) -> dict[str, Any]:
         """Generate without streaming (the stored row is committed before this returns), or
@@ -116,7 +126,7 @@ class ResponsesService:
         payload.pop("input", None)  # stored as items
         await self._store.insert_response(
             self._new_response(prepared, body, []),
-            job=new_job(prepared.id, prepared.project, payload),
+            job=new_job(prepared.id, prepared.project, payload, key_id=prepared.key_id),
             events=events,
             conversation_id=prepared.conversation_id,
         )

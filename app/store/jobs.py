@@ -33,13 +33,18 @@ class ClaimedJob:
     attempts: int
     request: dict[str, Any]
     cancel_requested: bool
+    key_id: str | None = None
+    created_at: float = 0.0
 
 
-def new_job(response_id: str, project: str, request: dict[str, Any]) -> dict[str, Any]:
+def new_job(
+    response_id: str, project: str, request: dict[str, Any], *, key_id: str | None = None
+) -> dict[str, Any]:
     """The row that enqueues a background response (inserted with the response itself)."""
     return {
         "response_id": response_id,
         "project": project,
+        "key_id": key_id,
         "status": QUEUED,
         "attempts": 0,
         "cancel_requested": False,
@@ -90,6 +95,8 @@ class JobStore:
                 jobs_table.c.attempts,
                 jobs_table.c.request,
                 jobs_table.c.cancel_requested,
+                jobs_table.c.key_id,
+                jobs_table.c.created_at,
             )
         )
         async with self._db.transaction() as tx:

@@ -87,6 +87,8 @@ class JobRow(Base):
     finished_at: Mapped[float | None] = mapped_column(Float)
     # The validated create request (without its input, which is stored as items).
     request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The API key that created the job, for usage accounting (None in open mode).
+    key_id: Mapped[str | None] = mapped_column(String(40))
 
 
 class EventRow(Base):
@@ -121,9 +123,67 @@ class ConversationItemRow(Base):
     item_pk: Mapped[int] = mapped_column(BigInteger)
 
 
+# Retention purges by age.
+Index("ix_responses_created_at", ResponseRow.created_at)
+
+
+class ApiKeyRow(Base):
+    """A gateway API key. Only a SHA-256 of the key is stored, with its first characters
+    (`prefix`) so people can tell keys apart. Revoked keys stay, for the usage they own."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str | None] = mapped_column(String(128))
+    prefix: Mapped[str] = mapped_column(String(16))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+    rpm: Mapped[int | None] = mapped_column(Integer)
+    tpm: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[float] = mapped_column(Float)
+    revoked_at: Mapped[float | None] = mapped_column(Float)
+
+
+class RateWindowRow(Base):
+    """Requests and tokens of one key in one fixed minute (`window` = its first second), shared
+    by every replica: admitting a request is one UPSERT on this row."""
+
+    __tablename__ = "rate_windows"
+
+    key_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    window: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    requests: Mapped[int] = mapped_column(Integer, server_default="0")
+    tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+
+
+class UsageRow(Base):
+    """One generation: who asked (project, key), what ran (model, backend), what it cost."""
+
+    __tablename__ = "usage"
+    __table_args__ = (Index("ix_usage_day_project", "day", "project"),)
+
+    pk: Mapped[int] = mapped_column(PrimaryKey, primary_key=True, autoincrement=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    day: Mapped[str] = mapped_column(String(10))  # UTC YYYY-MM-DD, grouped on as is
+    project: Mapped[str] = mapped_column(String(64))
+    key_id: Mapped[str | None] = mapped_column(String(40))
+    response_id: Mapped[str | None] = mapped_column(String(96))
+    model: Mapped[str] = mapped_column(String(256))
+    backend: Mapped[str] = mapped_column(String(64))
+    input_tokens: Mapped[int] = mapped_column(Integer)
+    output_tokens: Mapped[int] = mapped_column(Integer)
+    reasoning_tokens: Mapped[int] = mapped_column(Integer)
+    cached_tokens: Mapped[int] = mapped_column(Integer)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(16))
+
+
 responses_table = cast(Table, ResponseRow.__table__)
 items_table = cast(Table, ItemRow.__table__)
 jobs_table = cast(Table, JobRow.__table__)
 events_table = cast(Table, EventRow.__table__)
 conversations_table = cast(Table, ConversationRow.__table__)
 conversation_items_table = cast(Table, ConversationItemRow.__table__)
+api_keys_table = cast(Table, ApiKeyRow.__table__)
+rate_windows_table = cast(Table, RateWindowRow.__table__)
+usage_table = cast(Table, UsageRow.__table__)

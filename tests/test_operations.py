@@ -1,0 +1,318 @@
+"""Operating the gateway: health and readiness, Prometheus metrics, request ids, JSON logs that
+never carry prompts or upstream secrets, OpenTelemetry spans, retention, the `keys` CLI, and
+`serve` refusing open mode on a non-loopback address."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from app.config import Settings
+from app.store.engine import head_revision
+from tests.conftest import GatewayServer, Stack, migrate, models_yaml
+from tests.fake_upstream import FakeUpstream, Reply
+
+PROMPT_CANARY = "PROMPT-CANARY-7f3a"
+UPSTREAM_SECRET = "sk-upstream-TOPSECRET-91"
+
+
+def samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    return [
+        (sample.labels, sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    ]
+
+
+# --- health, readiness, metrics, request ids (the shared open-mode stack) ----------------------
+
+
+def test_healthz_and_readyz(gw: Stack) -> None:
+    health = httpx.get(f"{gw.gateway.url}/healthz")
+    assert health.status_code == 200 and health.json() == {"status": "ok"}
+    ready = httpx.get(f"{gw.gateway.url}/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ready", "database": "ok", "migration": head_revision()}
+
+
+def test_metrics_count_requests_tokens_streams_and_queue(gw: Stack, client: openai.OpenAI) -> None:
+    client.responses.create(model="local-llama", input="hello")
+    with client.responses.stream(model="local-llama", input="streamed") as events:
+        for _ in events:
+            pass
+    page = httpx.get(f"{gw.gateway.url}/metrics")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/plain")
+    text = page.text
+    requests = {
+        (labels["route"], labels["method"], labels["model"], labels["status"]): value
+        for labels, value in samples(text, "gateway_requests_total")
+    }
+    assert requests[("/v1/responses", "POST", "local-llama", "200")] >= 2
+    latency = samples(text, "gateway_request_duration_seconds_count")
+    assert any(labels["route"] == "/v1/responses" for labels, _ in latency)
+    upstream = samples(text, "gateway_upstream_duration_seconds_count")
+    assert any(
+        labels == {"model": "local-llama", "backend": "chat_completions", "status": "completed"}
+        for labels, _ in upstream
+    )
+    assert samples(text, "gateway_upstream_ttft_seconds_count")[0][1] >= 1
+    tokens = {labels["kind"]: value for labels, value in samples(text, "gateway_tokens_total")}
+    assert tokens["input"] >= 22 and tokens["output"] >= 14
+    assert samples(text, "gateway_active_streams") == [({}, 0.0)]
+    assert samples(text, "gateway_background_queue_depth")
+    assert samples(text, "gateway_background_oldest_queued_job_age_seconds")
+    # Unknown paths do not mint a label value each.
+    httpx.get(f"{gw.gateway.url}/v1/nothing-{time.time()}")
+    text = httpx.get(f"{gw.gateway.url}/metrics").text
+    routes = {labels["route"] for labels, _ in samples(text, "gateway_requests_total")}
+    assert "(unmatched)" in routes and not any("nothing-" in route for route in routes)
+
+
+def test_request_id_is_accepted_echoed_or_made(gw: Stack) -> None:
+    mine = httpx.get(f"{gw.gateway.url}/v1/models", headers={"x-request-id": "client-id-42"})
+    assert mine.headers["x-request-id"] == "client-id-42"
+    made = httpx.get(f"{gw.gateway.url}/v1/models")
+    assert made.headers["x-request-id"].startswith("req_")
+    hostile = httpx.get(f"{gw.gateway.url}/v1/models", headers={"x-request-id": "a b\tc" * 50})
+    assert hostile.headers["x-request-id"].startswith("req_")
+    error = httpx.get(f"{gw.gateway.url}/v1/responses/resp_missing")
+    assert error.status_code == 404 and error.headers["x-request-id"].startswith("req_")
+
+
+# --- gateways of their own ---------------------------------------------------------------------
+
+
+def own_gateway(
+    upstream: FakeUpstream, tmp_path: Path, **overrides: Any
+) -> tuple[GatewayServer, str]:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'own.db'}"
+    migrate(url)
+    config = tmp_path / "models.yaml"
+    config.write_text(models_yaml(upstream))
+    settings = Settings(database_url=url, gateway_config=config, **overrides)
+    return GatewayServer(settings).start(), url
+
+
+def test_readyz_fails_when_the_database_is_behind(upstream: FakeUpstream, tmp_path: Path) -> None:
+    server, url = own_gateway(upstream, tmp_path, gateway_worker_concurrency=0)
+    try:
+        assert httpx.get(f"{server.url}/readyz").status_code == 200
+        migrate(url, to="-1")
+        behind = httpx.get(f"{server.url}/readyz")
+        assert behind.status_code == 503
+        error = behind.json()["error"]
+        assert error["code"] == "not_ready" and "responses-gateway migrate" in error["message"]
+        assert httpx.get(f"{server.url}/healthz").status_code == 200  # alive all the same
+        migrate(url)
+        assert httpx.get(f"{server.url}/readyz").status_code == 200
+    finally:
+        server.stop()
+
+
+def test_retention_purges_old_responses_in_the_workers(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    upstream.reset()
+    server, _ = own_gateway(
+        upstream, tmp_path, gateway_response_ttl_seconds=1, gateway_prune_seconds=0.2
+    )
+    try:
+        with openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0) as client:
+            old = client.responses.create(model="local-llama", input="forget me")
+            assert client.responses.retrieve(old.id).status == "completed"
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    client.responses.retrieve(old.id)
+                except openai.NotFoundError:
+                    break
+                assert time.monotonic() < deadline, "the response was never purged"
+                time.sleep(0.2)
+            with pytest.raises(openai.NotFoundError):
+                client.responses.input_items.list(old.id)
+    finally:
+        server.stop()
+
+
+# --- processes: CLI, serve, logs, tracing ------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def process_env(upstream: FakeUpstream, tmp_path: Path) -> Iterator[dict[str, str]]:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'proc.db'}"
+    migrate(url)
+    config = tmp_path / "models.yaml"
+    config.write_text(models_yaml(upstream))
+    upstream.reset()
+    yield {
+        **os.environ,
+        "DATABASE_URL": url,
+        "GATEWAY_CONFIG": str(config),
+        "FAKE_UPSTREAM_KEY": UPSTREAM_SECRET,
+        "GATEWAY_LOG_LEVEL": "info",
+    }
+
+
+class Served:
+    """`responses-gateway serve` in a subprocess, its stdout and stderr in files."""
+
+    def __init__(self, env: dict[str, str], tmp: Path, *args: str) -> None:
+        self.port = free_port()
+        self.out, self.err = tmp / "serve.out", tmp / "serve.err"
+        with self.out.open("wb") as out, self.err.open("wb") as err:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port), *args],
+                env=env,
+                stdout=out,
+                stderr=err,
+            )
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.err.read_text()
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise AssertionError("serve did not start")
+
+    def stop(self) -> tuple[str, str]:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(20)
+        return self.out.read_text(), self.err.read_text()
+
+
+def test_keys_cli_creates_lists_and_revokes(process_env: dict[str, str]) -> None:
+    created = cli(process_env, "keys", "create", "--project", "team-a", "--rpm", "5")
+    assert created.returncode == 0, created.stderr
+    secret = created.stdout.strip()
+    assert secret.startswith("sk-rg-") and len(secret) > 40
+    assert "shown only now" in created.stderr
+
+    listed = cli(process_env, "keys", "list")
+    assert listed.returncode == 0
+    assert "team-a" in listed.stdout and secret[:12] in listed.stdout
+    assert secret not in listed.stdout
+    key_id = next(word for word in listed.stdout.split() if word.startswith("key_"))
+
+    revoked = cli(process_env, "keys", "revoke", key_id)
+    assert revoked.returncode == 0 and key_id in revoked.stdout
+    assert cli(process_env, "keys", "revoke", "key_unknown").returncode == 1
+    bad = cli(process_env, "keys", "create", "--project", "has space")
+    assert bad.returncode == 1 and "project" in bad.stderr
+
+
+def test_serve_refuses_open_mode_on_a_non_loopback_address(
+    process_env: dict[str, str], tmp_path: Path
+) -> None:
+    refused = cli(process_env, "serve", "--host", "0.0.0.0", "--port", str(free_port()))
+    assert refused.returncode == 1
+    assert "responses-gateway keys create --project" in refused.stderr
+    # With a key (or an admin key) it starts; loopback never needs one.
+    assert cli(process_env, "keys", "create", "--project", "p").returncode == 0
+    served = Served(process_env, tmp_path, "--host", "0.0.0.0")
+    try:
+        r = httpx.get(f"{served.url}/v1/models")
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    finally:
+        served.stop()
+
+
+def test_open_mode_serves_loopback_clients(process_env: dict[str, str], tmp_path: Path) -> None:
+    served = Served(process_env, tmp_path)
+    try:
+        assert httpx.get(f"{served.url}/v1/models").status_code == 200
+    finally:
+        served.stop()
+
+
+def log_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_json_logs_carry_request_ids_but_no_prompts_or_secrets(
+    process_env: dict[str, str], tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    served = Served(process_env, tmp_path)
+    try:
+        with openai.OpenAI(base_url=f"{served.url}/v1", api_key="x", max_retries=0) as client:
+            client.responses.create(
+                model="local-llama",
+                input=PROMPT_CANARY,
+                instructions=f"instructions {PROMPT_CANARY}",
+                extra_headers={"x-request-id": "rid-logs-1"},
+            )
+            with client.responses.stream(model="local-llama", input=PROMPT_CANARY) as events:
+                for _ in events:
+                    pass
+            upstream.enqueue(Reply(content=f"model says {PROMPT_CANARY}"))
+            client.responses.create(model="local-llama", input="x")
+        assert upstream.requests[0].headers["Authorization"] == f"Bearer {UPSTREAM_SECRET}"
+    finally:
+        out, err = served.stop()
+    lines = log_lines(err)  # every line parses as JSON
+    access = [line for line in lines if line["logger"] == "app.access"]
+    mine = next(line for line in access if line.get("request_id") == "rid-logs-1")
+    assert mine["route"] == "/v1/responses" and mine["status"] == 200
+    assert mine["model"] == "local-llama" and mine["method"] == "POST"
+    assert all(line["request_id"].startswith("req_") for line in access if line is not mine)
+    assert PROMPT_CANARY not in err + out
+    assert UPSTREAM_SECRET not in err + out
+
+
+def test_prompts_are_logged_only_when_asked(process_env: dict[str, str], tmp_path: Path) -> None:
+    served = Served({**process_env, "GATEWAY_LOG_PROMPTS": "true"}, tmp_path)
+    try:
+        with openai.OpenAI(base_url=f"{served.url}/v1", api_key="x", max_retries=0) as client:
+            client.responses.create(model="local-llama", input=PROMPT_CANARY)
+    finally:
+        _, err = served.stop()
+    prompt = next(line for line in log_lines(err) if line["message"] == "prompt")
+    assert prompt["input"] == PROMPT_CANARY and prompt["request_id"].startswith("req_")
+    assert UPSTREAM_SECRET not in err
+
+
+def test_opentelemetry_spans_per_request(process_env: dict[str, str], tmp_path: Path) -> None:
+    served = Served({**process_env, "GATEWAY_OTEL": "console"}, tmp_path)
+    try:
+        with openai.OpenAI(base_url=f"{served.url}/v1", api_key="x", max_retries=0) as client:
+            client.responses.create(
+                model="local-llama", input="traced", extra_headers={"x-request-id": "rid-otel"}
+            )
+    finally:
+        out, _ = served.stop()
+    assert '"name": "POST /v1/responses"' in out
+    assert '"gateway.request_id": "rid-otel"' in out
+    assert '"gen_ai.request.model": "local-llama"' in out
