@@ -54,6 +54,50 @@ def test_stored_response_endpoints_hide_other_projects(tenants: Tenants) -> None
         assert len(tenants.upstream.last.body["messages"]) == 3
 
 
+def test_conversation_endpoints_hide_other_projects(tenants: Tenants) -> None:
+    with tenants.client(tenants.a) as a, tenants.client(tenants.b) as b:
+        mine = a.conversations.create(
+            items=[{"type": "message", "role": "user", "content": "alpha's notes"}]
+        )
+        item_id = a.conversations.items.list(mine.id).data[0].id
+        missing = "conv_" + "0" * 48
+
+        same_as_missing(mine.id, missing, lambda cid: b.conversations.retrieve(cid))
+        same_as_missing(
+            mine.id, missing, lambda cid: b.conversations.update(cid, metadata={"x": "y"})
+        )
+        same_as_missing(mine.id, missing, lambda cid: b.conversations.items.list(cid))
+        same_as_missing(
+            mine.id,
+            missing,
+            lambda cid: b.conversations.items.create(
+                cid, items=[{"type": "message", "role": "user", "content": "intrusion"}]
+            ),
+        )
+        same_as_missing(
+            mine.id,
+            missing,
+            lambda cid: b.conversations.items.retrieve(item_id, conversation_id=cid),
+        )
+        same_as_missing(
+            mine.id, missing, lambda cid: b.conversations.items.delete(item_id, conversation_id=cid)
+        )
+        same_as_missing(mine.id, missing, lambda cid: b.conversations.delete(cid))
+        _, body = same_as_missing(
+            mine.id,
+            missing,
+            lambda cid: b.responses.create(model="local-llama", input="x", conversation=cid),
+        )
+        assert body["param"] == "conversation"
+
+        # The owner's conversation is untouched and usable.
+        assert a.conversations.retrieve(mine.id).metadata == {}
+        texts = [i.content[0].text for i in a.conversations.items.list(mine.id).data]  # type: ignore[union-attr]
+        assert texts == ["alpha's notes"]
+        turn = a.responses.create(model="local-llama", input="go on", conversation=mine.id)
+        assert turn.status == "completed"
+
+
 def test_item_reference_to_another_projects_item_is_not_found(tenants: Tenants) -> None:
     with tenants.client(tenants.a) as a, tenants.client(tenants.b) as b:
         mine = a.responses.create(model="local-llama", input="alpha only")
