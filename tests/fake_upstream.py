@@ -71,6 +71,22 @@ def tool_call(name: str, arguments: dict[str, Any] | str, call_id: str) -> dict[
     return {"id": call_id, "type": "function", "function": {"name": name, "arguments": args}}
 
 
+def fake_logprobs(piece: str, index: int, top: int) -> dict[str, Any]:
+    """Deterministic log probabilities for one token, as Chat Completions reports them."""
+    return {
+        "token": piece,
+        "logprob": -0.5 * index,
+        "bytes": list(piece.encode()),
+        "top_logprobs": [
+            {"token": f"{piece}#{alt}", "logprob": -1.0 - alt, "bytes": None} for alt in range(top)
+        ],
+    }
+
+
+def _tokens(text: str) -> list[str]:
+    return re.findall(r"\S+\s*|\s+", text)
+
+
 def _last_user_text(messages: list[dict[str, Any]]) -> str:
     for message in reversed(messages):
         if message.get("role") == "user":
@@ -215,16 +231,19 @@ class FakeUpstream:
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
             }
 
-        def tokens(text: str) -> list[str]:
-            return re.findall(r"\S+\s*|\s+", text)
+        tokens = _tokens
+        top = int(body.get("top_logprobs") or 0)
 
         if reply.content is None and not reply.tool_calls and reply.refusal is None:
             reply.content = f"echo: {_last_user_text(body['messages'])}"
         chunks = [chunk({"role": "assistant", "content": ""})]
         for piece in tokens(reply.reasoning or ""):
             chunks.append(chunk({reply.reasoning_key: piece}))
-        for piece in tokens(reply.content or ""):
+        for index, piece in enumerate(tokens(reply.content or "")):
             chunks.append(chunk({"content": piece}))
+            if body.get("logprobs"):
+                logprobs = {"content": [fake_logprobs(piece, index, top)]}
+                chunks[-1]["choices"][0]["logprobs"] = logprobs
         for piece in tokens(reply.refusal or ""):
             chunks.append(chunk({"refusal": piece}))
         # Parallel tool calls: each opens with id and name, then their argument pieces
@@ -261,11 +280,20 @@ class FakeUpstream:
             message["refusal"] = reply.refusal
         finish = reply.finish_reason or ("tool_calls" if reply.tool_calls else "stop")
         usage = reply.usage or {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+        choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": finish}
+        if body.get("logprobs") and reply.content:
+            top = int(body.get("top_logprobs") or 0)
+            choice["logprobs"] = {
+                "content": [
+                    fake_logprobs(piece, index, top)
+                    for index, piece in enumerate(_tokens(reply.content))
+                ]
+            }
         return {
             "id": "chatcmpl-fake",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": body.get("model"),
-            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+            "choices": [choice],
             "usage": usage,
         }

@@ -315,3 +315,29 @@ def test_models_list(client: openai.OpenAI) -> None:
     assert client.models.retrieve("local-llama").id == "local-llama"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("nope")
+
+
+def test_logprobs_mapped_from_chat_completions(client: openai.OpenAI, gw: Stack) -> None:
+    gw.upstream.enqueue(Reply(content="two words"))
+    data = raw_create(
+        client,
+        model="local-llama",
+        input="x",
+        include=["message.output_text.logprobs"],
+        top_logprobs=2,
+    )
+    response = strict_response(data)
+    assert gw.upstream.last.body["logprobs"] is True
+    assert gw.upstream.last.body["top_logprobs"] == 2
+    assert data["top_logprobs"] == 2
+    logprobs = response.output[0].content[0].logprobs  # type: ignore[union-attr]
+    assert logprobs is not None
+    assert [lp.token for lp in logprobs] == ["two ", "words"]
+    assert logprobs[1].logprob == -0.5 and logprobs[1].bytes == list(b"words")
+    assert [t.token for t in logprobs[0].top_logprobs] == ["two #0", "two #1"]
+    assert logprobs[0].top_logprobs[0].bytes == list(b"two #0")  # filled in when missing
+
+
+def test_no_logprobs_unless_included(client: openai.OpenAI, gw: Stack) -> None:
+    client.responses.create(model="local-llama", input="x", top_logprobs=3)
+    assert "logprobs" not in gw.upstream.last.body

@@ -112,8 +112,6 @@ def test_conversation_with_previous_response_id(gw: Stack) -> None:
         ({"conversation": "conv_1", "store": False}, "store"),
         ({"prompt": {"id": "pmpt_1"}}, "prompt"),
         ({"truncation": "auto"}, "truncation"),
-        ({"top_logprobs": 5}, "top_logprobs"),
-        ({"include": ["message.output_text.logprobs"]}, "include[0]"),
         ({"include": ["no.such.thing"]}, "include[0]"),
         ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
         ({"tool_choice": {"type": "function", "name": "missing"}}, "tool_choice.name"),

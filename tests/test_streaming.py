@@ -358,3 +358,15 @@ def test_stream_events_parse_for_raw_sse_line_framing(gw: Stack) -> None:
     parsed = parse_sse(raw)
     assert "[DONE]" not in raw
     assert all("\n" not in json.dumps(e) for e in parsed.events)
+
+
+def test_streamed_logprobs(gw: Stack) -> None:
+    gw.upstream.enqueue(Reply(content="a b c"))
+    result = stream(gw, include=["message.output_text.logprobs"], top_logprobs=1)
+    strict_stream(result)
+    deltas = result.of("response.output_text.delta")
+    assert [d["logprobs"][0]["token"] for d in deltas] == ["a ", "b ", "c"]
+    done = result.of("response.output_text.done")[0]
+    assert [lp["token"] for lp in done["logprobs"]] == ["a ", "b ", "c"]
+    part = result.terminal["response"]["output"][0]["content"][0]
+    assert len(part["logprobs"]) == 3 and len(part["logprobs"][0]["top_logprobs"]) == 1

@@ -32,6 +32,9 @@ class GenerationRequest:
     max_output_tokens: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    # `include: ["message.output_text.logprobs"]`, with `top_logprobs` alternatives per token.
+    logprobs: bool = False
+    top_logprobs: int | None = None
     reasoning_summary: str | None = None
     include: list[str] = field(default_factory=list)
     # Responses-only fields (`text.verbosity`, `max_tool_calls`, `top_logprobs`, `truncation`,
@@ -66,6 +69,8 @@ class Generation:
 @dataclass(slots=True)
 class TextDelta:
     text: str
+    # Responses-shaped log probabilities of this piece's tokens, when they were asked for.
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(slots=True)

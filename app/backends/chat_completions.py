@@ -158,6 +158,10 @@ def to_chat_body(request: GenerationRequest, *, stream: bool = False) -> dict[st
             body["response_format"] = response_format
     if request.reasoning_effort is not None:
         body["reasoning_effort"] = request.reasoning_effort
+    if request.logprobs:
+        body["logprobs"] = True
+        if request.top_logprobs:
+            body["top_logprobs"] = request.top_logprobs
     # `max_tokens` rather than `max_completion_tokens`: every local server accepts it.
     optional = {
         "temperature": request.temperature,
@@ -213,7 +217,7 @@ def from_chat_completion(data: Any) -> Generation:
     text = message.get("content")
     parts: list[dict[str, Any]] = []
     if isinstance(text, str) and (text or not tool_calls):
-        parts.append(output_text_part(text))
+        parts.append(output_text_part(text, responses_logprobs(choice)))
     if message.get("refusal"):
         parts.append({"type": "refusal", "refusal": message["refusal"]})
     if parts or not tool_calls:
@@ -236,6 +240,25 @@ def from_chat_completion(data: Any) -> Generation:
     )
 
 
+def _token(raw: dict[str, Any]) -> dict[str, Any]:
+    token = str(raw.get("token", ""))
+    raw_bytes = raw.get("bytes")
+    return {
+        "token": token,
+        "bytes": list(raw_bytes) if raw_bytes is not None else list(token.encode()),
+        "logprob": float(raw.get("logprob", 0.0)),
+    }
+
+
+def responses_logprobs(choice: dict[str, Any]) -> list[dict[str, Any]]:
+    """Chat Completions `choice.logprobs.content` → Responses `output_text.logprobs`."""
+    content = (choice.get("logprobs") or {}).get("content") or []
+    return [
+        {**_token(entry), "top_logprobs": [_token(top) for top in entry.get("top_logprobs") or []]}
+        for entry in content
+    ]
+
+
 def chunk_deltas(chunk: Any) -> tuple[list[Delta], str | None, Usage | None]:
     """One `chat.completion.chunk` → its deltas, its finish reason and its usage (if any)."""
     if not isinstance(chunk, dict):
@@ -251,7 +274,7 @@ def chunk_deltas(chunk: Any) -> tuple[list[Delta], str | None, Usage | None]:
     if isinstance(reasoning, str) and reasoning:
         deltas.append(ReasoningDelta(reasoning))
     if delta.get("content"):
-        deltas.append(TextDelta(delta["content"]))
+        deltas.append(TextDelta(delta["content"], responses_logprobs(choice)))
     if delta.get("refusal"):
         deltas.append(RefusalDelta(delta["refusal"]))
     for call in delta.get("tool_calls") or ():

@@ -37,6 +37,7 @@ TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "respo
 class _Part:
     kind: str  # "output_text" | "refusal" | "reasoning_text"
     chunks: list[str] = field(default_factory=list)
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def text(self) -> str:
@@ -44,7 +45,7 @@ class _Part:
 
     def wire(self) -> dict[str, Any]:
         if self.kind == "output_text":
-            return output_text_part(self.text)
+            return output_text_part(self.text, self.logprobs)
         if self.kind == "refusal":
             return {"type": "refusal", "refusal": self.text}
         return {"type": "reasoning_text", "text": self.text}
@@ -133,7 +134,9 @@ class EventLadder:
         }
         text = part.text
         if part.kind == "output_text":
-            events.append(self.event(_DONE_EVENT[part.kind], **where, text=text, logprobs=[]))
+            events.append(
+                self.event(_DONE_EVENT[part.kind], **where, text=text, logprobs=part.logprobs)
+            )
         elif part.kind == "refusal":
             events.append(self.event(_DONE_EVENT[part.kind], **where, refusal=text))
         else:
@@ -173,7 +176,13 @@ class EventLadder:
 
     # --- deltas -------------------------------------------------------------------------------
 
-    def _content(self, kind: str, text: str, events: list[Event]) -> None:
+    def _content(
+        self,
+        kind: str,
+        text: str,
+        events: list[Event],
+        logprobs: list[dict[str, Any]] | None = None,
+    ) -> None:
         if kind == "reasoning_text":
             self._close_message(events)
             if self._reasoning is None:
@@ -192,6 +201,7 @@ class EventLadder:
                 self._close_part(target, events)
             self._add_part(target, kind, events)
         target.parts[-1].chunks.append(text)
+        target.parts[-1].logprobs.extend(logprobs or ())
         where = {
             "item_id": target.id,
             "output_index": target.index,
@@ -199,7 +209,7 @@ class EventLadder:
             "delta": text,
         }
         if kind == "output_text":
-            where["logprobs"] = []
+            where["logprobs"] = logprobs or []
         events.append(self.event(_DELTA_EVENT[kind], **where))
 
     def _tool_call(self, delta: ToolCallDelta, events: list[Event]) -> None:
@@ -255,7 +265,7 @@ class EventLadder:
     def feed(self, delta: Delta) -> list[Event]:
         events: list[Event] = []
         if isinstance(delta, TextDelta):
-            self._content("output_text", delta.text, events)
+            self._content("output_text", delta.text, events, delta.logprobs)
         elif isinstance(delta, RefusalDelta):
             self._content("refusal", delta.text, events)
         elif isinstance(delta, ReasoningDelta):

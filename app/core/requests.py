@@ -3,7 +3,8 @@ translation of the validated request into a backend `GenerationRequest`.
 
 What can be honoured depends on the route's backend: one that speaks Responses natively
 (`Backend.responses_native`: openai, azure, responses) takes hosted tools, their tool choices,
-log probabilities and `truncation: "auto"` as they are; translating backends refuse them."""
+and `truncation: "auto"` as they are; translating backends refuse hosted tools. Log
+probabilities are asked of every backend (Chat Completions: `logprobs`/`top_logprobs`)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ ACCEPTED_INCLUDES = {
     "computer_call_output.output.image_url",
     "code_interpreter_call.outputs",
 }
-KNOWN_INCLUDES = ACCEPTED_INCLUDES | {"message.output_text.logprobs"}
+LOGPROBS = "message.output_text.logprobs"
+KNOWN_INCLUDES = ACCEPTED_INCLUDES | {LOGPROBS}
 
 
 def _not_supported(param: str, what: str) -> BadRequestError:
@@ -71,8 +73,6 @@ def check_request(request: CreateResponseRequest, backend: Backend) -> None:
         raise _not_supported("context_management", "Server-side compaction ('context_management')")
     if request.moderation is not None:
         raise _not_supported("moderation", "Moderation ('moderation')")
-    if request.top_logprobs and not native:
-        raise _not_supported("top_logprobs", "Log probabilities ('top_logprobs')")
     for index, value in enumerate(request.include or ()):
         if value not in KNOWN_INCLUDES:
             raise BadRequestError(
@@ -80,8 +80,6 @@ def check_request(request: CreateResponseRequest, backend: Backend) -> None:
                 param=f"include[{index}]",
                 code="invalid_value",
             )
-        if value not in ACCEPTED_INCLUDES and not native:
-            raise _not_supported(f"include[{index}]", f"Include value {value!r}")
     for index, tool in enumerate(request.tools or ()):
         if not isinstance(tool, FunctionTool) and not native:
             raise BadRequestError(
@@ -219,4 +217,6 @@ def generation_request(
         ),
         include=list(request.include or ()),
         native=_native_fields(request),
+        logprobs=LOGPROBS in (request.include or ()),
+        top_logprobs=request.top_logprobs or None,
     )
