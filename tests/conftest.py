@@ -167,6 +167,12 @@ models:
     base_url: http://user:pw@127.0.0.1:9/v1
     connect_timeout: 2
     max_retries: 0
+  - name: tiny-window
+    backend: chat_completions
+    base_url: {upstream.base_url}
+    upstream_model: gpt-4o-mini
+    context_window: 120
+    max_retries: 0
 """
 
 

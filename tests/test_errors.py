@@ -111,7 +111,6 @@ def test_conversation_with_previous_response_id(gw: Stack) -> None:
         ({"background": True, "store": False}, "store"),
         ({"conversation": "conv_1", "store": False}, "store"),
         ({"prompt": {"id": "pmpt_1"}}, "prompt"),
-        ({"truncation": "auto"}, "truncation"),
         ({"include": ["no.such.thing"]}, "include[0]"),
         ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
         ({"tool_choice": {"type": "function", "name": "missing"}}, "tool_choice.name"),
@@ -160,3 +159,24 @@ def test_sdk_raises_typed_errors(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         client.responses.create(model="local-llama", input="hi", temperature=9)
     assert caught.value.param == "temperature"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("image_url", "code"),
+    [
+        ("data:text/plain;base64,aGk=", "invalid_image_url"),
+        ("ftp://example.com/a.png", "invalid_image_url"),
+        ("data:image/png;base64," + "A" * (28 * 1024 * 1024), "image_too_large"),
+    ],
+)
+def test_bad_images(gw: Stack, image_url: str, code: str) -> None:
+    part = {"type": "input_image", "image_url": image_url}
+    raw = post(
+        gw,
+        {"model": "local-llama", "input": [{"role": "user", "content": [part]}]},
+        timeout=30,
+    )
+    assert raw.status_code == 400, raw.text[:200]
+    error = error_of(raw)
+    assert (error["param"], error["code"]) == ("input[0].content[0].image_url", code)
+    assert gw.upstream.requests == []

@@ -52,6 +52,12 @@ def request_input(create: CreateResponseRequest) -> object:
     return [item.model_dump(mode="json", exclude_none=True) for item in create.input]
 
 
+@router.post("/input_tokens")
+async def count_input_tokens(request: Request, responses: Responses, caller: Caller) -> Response:
+    body = await read_body(request, CreateResponseRequest)
+    return json_response(await responses.count_input_tokens(body, caller.project))
+
+
 @router.get("/{response_id}")
 async def retrieve_response(
     request: Request,

@@ -38,8 +38,9 @@ from app.core.generation import (
 )
 from app.core.limits import RateLimiter
 from app.core.requests import generation_request
+from app.core.tokens import fit_generation
 from app.core.usage import UsageMeter
-from app.errors import GatewayError, StorageError
+from app.errors import BadRequestError, GatewayError, StorageError
 from app.schemas.requests import CreateResponseRequest
 from app.schemas.responses import error_object, render_response
 from app.store.database import Database
@@ -244,11 +245,19 @@ class BackgroundRunner:
             await self._end_without_running(job, stored.body, stored.stream, route is None)
             return
         items = stored.input
+        generation = generation_request(request, route.upstream_model, items)
+        try:
+            fit_generation(route, request, generation)  # checked at enqueue; the window may shrink
+        except BadRequestError as exc:
+            await self._store_failure(
+                job.response_id, job.project, stored.body, stored.stream, exc, self.owner
+            )
+            return
         prepared = Prepared(
             request,
             route,
             Context(history=[], entries=[], items=items),
-            generation_request(request, route.upstream_model, items),
+            generation,
             project=job.project,
             conversation_id=conversation_id_of(request),
             id=job.response_id,

@@ -33,18 +33,59 @@ def _check_parts(parts: list[Any], role: str, where: str) -> None:
                 f"Invalid '{at}': {part.type} is only allowed in user messages.", param=at
             )
         if isinstance(part, InputImage):
-            if part.image_url is None:
-                raise BadRequestError(
-                    f"Invalid '{at}': give image_url (a URL or a data: URI); this gateway has no "
-                    "Files API, so file_id cannot be resolved.",
-                    param=f"{at}.image_url",
-                )
-        elif isinstance(part, InputFile) and part.file_data is None:
+            _check_image(part, at)
+        elif isinstance(part, InputFile):
+            _check_file(part, at)
+
+
+# OpenAI's limits for inline content: 20 MB per image, 50 MB per file (as base64 text here).
+MAX_IMAGE_CHARS = 20 * 1024 * 1024 * 4 // 3
+MAX_FILE_CHARS = 50 * 1024 * 1024 * 4 // 3
+
+
+def _check_image(part: InputImage, at: str) -> None:
+    url = part.image_url
+    if url is None:
+        raise BadRequestError(
+            f"Invalid '{at}': give image_url (a URL or a data: URI); this gateway has no "
+            "Files API, so file_id cannot be resolved.",
+            param=f"{at}.image_url",
+        )
+    if url.startswith("data:"):
+        if not url.startswith("data:image/") or ";base64," not in url[:100]:
             raise BadRequestError(
-                f"Invalid '{at}': only inline files (file_data) are supported; file_id and "
-                "file_url are not.",
-                param=f"{at}.file_data",
+                f"Invalid '{at}.image_url': a data URI must be 'data:image/<type>;base64,…'.",
+                param=f"{at}.image_url",
+                code="invalid_image_url",
             )
+        if len(url) > MAX_IMAGE_CHARS:
+            raise BadRequestError(
+                f"Invalid '{at}.image_url': the image is larger than 20 MB.",
+                param=f"{at}.image_url",
+                code="image_too_large",
+            )
+    elif not url.startswith(("http://", "https://")):
+        raise BadRequestError(
+            f"Invalid '{at}.image_url': expected an http(s) URL or a data: URI.",
+            param=f"{at}.image_url",
+            code="invalid_image_url",
+        )
+
+
+def _check_file(part: InputFile, at: str) -> None:
+    if part.file_data is None:
+        raise BadRequestError(
+            f"Invalid '{at}': only inline files (file_data, base64 or a data: URI) are "
+            "supported; file_id and file_url are not (this gateway has no Files API and does "
+            "not fetch URLs on a client's behalf).",
+            param=f"{at}.file_data",
+        )
+    if len(part.file_data) > MAX_FILE_CHARS:
+        raise BadRequestError(
+            f"Invalid '{at}.file_data': the file is larger than 50 MB.",
+            param=f"{at}.file_data",
+            code="file_too_large",
+        )
 
 
 def check_item(item: ConcreteItem | ItemReference, index: int, param: str = "input") -> None:

@@ -67,8 +67,6 @@ def check_request(request: CreateResponseRequest, backend: Backend) -> None:
             "text as 'instructions' and 'input'.",
             param="prompt",
         )
-    if request.truncation == "auto" and not native:
-        raise _not_supported("truncation", "'truncation': 'auto'")
     if request.context_management:
         raise _not_supported("context_management", "Server-side compaction ('context_management')")
     if request.moderation is not None:

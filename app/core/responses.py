@@ -25,6 +25,7 @@ from app.core.generation import (
 )
 from app.core.items import ConcreteItem, resolve_items
 from app.core.requests import check_request, generation_request
+from app.core.tokens import count_tokens, fit_generation
 from app.errors import BadRequestError, NotFoundError, UpstreamError
 from app.schemas.requests import ConcreteInput, CreateResponseRequest, MessageItem
 from app.schemas.responses import error_object, list_object, render_response
@@ -59,6 +60,7 @@ class ResponsesService:
         check_request(request, route.backend)
         context = await self._assemble(request, project)
         generation = generation_request(request, route.upstream_model, context.items)
+        fit_generation(route, request, generation)
         return Prepared(
             request,
             route,
@@ -68,6 +70,18 @@ class ResponsesService:
             conversation_id=conversation_id_of(request),
             key_id=key_id,
         )
+
+    async def count_input_tokens(
+        self, request: CreateResponseRequest, project: str = ""
+    ) -> dict[str, Any]:
+        """`POST /v1/responses/input_tokens`: the tokens the same create body would send."""
+        route = self._resolve(request.model)
+        context = await self._assemble(request, project)
+        generation = generation_request(request, route.upstream_model, context.items)
+        count = count_tokens(
+            route.upstream_model, request.instructions, generation.items, generation.tools
+        )
+        return {"object": "response.input_tokens", "input_tokens": count}
 
     async def create(self, prepared: Prepared) -> dict[str, Any]:
         """Generate without streaming (the stored row is committed before this returns), or

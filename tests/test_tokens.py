@@ -1,0 +1,98 @@
+"""Token counting (`POST /v1/responses/input_tokens`) and fitting the context into a model's
+`context_window` (`truncation`)."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from app.core.tokens import count_tokens, encoding_name, fit_context
+from app.errors import BadRequestError
+from tests.conftest import Stack
+
+
+def user(text: str) -> dict:
+    return {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+
+
+def call(call_id: str) -> dict:
+    return {"type": "function_call", "call_id": call_id, "name": "f", "arguments": "{}"}
+
+
+def output(call_id: str, text: str) -> dict:
+    return {"type": "function_call_output", "call_id": call_id, "output": text}
+
+
+def test_encodings_by_model_family() -> None:
+    assert encoding_name("gpt-4o-mini") == ("o200k_base", True)
+    assert encoding_name("openai/gpt-5") == ("o200k_base", True)
+    assert encoding_name("gpt-4-turbo") == ("cl100k_base", True)
+    assert encoding_name("llama3.2") == ("o200k_base", False)  # an estimate
+
+
+def test_count_grows_with_content_and_tools() -> None:
+    base = count_tokens("gpt-4o", None, [user("hi")])
+    assert base == 3 + 4 + 1  # priming, one message's framing, "hi"
+    assert count_tokens("gpt-4o", "Be brief.", [user("hi")]) > base
+    tools = [{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}]
+    assert count_tokens("gpt-4o", None, [user("hi")], tools) > base
+
+
+def test_count_endpoint_through_the_sdk(client: openai.OpenAI) -> None:
+    counted = client.responses.input_tokens.count(
+        model="local-llama", input="Hello world, how are you?", instructions="Be brief."
+    )
+    assert counted.object == "response.input_tokens"
+    assert counted.input_tokens == count_tokens(
+        "llama3.2", "Be brief.", [user("Hello world, how are you?")]
+    )
+    first = client.responses.create(model="local-llama", input="one two three")
+    chained = client.responses.input_tokens.count(
+        model="local-llama", input="four", previous_response_id=first.id
+    )
+    alone = client.responses.input_tokens.count(model="local-llama", input="four")
+    assert chained.input_tokens > alone.input_tokens
+    with pytest.raises(openai.NotFoundError):
+        client.responses.input_tokens.count(model="nope", input="x")
+
+
+def test_truncation_drops_oldest_items_keeping_tool_pairs() -> None:
+    items = [user("old " * 30), call("c1"), output("c1", "result " * 5), user("newest question")]
+    kept = fit_context("gpt-4o", 60, 0, "Keep me.", items, None, truncate=True)
+    assert kept[-1] == items[-1]
+    assert items[0] not in kept
+    assert (items[1] in kept) == (items[2] in kept)  # never half a tool-call pair
+    with pytest.raises(BadRequestError) as caught:
+        fit_context("gpt-4o", 60, 0, "Keep me.", items, None, truncate=False)
+    assert caught.value.code == "context_length_exceeded"
+    with pytest.raises(BadRequestError):  # the newest item alone is too big
+        fit_context("gpt-4o", 10, 0, None, [user("word " * 50)], None, truncate=True)
+
+
+def test_context_window_enforced_through_the_gateway(client: openai.OpenAI, gw: Stack) -> None:
+    long_history = client.responses.create(model="tiny-window", input="remember " * 70)
+    raw = httpx.post(
+        f"{gw.gateway.url}/v1/responses",
+        json={
+            "model": "tiny-window",
+            "input": "and now?",
+            "previous_response_id": long_history.id,
+        },
+    )
+    assert raw.status_code == 400
+    error = raw.json()["error"]
+    assert error["code"] == "context_length_exceeded" and error["param"] == "input"
+    auto = client.responses.create(
+        model="tiny-window",
+        input="and now?",
+        previous_response_id=long_history.id,
+        truncation="auto",
+    )
+    assert auto.truncation == "auto" and auto.status == "completed"
+    sent = gw.upstream.last.body["messages"]
+    assert sent[-1] == {"role": "user", "content": "and now?"}
+    # The oldest item went (only as much as needed): the user's long turn, not the answer.
+    assert [m["role"] for m in sent] == ["assistant", "user"]
+    # Stored state is untouched: the full history is still the response's input.
+    assert len(client.responses.input_items.list(auto.id).data) == 3
