@@ -311,7 +311,13 @@ def test_store_false_is_not_retrievable(client: openai.OpenAI) -> None:
 
 def test_models_list(client: openai.OpenAI) -> None:
     ids = [model.id for model in client.models.list()]
-    assert ids == ["local-llama", "short-timeout", "unreachable", "echo"]  # echo: built in
+    assert ids == [
+        "local-llama",
+        "local-agent",
+        "short-timeout",
+        "unreachable",
+        "echo",
+    ]  # echo: built in
     assert client.models.retrieve("local-llama").id == "local-llama"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("nope")

@@ -37,7 +37,7 @@ from app.core.generation import (
     run_generation,
 )
 from app.core.limits import RateLimiter
-from app.core.requests import generation_request
+from app.core.requests import dropped_tools, generation_request
 from app.core.usage import UsageMeter
 from app.errors import GatewayError, StorageError
 from app.schemas.requests import CreateResponseRequest
@@ -248,7 +248,9 @@ class BackgroundRunner:
             request,
             route,
             Context(history=[], entries=[], items=items),
-            generation_request(request, route.upstream_model, items),
+            generation_request(
+                request, route.upstream_model, items, dropped_tools(request, route.backend)
+            ),
             project=job.project,
             conversation_id=conversation_id_of(request),
             id=job.response_id,
