@@ -164,6 +164,9 @@ def test_tool_choice_of_a_custom_or_namespaced_tool() -> None:
     }
     request.tool_choice = {"type": "function", "name": "lookup", "namespace": "crm"}
     assert to_chat_body(request)["tool_choice"]["function"]["name"] == "crm__lookup"
+    # OpenAI's tool choice has no namespace: a bare name is found among namespace members.
+    request.tool_choice = {"type": "function", "name": "lookup"}
+    assert to_chat_body(request)["tool_choice"]["function"]["name"] == "crm__lookup"
 
 
 def test_a_real_codex_request_translates() -> None:

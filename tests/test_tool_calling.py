@@ -74,6 +74,19 @@ def test_namespace_call_streamed(gw: Stack) -> None:
     assert final["namespace"] == "crm" and final["name"] == "lookup"
 
 
+def test_tool_choice_names_a_namespace_member(gw: Stack, client: openai.OpenAI) -> None:
+    client.responses.create(
+        model="local-llama",
+        input="x",
+        tools=[NAMESPACE],  # type: ignore[list-item]
+        tool_choice={"type": "function", "name": "lookup"},
+    )
+    assert gw.upstream.last.body["tool_choice"] == {
+        "type": "function",
+        "function": {"name": "crm__lookup"},
+    }
+
+
 def test_custom_tool_call_and_output(gw: Stack, client: openai.OpenAI) -> None:
     gw.upstream.enqueue(
         Reply(tool_calls=[tool_call("apply_patch", {"input": PATCH_TEXT}, "call_p")]),

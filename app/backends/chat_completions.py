@@ -119,11 +119,11 @@ def to_chat_messages(instructions: str | None, items: list[dict[str, Any]]) -> l
     return messages
 
 
-def _chat_tool_choice(choice: str | dict[str, Any]) -> str | dict[str, Any]:
+def _chat_tool_choice(choice: str | dict[str, Any], tools: ChatTools) -> str | dict[str, Any]:
     if isinstance(choice, str):
         return choice
     # A named function (possibly in a namespace) or a named custom tool: both are functions here.
-    name = chat_name(choice["name"], choice.get("namespace"))
+    name = tools.upstream_name(choice["name"], choice.get("namespace"))
     return {"type": "function", "function": {"name": name}}
 
 
@@ -148,13 +148,14 @@ def to_chat_body(request: GenerationRequest, *, stream: bool = False) -> dict[st
     }
     if stream:
         body["stream_options"] = {"include_usage": True}
-    functions = ChatTools(request.tools).functions
+    tools = ChatTools(request.tools)
+    functions = tools.functions
     if functions:
         body["tools"] = functions
         if request.parallel_tool_calls is not None:
             body["parallel_tool_calls"] = request.parallel_tool_calls
     if request.tool_choice is not None and (functions or request.tool_choice == "none"):
-        body["tool_choice"] = _chat_tool_choice(request.tool_choice)
+        body["tool_choice"] = _chat_tool_choice(request.tool_choice, tools)
     if request.text_format is not None:
         response_format = _response_format(request.text_format)
         if response_format is not None:

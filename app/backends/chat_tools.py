@@ -111,6 +111,14 @@ class ChatTools:
         build = _custom_function if kind == "custom" else _function
         self.functions.append(build(name, tool))
 
+    def upstream_name(self, name: str, namespace: str | None = None) -> str:
+        """The upstream function a `tool_choice` names. OpenAI's tool choice has no namespace,
+        so a bare name that is no top-level tool is looked up among namespace members."""
+        if namespace or name in self._names:
+            return chat_name(name, namespace)
+        members = [key for key, declared in self._names.items() if declared.name == name]
+        return members[0] if len(members) == 1 else name
+
     def declared(self, upstream_name: str) -> ToolName:
         """What the client declared as `upstream_name`; an unknown name (a model that made one
         up) is passed on as a plain function name."""
