@@ -6,7 +6,7 @@ HOST   ?= $(or $(GATEWAY_HOST),127.0.0.1)
 PORT   ?= $(or $(GATEWAY_PORT),8000)
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint format migrate check-config bench-depth clean
+.PHONY: help run test lint format migrate check-config bench-depth codex clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -39,6 +39,10 @@ format: $(VENV)/.stamp-test ## apply ruff formatting and safe fixes
 	$(BIN)/ruff format app tests bench migrations
 	$(BIN)/ruff check --fix app tests bench migrations
 
+CODEX_VERSION ?= 0.169.0
+codex: ## install Codex CLI (npm @openai/codex) into .codex-test/ for tests/test_codex.py
+	npm install --no-audit --no-fund --prefix .codex-test @openai/codex@$(CODEX_VERSION)
+
 migrate: $(VENV)/.stamp-run ## bring DATABASE_URL's schema to head
 	$(BIN)/responses-gateway migrate
 
@@ -49,4 +53,4 @@ bench-depth: $(VENV)/.stamp-test ## time turn N of a previous_response_id chain 
 	$(BIN)/python bench/context_depth.py
 
 clean: ## remove the venv and caches
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info .codex-test

@@ -167,6 +167,10 @@ class ModelConfig(BaseModel):
     # slot, then get a 429 (or go to a fallback).
     max_concurrency: int | None = Field(default=None, gt=0)
     queue_timeout: float = Field(default=30.0, ge=0)
+    # Hosted tools (web_search, file_search, mcp…) sent to a backend that cannot run them:
+    # `reject` answers 400; `drop` leaves them out of the upstream call and says so in the
+    # `x-gateway-dropped-tools` header (Codex CLI sends web_search on every call).
+    hosted_tools: Literal["reject", "drop"] = "reject"
 
     @field_validator("api_version", mode="before")
     @classmethod

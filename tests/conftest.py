@@ -157,6 +157,12 @@ models:
     upstream_model: llama3.2
     context_window: 131072
     max_retries: 0
+  - name: local-agent
+    backend: chat_completions
+    base_url: {upstream.base_url}
+    upstream_model: qwen3
+    hosted_tools: drop
+    max_retries: 0
   - name: short-timeout
     backend: chat_completions
     base_url: {upstream.base_url}

@@ -147,3 +147,14 @@ def test_serve_refuses_bad_models_file(tmp_path: Path) -> None:
     result = run_cli("serve", "--config", str(path), cwd=tmp_path)
     assert result.returncode == 2
     assert "line 2, field models[0].backend" in result.stderr
+
+
+def test_hosted_tools_setting() -> None:
+    drop = GOOD.replace(
+        "    context_window: 131072\n", "    context_window: 131072\n    hosted_tools: drop\n"
+    )
+    first, second = parse_models_file(drop, "models.yaml", env={"OLLAMA_KEY": "k"}).models
+    assert first.hosted_tools == "drop" and second.hosted_tools == "reject"
+    with pytest.raises(ConfigError) as caught:
+        parse_models_file(drop.replace("drop", "ignore"), "models.yaml", env={"OLLAMA_KEY": "k"})
+    assert "line 8" in str(caught.value) and "hosted_tools" in str(caught.value)

@@ -313,6 +313,7 @@ def test_models_list(client: openai.OpenAI) -> None:
     ids = [model.id for model in client.models.list()]
     assert ids == [
         "local-llama",
+        "local-agent",
         "short-timeout",
         "unreachable",
         "tiny-window",

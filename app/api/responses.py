@@ -15,6 +15,8 @@ from app.schemas.requests import CreateResponseRequest
 
 router = APIRouter(prefix="/v1/responses", tags=["responses"])
 log = logging.getLogger("app.api")
+# Names the hosted tool types left out of the upstream call (a model with `hosted_tools: drop`).
+DROPPED_TOOLS_HEADER = "x-gateway-dropped-tools"
 
 
 @router.post(
@@ -40,10 +42,15 @@ async def create_response(
         )
     # Every 4xx is raised here, before any byte.
     prepared = await responses.prepare(create, caller.project, caller.key_id)
+    reply: Response
     if create.stream:
         events = usage.stream(responses.stream(prepared), prepared, caller.key_id)
-        return event_stream(events, request.app.state.sse_keepalive)
-    return json_response(await usage.create(responses, prepared, caller.key_id))
+        reply = event_stream(events, request.app.state.sse_keepalive)
+    else:
+        reply = json_response(await usage.create(responses, prepared, caller.key_id))
+    if prepared.dropped_tools:
+        reply.headers[DROPPED_TOOLS_HEADER] = ",".join(prepared.dropped_tools)
+    return reply
 
 
 def request_input(create: CreateResponseRequest) -> object:

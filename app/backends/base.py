@@ -92,6 +92,10 @@ class ToolCallDelta:
     call_id: str | None = None
     name: str | None = None
     arguments: str = ""
+    # Set with `name` by translating backends: the namespace the client declared the function
+    # in, and whether it is a `custom` tool (its `arguments` are then the free-form input).
+    namespace: str | None = None
+    custom: bool = False
 
 
 @dataclass(slots=True)

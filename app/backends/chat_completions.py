@@ -25,10 +25,17 @@ from app.backends.base import (
     ToolCallDelta,
     Usage,
 )
+from app.backends.chat_tools import ChatTools, chat_name, custom_arguments, custom_input
 from app.backends.upstream import UpstreamClient, error_message
 from app.config import ModelConfig
 from app.errors import UpstreamError, UpstreamUnavailableError
-from app.schemas.items import function_call_item, message_item, output_text_part, reasoning_item
+from app.schemas.items import (
+    custom_tool_call_item,
+    function_call_item,
+    message_item,
+    output_text_part,
+    reasoning_item,
+)
 
 # --- Responses → Chat Completions ------------------------------------------------------------
 
@@ -72,9 +79,10 @@ def to_chat_messages(instructions: str | None, items: list[dict[str, Any]]) -> l
     """Responses items → Chat Completions messages.
 
     `developer` becomes `system` (many chat templates know only system). Consecutive
-    `function_call` items join the assistant message before them as `tool_calls`, which is how
-    Chat Completions represents one assistant turn. Reasoning items are not replayed: most local
-    servers reject or ignore reasoning in input messages.
+    `function_call` (and `custom_tool_call`) items join the assistant message before them as
+    `tool_calls`, which is how Chat Completions represents one assistant turn; a call declared in
+    a namespace goes by its flattened name (`chat_tools`). Reasoning items are not replayed: most
+    local servers reject or ignore reasoning in input messages.
     """
     messages: list[dict[str, Any]] = []
     if instructions:
@@ -85,18 +93,22 @@ def to_chat_messages(instructions: str | None, items: list[dict[str, Any]]) -> l
             role = "system" if item["role"] == "developer" else item["role"]
             content = _chat_content(item["content"], text_only=role in ("system", "assistant"))
             messages.append({"role": role, "content": content})
-        elif kind == "function_call":
+        elif kind in ("function_call", "custom_tool_call"):
+            arguments = (
+                item["arguments"] if kind == "function_call" else custom_arguments(item["input"])
+            )
+            name = chat_name(item["name"], item.get("namespace"))
             call = {
                 "id": item["call_id"],
                 "type": "function",
-                "function": {"name": item["name"], "arguments": item["arguments"]},
+                "function": {"name": name, "arguments": arguments},
             }
             last = messages[-1] if messages else None
             if last is not None and last["role"] == "assistant":
                 last.setdefault("tool_calls", []).append(call)
             else:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
-        elif kind == "function_call_output":
+        elif kind in ("function_call_output", "custom_tool_call_output"):
             messages.append(
                 {
                     "role": "tool",
@@ -107,22 +119,12 @@ def to_chat_messages(instructions: str | None, items: list[dict[str, Any]]) -> l
     return messages
 
 
-def _chat_tool(tool: dict[str, Any]) -> dict[str, Any]:
-    function: dict[str, Any] = {
-        "name": tool["name"],
-        "parameters": tool.get("parameters") or {"type": "object", "properties": {}},
-    }
-    if tool.get("description"):
-        function["description"] = tool["description"]
-    if tool.get("strict") is not None:
-        function["strict"] = tool["strict"]
-    return {"type": "function", "function": function}
-
-
-def _chat_tool_choice(choice: str | dict[str, Any]) -> str | dict[str, Any]:
+def _chat_tool_choice(choice: str | dict[str, Any], tools: ChatTools) -> str | dict[str, Any]:
     if isinstance(choice, str):
         return choice
-    return {"type": "function", "function": {"name": choice["name"]}}
+    # A named function (possibly in a namespace) or a named custom tool: both are functions here.
+    name = tools.upstream_name(choice["name"], choice.get("namespace"))
+    return {"type": "function", "function": {"name": name}}
 
 
 def _response_format(text_format: dict[str, Any]) -> dict[str, Any] | None:
@@ -146,12 +148,14 @@ def to_chat_body(request: GenerationRequest, *, stream: bool = False) -> dict[st
     }
     if stream:
         body["stream_options"] = {"include_usage": True}
-    if request.tools:
-        body["tools"] = [_chat_tool(tool) for tool in request.tools]
+    tools = ChatTools(request.tools)
+    functions = tools.functions
+    if functions:
+        body["tools"] = functions
         if request.parallel_tool_calls is not None:
             body["parallel_tool_calls"] = request.parallel_tool_calls
-    if request.tool_choice is not None and (request.tools or request.tool_choice == "none"):
-        body["tool_choice"] = _chat_tool_choice(request.tool_choice)
+    if request.tool_choice is not None and (functions or request.tool_choice == "none"):
+        body["tool_choice"] = _chat_tool_choice(request.tool_choice, tools)
     if request.text_format is not None:
         response_format = _response_format(request.text_format)
         if response_format is not None:
@@ -193,8 +197,20 @@ def _usage(raw: Any) -> Usage | None:
 _FINISH = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
 
-def from_chat_completion(data: Any) -> Generation:
-    """A Chat Completions response body → output items. Raises `ValueError` on a malformed body."""
+def _call_item(
+    call_id: str | None, upstream_name: str, arguments: str, status: str, tools: ChatTools
+) -> dict[str, Any]:
+    declared = tools.declared(upstream_name)
+    if declared.custom:
+        input_ = custom_input(arguments)
+        return custom_tool_call_item(call_id, declared.name, input_, status, declared.namespace)
+    return function_call_item(call_id, declared.name, arguments, status, declared.namespace)
+
+
+def from_chat_completion(data: Any, tools: ChatTools | None = None) -> Generation:
+    """A Chat Completions response body → output items. Raises `ValueError` on a malformed body.
+    `tools` maps the upstream's function names back to what the request declared."""
+    tools = tools or ChatTools([])
     if (
         not isinstance(data, dict)
         or not isinstance(data.get("choices"), list)
@@ -225,11 +241,12 @@ def from_chat_completion(data: Any) -> Generation:
     for call in tool_calls:
         function = call.get("function") or {}
         output.append(
-            function_call_item(
+            _call_item(
                 call.get("id"),
                 str(function.get("name") or ""),
                 function.get("arguments") or "",
                 item_status,
+                tools,
             )
         )
     return Generation(
@@ -259,7 +276,9 @@ def responses_logprobs(choice: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def chunk_deltas(chunk: Any) -> tuple[list[Delta], str | None, Usage | None]:
+def chunk_deltas(
+    chunk: Any, tools: ChatTools | None = None
+) -> tuple[list[Delta], str | None, Usage | None]:
     """One `chat.completion.chunk` → its deltas, its finish reason and its usage (if any)."""
     if not isinstance(chunk, dict):
         raise ValueError("a stream chunk is not a JSON object")
@@ -279,12 +298,16 @@ def chunk_deltas(chunk: Any) -> tuple[list[Delta], str | None, Usage | None]:
         deltas.append(RefusalDelta(delta["refusal"]))
     for call in delta.get("tool_calls") or ():
         function = call.get("function") or {}
+        name = function.get("name")
+        declared = (tools or ChatTools([])).declared(name) if name else None
         deltas.append(
             ToolCallDelta(
                 index=int(call.get("index") or 0),
                 call_id=call.get("id"),
-                name=function.get("name"),
+                name=declared.name if declared else None,
                 arguments=function.get("arguments") or "",
+                namespace=declared.namespace if declared else None,
+                custom=declared.custom if declared else False,
             )
         )
     return deltas, choice.get("finish_reason"), usage
@@ -305,13 +328,14 @@ class ChatCompletionsBackend(Backend):
     async def generate(self, request: GenerationRequest) -> Generation:
         data = await self._upstream.post_json(to_chat_body(request))
         try:
-            return from_chat_completion(data)
+            return from_chat_completion(data, ChatTools(request.tools))
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise self._upstream.malformed(f"a malformed answer: {exc}") from exc
 
     async def stream(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
         finish_reason: str | None = None
         usage: Usage | None = None
+        tools = ChatTools(request.tools)
         async with self._upstream.stream_lines(to_chat_body(request, stream=True)) as lines:
             async for line in lines:
                 if not line.startswith("data:"):
@@ -319,7 +343,7 @@ class ChatCompletionsBackend(Backend):
                 data = line[5:].strip()
                 if data == "[DONE]":
                     break
-                deltas, reason, chunk_usage = self._parse_chunk(data)
+                deltas, reason, chunk_usage = self._parse_chunk(data, tools)
                 finish_reason = reason or finish_reason
                 usage = chunk_usage or usage
                 for delta in deltas:
@@ -331,7 +355,9 @@ class ChatCompletionsBackend(Backend):
                     )
         yield Finish(_FINISH.get(finish_reason or ""), usage)  # type: ignore[arg-type]
 
-    def _parse_chunk(self, data: str) -> tuple[list[Delta], str | None, Usage | None]:
+    def _parse_chunk(
+        self, data: str, tools: ChatTools
+    ) -> tuple[list[Delta], str | None, Usage | None]:
         try:
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError:
@@ -343,7 +369,7 @@ class ChatCompletionsBackend(Backend):
                 + self._upstream.redact(message)
             )
         try:
-            return chunk_deltas(chunk)
+            return chunk_deltas(chunk, tools)
         except (ValueError, TypeError, AttributeError) as exc:
             raise self._upstream.malformed(f"a malformed stream chunk: {exc}") from exc
 

@@ -37,7 +37,7 @@ from app.core.generation import (
     run_generation,
 )
 from app.core.limits import RateLimiter
-from app.core.requests import generation_request
+from app.core.requests import dropped_tools, generation_request
 from app.core.tokens import fit_generation
 from app.core.usage import UsageMeter
 from app.errors import BadRequestError, GatewayError, StorageError
@@ -245,7 +245,9 @@ class BackgroundRunner:
             await self._end_without_running(job, stored.body, stored.stream, route is None)
             return
         items = stored.input
-        generation = generation_request(request, route.upstream_model, items)
+        generation = generation_request(
+            request, route.upstream_model, items, dropped_tools(request, route.backend)
+        )
         try:
             fit_generation(route, request, generation)  # checked at enqueue; the window may shrink
         except BadRequestError as exc:

@@ -27,7 +27,14 @@ from app.backends.base import (
     TextDelta,
     ToolCallDelta,
 )
-from app.schemas.items import function_call_item, message_item, output_text_part, reasoning_item
+from app.backends.chat_tools import custom_input
+from app.schemas.items import (
+    custom_tool_call_item,
+    function_call_item,
+    message_item,
+    output_text_part,
+    reasoning_item,
+)
 
 Event = dict[str, Any]
 TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
@@ -78,7 +85,7 @@ _DONE_EVENT = {
 def _item_status(kind: str, status: str) -> str:
     # Hosted-tool calls (web_search_call, image_generation_call…) have no `incomplete` status;
     # `failed` is the one every one of them knows.
-    if status == "incomplete" and kind not in ("message", "function_call"):
+    if status == "incomplete" and kind not in ("message", "function_call", "custom_tool_call"):
         return "failed"
     return status
 
@@ -157,12 +164,29 @@ class EventLadder:
                     name=data["name"],
                 )
             )
+        elif data["type"] == "custom_tool_call":
+            self._close_custom(item, events)
         elif item.parts:
             self._close_part(item, events)
             data["content"] = [part.wire() for part in item.parts]
         if data["type"] != "reasoning":
             data["status"] = _item_status(data["type"], status)
         events.append(self.event("response.output_item.done", output_index=item.index, item=data))
+
+    def _close_custom(self, item: _OpenItem, events: list[Event]) -> None:
+        """A custom tool's input arrives as the JSON arguments of the function it became
+        (`{"input": "..."}`), which cannot be unwrapped piece by piece: it is sent as one delta
+        when the call is complete."""
+        data = item.item
+        data["input"] = custom_input("".join(item.arguments))
+        where = {"item_id": item.id, "output_index": item.index}
+        if data["input"]:
+            events.append(
+                self.event("response.custom_tool_call_input.delta", **where, delta=data["input"])
+            )
+        events.append(
+            self.event("response.custom_tool_call_input.done", **where, input=data["input"])
+        )
 
     def _close_reasoning(self, events: list[Event]) -> None:
         if self._reasoning is not None:
@@ -217,12 +241,15 @@ class EventLadder:
         if call is None:
             self._close_reasoning(events)
             self._close_message(events)
-            item = function_call_item(delta.call_id, delta.name or "", "", "in_progress")
+            build = custom_tool_call_item if delta.custom else function_call_item
+            item = build(delta.call_id, delta.name or "", "", "in_progress", delta.namespace)
             call = self._calls[delta.index] = self._add(item, events)
         elif delta.name and not call.item["name"]:
             call.item["name"] = delta.name
         if delta.arguments:
             call.arguments.append(delta.arguments)
+            if call.item["type"] == "custom_tool_call":
+                return
             events.append(
                 self.event(
                     "response.function_call_arguments.delta",
@@ -302,6 +329,8 @@ class EventLadder:
             data = dict(item)
             if data["type"] == "function_call":
                 data["arguments"] = "".join(opened.arguments)
+            elif data["type"] == "custom_tool_call":
+                data["input"] = custom_input("".join(opened.arguments))
             elif opened.parts or "content" in data:
                 data["content"] = [part.wire() for part in opened.parts]
             if data["type"] != "reasoning":

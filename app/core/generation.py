@@ -54,6 +54,8 @@ class Prepared:
     # The API key that asked (None in open mode), for usage accounting.
     key_id: str | None = None
     created_at: int = field(default_factory=lambda: int(time.time()))
+    # Hosted tool types left out of the upstream call (`hosted_tools: drop`), for the header.
+    dropped_tools: list[str] = field(default_factory=list)
 
     @property
     def storing(self) -> bool:

@@ -12,6 +12,8 @@ from typing import Any
 from app.errors import BadRequestError, NotFoundError
 from app.ids import new_item_id
 from app.schemas.requests import (
+    CustomToolCallItem,
+    CustomToolCallOutputItem,
     FunctionCallItem,
     FunctionCallOutputItem,
     InputFile,
@@ -22,7 +24,14 @@ from app.schemas.requests import (
 )
 from app.store.responses import ResponseStore, StoredItem
 
-ConcreteItem = MessageItem | FunctionCallItem | FunctionCallOutputItem | ReasoningItem
+ConcreteItem = (
+    MessageItem
+    | FunctionCallItem
+    | FunctionCallOutputItem
+    | CustomToolCallItem
+    | CustomToolCallOutputItem
+    | ReasoningItem
+)
 
 
 def _check_parts(parts: list[Any], role: str, where: str) -> None:
@@ -93,7 +102,9 @@ def check_item(item: ConcreteItem | ItemReference, index: int, param: str = "inp
     where = f"{param}[{index}]"
     if isinstance(item, MessageItem) and isinstance(item.content, list):
         _check_parts(item.content, item.role, f"{where}.content")
-    elif isinstance(item, FunctionCallOutputItem) and isinstance(item.output, list):
+    elif isinstance(item, FunctionCallOutputItem | CustomToolCallOutputItem) and isinstance(
+        item.output, list
+    ):
         _check_parts(item.output, "user", f"{where}.output")
 
 
@@ -117,7 +128,9 @@ def canonical_item(item: ConcreteItem) -> dict[str, Any]:
     data["id"] = item.id or new_item_id(item.type)
     if isinstance(item, MessageItem):
         data["content"] = _parts(item.content, item.role)
-    elif isinstance(item, FunctionCallOutputItem) and isinstance(item.output, list):
+    elif isinstance(item, FunctionCallOutputItem | CustomToolCallOutputItem) and isinstance(
+        item.output, list
+    ):
         data["output"] = _parts(item.output, "user")
     if not isinstance(item, ReasoningItem):
         data.setdefault("status", "completed")

@@ -4,7 +4,10 @@ translation of the validated request into a backend `GenerationRequest`.
 What can be honoured depends on the route's backend: one that speaks Responses natively
 (`Backend.responses_native`: openai, azure, responses) takes hosted tools, their tool choices,
 and `truncation: "auto"` as they are; translating backends refuse hosted tools. Log
-probabilities are asked of every backend (Chat Completions: `logprobs`/`top_logprobs`)."""
+probabilities are asked of every backend (Chat Completions: `logprobs`/`top_logprobs`).
+Function, `custom` and `namespace` tools work everywhere (the Chat Completions translation
+flattens them into functions). Hosted tools on a translating backend are refused, or — with the
+model's `hosted_tools: drop` — left out of the upstream call (`dropped_tools`)."""
 
 from __future__ import annotations
 
@@ -14,7 +17,10 @@ from app.backends.base import Backend, GenerationRequest
 from app.errors import BadRequestError
 from app.schemas.requests import (
     CreateResponseRequest,
+    CustomTool,
     FunctionTool,
+    NamespaceTool,
+    OtherTool,
     Tool,
     ToolChoiceAllowed,
     ToolChoiceFunction,
@@ -40,8 +46,11 @@ def _not_supported(param: str, what: str) -> BadRequestError:
     return BadRequestError(f"{what} is not supported by this gateway yet.", param=param)
 
 
-def check_request(request: CreateResponseRequest, backend: Backend) -> None:
-    """Raise `BadRequestError` for every field we know but cannot honour on `backend`."""
+def check_request(
+    request: CreateResponseRequest, backend: Backend, hosted_tools: str = "reject"
+) -> None:
+    """Raise `BadRequestError` for every field we know but cannot honour on `backend`;
+    `hosted_tools` is the model's setting (`reject` or `drop`)."""
     native = backend.responses_native
     if request.conversation is not None and request.previous_response_id is not None:
         raise BadRequestError(
@@ -79,49 +88,86 @@ def check_request(request: CreateResponseRequest, backend: Backend) -> None:
                 code="invalid_value",
             )
     for index, tool in enumerate(request.tools or ()):
-        if not isinstance(tool, FunctionTool) and not native:
+        if isinstance(tool, OtherTool) and not native and hosted_tools != "drop":
             raise BadRequestError(
-                f"Tool type {tool.type!r} is not supported by model {request.model!r}: its "
-                "backend does not speak the Responses API, so only 'function' tools can be "
-                "passed on.",
+                f"Tool type {tool.type!r} (tools[{index}]) cannot run on model "
+                f"{request.model!r}: its backend speaks Chat Completions, which has no hosted "
+                "tools; only 'function', 'custom' and 'namespace' tools can be passed on. To "
+                "leave hosted tools out of the upstream call instead, set 'hosted_tools: drop' "
+                "on this model in the models file.",
                 param=f"tools[{index}].type",
             )
     _check_tool_choice(request, native)
 
 
-def _function_names(request: CreateResponseRequest) -> set[str]:
-    return {tool.name for tool in request.tools or () if isinstance(tool, FunctionTool)}
+def dropped_tools(request: CreateResponseRequest, backend: Backend) -> list[str]:
+    """The hosted tool types left out of the upstream call (in order, once each): those a
+    translating backend cannot run, once `check_request` allowed them (`hosted_tools: drop`)."""
+    if backend.responses_native:
+        return []
+    return list(dict.fromkeys(t.type for t in request.tools or () if isinstance(t, OtherTool)))
 
 
-def _hosted_types(request: CreateResponseRequest) -> set[str]:
-    return {tool.type for tool in request.tools or () if not isinstance(tool, FunctionTool)}
+def _names(request: CreateResponseRequest, kind: str) -> set[str]:
+    """Names of the function (or custom) tools, top-level or inside a namespace."""
+    names: set[str] = set()
+    for tool in request.tools or ():
+        if isinstance(tool, NamespaceTool):
+            names.update(member.name for member in tool.tools if member.type == kind)
+        elif isinstance(tool, FunctionTool | CustomTool) and tool.type == kind:
+            names.add(tool.name)
+    return names
+
+
+def _listed(request: CreateResponseRequest, entry: dict[str, Any]) -> bool:
+    kind = entry.get("type")
+    if kind in ("function", "custom"):
+        return entry.get("name") in _names(request, str(kind))
+    if kind == "namespace":
+        names = {t.name for t in request.tools or () if isinstance(t, NamespaceTool)}
+        return entry.get("name") in names
+    return kind in {t.type for t in request.tools or () if isinstance(t, OtherTool)}
 
 
 def _check_tool_choice(request: CreateResponseRequest, native: bool) -> None:
     choice = request.tool_choice
-    names = _function_names(request)
-    hosted = _hosted_types(request)
-    if isinstance(choice, ToolChoiceFunction) and choice.name not in names:
+    hosted = {t.type for t in request.tools or () if isinstance(t, OtherTool)}
+    if isinstance(choice, ToolChoiceFunction) and choice.name not in _names(request, "function"):
         raise BadRequestError(
             f"Tool choice names function {choice.name!r}, which is not in 'tools'.",
             param="tool_choice.name",
         )
     if isinstance(choice, ToolChoiceAllowed):
         for index, allowed in enumerate(choice.tools):
-            listed = (
-                allowed.get("name") in names
-                if allowed.get("type") == "function"
-                else allowed.get("type") in hosted
-            )
-            if not listed:
+            if not _listed(request, allowed):
                 raise BadRequestError(
                     "Each of 'tool_choice.tools' must be a tool listed in 'tools'.",
                     param=f"tool_choice.tools[{index}]",
                 )
+        runnable = [entry for entry in choice.tools if native or entry.get("type") not in hosted]
+        if choice.mode == "required" and not runnable:
+            raise BadRequestError(
+                f"'tool_choice' requires one of {sorted(hosted)}, which model {request.model!r} "
+                "cannot run (its hosted tools are dropped).",
+                param="tool_choice.tools",
+            )
     if isinstance(choice, ToolChoiceOther) and not native:
+        if choice.type == "custom":
+            if getattr(choice, "name", None) not in _names(request, "custom"):
+                raise BadRequestError(
+                    "Tool choice names a custom tool which is not in 'tools'.",
+                    param="tool_choice.name",
+                )
+            return
+        if choice.type in hosted:
+            raise BadRequestError(
+                f"Tool choice forces tool {choice.type!r}, which model {request.model!r} cannot "
+                "run: its hosted tools are dropped ('hosted_tools: drop').",
+                param="tool_choice.type",
+            )
         raise BadRequestError(
             f"Tool choice type {choice.type!r} is not supported: use 'none', 'auto', 'required', "
-            "a function or 'allowed_tools'.",
+            "a function, a custom tool or 'allowed_tools'.",
             param="tool_choice.type",
         )
 
@@ -139,7 +185,7 @@ def echo_tool(tool: FunctionTool) -> dict[str, Any]:
 
 
 def _upstream_tool(tool: Tool) -> dict[str, Any]:
-    if not isinstance(tool, FunctionTool):  # hosted: passed on exactly as the client sent it
+    if not isinstance(tool, FunctionTool):  # others: passed on exactly as the client sent them
         return tool.model_dump(mode="json", exclude_none=True)
     wire = echo_tool(tool)
     if tool.strict is None:
@@ -176,9 +222,18 @@ def _native_fields(request: CreateResponseRequest) -> dict[str, Any]:
 
 
 def generation_request(
-    request: CreateResponseRequest, upstream_model: str, items: list[dict[str, Any]]
+    request: CreateResponseRequest,
+    upstream_model: str,
+    items: list[dict[str, Any]],
+    drop: list[str] | None = None,
 ) -> GenerationRequest:
-    tools = [_upstream_tool(tool) for tool in request.tools or ()]
+    """`drop`: hosted tool types to leave out (`dropped_tools`)."""
+    dropped = set(drop or ())
+    tools = [
+        _upstream_tool(tool)
+        for tool in request.tools or ()
+        if not (isinstance(tool, OtherTool) and tool.type in dropped)
+    ]
     choice: str | dict[str, Any] | None = None
     if isinstance(request.tool_choice, str):
         choice = request.tool_choice

@@ -10,6 +10,7 @@ project: another project's id answers exactly like an id that does not exist.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -24,7 +25,7 @@ from app.core.generation import (
     run_generation,
 )
 from app.core.items import ConcreteItem, resolve_items
-from app.core.requests import check_request, generation_request
+from app.core.requests import check_request, dropped_tools, generation_request
 from app.core.tokens import count_tokens, fit_generation
 from app.errors import BadRequestError, NotFoundError, UpstreamError
 from app.schemas.requests import ConcreteInput, CreateResponseRequest, MessageItem
@@ -34,6 +35,8 @@ from app.store.database import Database
 from app.store.events import EventStore
 from app.store.jobs import RUNNING, JobStore, new_job
 from app.store.responses import NewResponse, ResponseStore, StoredItem, StoredResponse
+
+log = logging.getLogger(__name__)
 
 # How long a cancel waits for the worker running the job to store its final state.
 CANCEL_WAIT_SECONDS = 10.0
@@ -57,9 +60,16 @@ class ResponsesService:
     ) -> Prepared:
         """Every check that can refuse the request, before any upstream call or any byte sent."""
         route = self._resolve(request.model)
-        check_request(request, route.backend)
+        check_request(request, route.backend, route.config.hosted_tools)
         context = await self._assemble(request, project)
-        generation = generation_request(request, route.upstream_model, context.items)
+        dropped = dropped_tools(request, route.backend)
+        if dropped:
+            log.info(
+                "dropped hosted tools %s: model %s cannot run them (hosted_tools: drop)",
+                ", ".join(dropped),
+                route.config.name,
+            )
+        generation = generation_request(request, route.upstream_model, context.items, dropped)
         fit_generation(route, request, generation)
         return Prepared(
             request,
@@ -69,6 +79,7 @@ class ResponsesService:
             project,
             conversation_id=conversation_id_of(request),
             key_id=key_id,
+            dropped_tools=dropped,
         )
 
     async def count_input_tokens(

@@ -28,9 +28,9 @@ def message_item(parts: list[dict[str, Any]], status: str) -> dict[str, Any]:
 
 
 def function_call_item(
-    call_id: str | None, name: str, arguments: str, status: str
+    call_id: str | None, name: str, arguments: str, status: str, namespace: str | None = None
 ) -> dict[str, Any]:
-    return {
+    item = {
         "id": new_item_id("function_call"),
         "type": "function_call",
         "status": status,
@@ -38,6 +38,25 @@ def function_call_item(
         "name": name,
         "arguments": arguments,
     }
+    if namespace:
+        item["namespace"] = namespace
+    return item
+
+
+def custom_tool_call_item(
+    call_id: str | None, name: str, input_: str, status: str, namespace: str | None = None
+) -> dict[str, Any]:
+    item = {
+        "id": new_item_id("custom_tool_call"),
+        "type": "custom_tool_call",
+        "status": status,
+        "call_id": call_id or new_id("call"),
+        "name": name,
+        "input": input_,
+    }
+    if namespace:
+        item["namespace"] = namespace
+    return item
 
 
 def output_text_part(text: str, logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:

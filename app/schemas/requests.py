@@ -94,6 +94,23 @@ class FunctionCallOutputItem(WireModel):
     status: Literal["in_progress", "completed", "incomplete"] | None = None
 
 
+class CustomToolCallItem(WireModel):
+    type: Literal["custom_tool_call"]
+    id: str | None = None
+    call_id: str
+    name: str
+    input: str
+    status: Literal["in_progress", "completed", "incomplete"] | None = None
+
+
+class CustomToolCallOutputItem(WireModel):
+    type: Literal["custom_tool_call_output"]
+    id: str | None = None
+    call_id: str
+    output: str | list[ContentPart]
+    status: Literal["in_progress", "completed", "incomplete"] | None = None
+
+
 class ReasoningItem(WireModel):
     type: Literal["reasoning"]
     id: str | None = None
@@ -122,6 +139,8 @@ InputItem = Annotated[
     Annotated[MessageItem, Tag("message")]
     | Annotated[FunctionCallItem, Tag("function_call")]
     | Annotated[FunctionCallOutputItem, Tag("function_call_output")]
+    | Annotated[CustomToolCallItem, Tag("custom_tool_call")]
+    | Annotated[CustomToolCallOutputItem, Tag("custom_tool_call_output")]
     | Annotated[ReasoningItem, Tag("reasoning")]
     | Annotated[ItemReference, Tag("item_reference")],
     Discriminator(
@@ -134,7 +153,13 @@ InputItem = Annotated[
 
 # An input item as parsed, before references are resolved.
 ConcreteInput = (
-    MessageItem | FunctionCallItem | FunctionCallOutputItem | ReasoningItem | ItemReference
+    MessageItem
+    | FunctionCallItem
+    | FunctionCallOutputItem
+    | CustomToolCallItem
+    | CustomToolCallOutputItem
+    | ReasoningItem
+    | ItemReference
 )
 
 
@@ -149,19 +174,51 @@ class FunctionTool(WireModel):
     strict: bool | None = None
 
 
+class CustomTool(WireModel):
+    """Free-form text input, optionally constrained by `format` (`{type: "grammar", syntax:
+    "lark" | "regex", definition}`)."""
+
+    type: Literal["custom"]
+    name: str = Field(min_length=1, max_length=128)
+    description: str | None = None
+    format: dict[str, Any] | None = None
+
+
+class NamespaceMember(WireModel):
+    type: Literal["function", "custom"]
+    name: str = Field(min_length=1, max_length=128)
+
+
+class NamespaceTool(WireModel):
+    """Function and custom tools grouped under one name (Codex CLI sends its sub-agent tools
+    so); members keep every key the client sent."""
+
+    type: Literal["namespace"]
+    name: str = Field(min_length=1, max_length=128)
+    description: str | None = None
+    tools: list[NamespaceMember]
+
+
 class OtherTool(WireModel):
-    """Any non-function tool (hosted tools, custom, namespace…): validated and rejected in core."""
+    """Any hosted tool (web_search, file_search, mcp…): validated and rejected (or dropped) in
+    core unless the backend speaks Responses natively."""
 
     type: str
 
 
+_TOOL_TAGS = ("function", "custom", "namespace")
+
+
 def _tool_tag(value: Any) -> str:
     tag = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return "function" if tag == "function" else "other"
+    return tag if tag in _TOOL_TAGS else "other"
 
 
 Tool = Annotated[
-    Annotated[FunctionTool, Tag("function")] | Annotated[OtherTool, Tag("other")],
+    Annotated[FunctionTool, Tag("function")]
+    | Annotated[CustomTool, Tag("custom")]
+    | Annotated[NamespaceTool, Tag("namespace")]
+    | Annotated[OtherTool, Tag("other")],
     Discriminator(_tool_tag),
 ]
 

@@ -1,0 +1,92 @@
+"""The official `openai-agents` SDK as a client: an agent with a function tool on a Chat
+Completions-backed model through the gateway, plain and streamed, chained by
+`auto_previous_response_id` or kept in a conversation (`conversation_id`). The fake upstream
+calls the tool first, then answers with the tool's result."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import openai
+import pytest
+from agents import Agent, OpenAIResponsesModel, Runner, function_tool, set_tracing_disabled
+
+from tests.conftest import Stack
+from tests.fake_upstream import Reply, tool_call
+
+# Traces would go to OpenAI's platform; nothing here may leave the machine.
+set_tracing_disabled(True)
+
+
+@function_tool
+def get_weather(city: str) -> str:
+    """The weather in a city."""
+    return f"Sunny, 24 C in {city}"
+
+
+def weather_agent(client: openai.AsyncOpenAI) -> Agent[Any]:
+    return Agent(
+        name="weather",
+        instructions="Answer in one sentence.",
+        tools=[get_weather],
+        model=OpenAIResponsesModel(model="local-llama", openai_client=client),
+    )
+
+
+async def run_agent(gw: Stack, streamed: bool, chaining: str) -> tuple[str, str | None]:
+    async with openai.AsyncOpenAI(
+        base_url=f"{gw.gateway.url}/v1", api_key="sk-client", max_retries=0
+    ) as client:
+        options: dict[str, Any] = {"auto_previous_response_id": True}
+        conversation_id = None
+        if chaining == "conversation":
+            conversation_id = (await client.conversations.create()).id
+            options = {"conversation_id": conversation_id}
+        agent = weather_agent(client)
+        if streamed:
+            result = Runner.run_streamed(agent, "Weather in Paris?", **options)
+            kinds = {event.type async for event in result.stream_events()}
+            assert "raw_response_event" in kinds and "run_item_stream_event" in kinds
+        else:
+            result = await Runner.run(agent, "Weather in Paris?", **options)
+        return str(result.final_output), conversation_id
+
+
+@pytest.mark.parametrize("chaining", ["auto_previous_response_id", "conversation"])
+@pytest.mark.parametrize("streamed", [False, True], ids=["run", "run_streamed"])
+def test_agent_calls_its_tool_and_answers(gw: Stack, streamed: bool, chaining: str) -> None:
+    gw.upstream.enqueue(
+        Reply(tool_calls=[tool_call("get_weather", {"city": "Paris"}, "call_w1")]),
+        Reply(content="It is sunny and 24 C in Paris."),
+    )
+    final, conversation_id = asyncio.run(run_agent(gw, streamed, chaining))
+
+    assert final == "It is sunny and 24 C in Paris."
+    first, second = (recorded.body for recorded in gw.upstream.requests)
+    assert first["tools"][0]["function"]["name"] == "get_weather"
+    assert first["messages"] == [
+        {"role": "system", "content": "Answer in one sentence."},
+        {"role": "user", "content": "Weather in Paris?"},
+    ]
+    # The SDK sends only the tool output on the second turn; the gateway supplied the rest
+    # from the previous response or the conversation.
+    assert second["messages"][0] == {"role": "system", "content": "Answer in one sentence."}
+    assert second["messages"][1] == {"role": "user", "content": "Weather in Paris?"}
+    call = second["messages"][2]["tool_calls"][0]
+    assert call["id"] == "call_w1" and call["function"]["name"] == "get_weather"
+    assert second["messages"][3] == {
+        "role": "tool",
+        "tool_call_id": "call_w1",
+        "content": "Sunny, 24 C in Paris",
+    }
+    assert len(second["messages"]) == 4
+    if conversation_id is not None:
+        with gw.client() as client:
+            items = client.conversations.items.list(conversation_id, order="asc").data
+        assert [item.type for item in items] == [
+            "message",
+            "function_call",
+            "function_call_output",
+            "message",
+        ]
