@@ -87,6 +87,22 @@ def test_tool_choice_names_a_namespace_member(gw: Stack, client: openai.OpenAI) 
     }
 
 
+def test_allowed_tools_naming_a_namespace_member(gw: Stack, client: openai.OpenAI) -> None:
+    other = {"type": "function", "name": "delete_all", "parameters": {"type": "object"}}
+    two = {**NAMESPACE, "tools": [*NAMESPACE["tools"], other]}  # type: ignore[list-item]
+    client.responses.create(
+        model="local-llama",
+        input="x",
+        tools=[two, PATCH],  # type: ignore[list-item]
+        tool_choice={
+            "type": "allowed_tools",
+            "mode": "auto",
+            "tools": [{"type": "function", "name": "lookup"}],
+        },
+    )
+    assert upstream_names(gw) == ["crm__lookup"]  # a hard limit, inside the namespace too
+
+
 def test_custom_tool_call_and_output(gw: Stack, client: openai.OpenAI) -> None:
     gw.upstream.enqueue(
         Reply(tool_calls=[tool_call("apply_patch", {"input": PATCH_TEXT}, "call_p")]),

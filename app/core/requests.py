@@ -221,6 +221,19 @@ def _native_fields(request: CreateResponseRequest) -> dict[str, Any]:
     return {name: value for name, value in native.items() if value is not None}
 
 
+def _only_allowed(
+    tool: dict[str, Any], allowed: set[tuple[Any, Any]]
+) -> dict[str, Any] | None:
+    """The tool as far as `allowed_tools` permits it: a namespace keeps only its allowed members
+    (or all of them, if the namespace itself is listed)."""
+    if (tool["type"], tool.get("name")) in allowed:
+        return tool
+    if tool["type"] == "namespace":
+        members = [m for m in tool.get("tools") or () if (m.get("type"), m.get("name")) in allowed]
+        return {**tool, "tools": members} if members else None
+    return None
+
+
 def generation_request(
     request: CreateResponseRequest,
     upstream_model: str,
@@ -242,7 +255,7 @@ def generation_request(
     elif isinstance(request.tool_choice, ToolChoiceAllowed):
         # allowed_tools is a hard limit: the upstream never sees the other tools.
         allowed = {(e.get("type"), e.get("name")) for e in request.tool_choice.tools}
-        tools = [t for t in tools if (t["type"], t.get("name")) in allowed]
+        tools = [kept for t in tools if (kept := _only_allowed(t, allowed)) is not None]
         choice = request.tool_choice.mode
     elif isinstance(request.tool_choice, ToolChoiceOther):
         choice = request.tool_choice.model_dump(mode="json", exclude_none=True)
