@@ -181,3 +181,25 @@ def test_echo_model(native: NativeStack, nclient: openai.OpenAI) -> None:
     assert len(deltas) == len(expected.split())
     assert "".join(d["delta"] for d in deltas) == expected
     assert native.fake.seen == []
+
+
+def test_replayed_hosted_tool_items_reach_the_upstream(
+    native: NativeStack, nclient: openai.OpenAI
+) -> None:
+    """Codex-style: `store: false` and the whole history, hosted-tool items included."""
+    search = {
+        "type": "web_search_call",
+        "id": "ws_123",
+        "status": "completed",
+        "action": {"type": "search", "query": "weather oslo"},
+    }
+    history = [
+        {"type": "message", "role": "user", "content": "weather in Oslo?"},
+        search,
+        {"type": "message", "role": "user", "content": "and tomorrow?"},
+    ]
+    response = nclient.responses.create(
+        model="gpt-5-mini", input=history, store=False, tools=[{"type": "web_search"}]
+    )
+    assert response.status == "completed"
+    assert native.fake.last.body["input"][1] == search  # verbatim, id and all

@@ -251,3 +251,18 @@ def test_max_tool_calls_does_not_limit_function_calls(gw: Stack, client: openai.
     assert [item.type for item in response.output] == ["function_call", "function_call"]
     assert response.max_tool_calls == 1
     assert "max_tool_calls" not in gw.upstream.last.body
+
+
+def test_replayed_hosted_items_on_a_chat_model(gw: Stack, client: openai.OpenAI) -> None:
+    search = {"type": "web_search_call", "id": "ws_1", "status": "completed", "action": {}}
+    history = [{"role": "user", "content": "a"}, search, {"role": "user", "content": "b"}]
+    raw = httpx.post(
+        f"{gw.gateway.url}/v1/responses", json={"model": "local-llama", "input": history}
+    )
+    assert raw.status_code == 400
+    assert raw.json()["error"]["param"] == "input[1].type"
+    assert "hosted_tools: drop" in raw.json()["error"]["message"]
+    # With `hosted_tools: drop` they are kept out of the upstream's context.
+    response = client.responses.create(model="local-agent", input=history)  # type: ignore[arg-type]
+    assert response.status == "completed"
+    assert [m["content"] for m in gw.upstream.last.body["messages"]] == ["a", "b"]

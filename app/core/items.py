@@ -16,6 +16,7 @@ from app.schemas.requests import (
     CustomToolCallOutputItem,
     FunctionCallItem,
     FunctionCallOutputItem,
+    HostedItem,
     InputFile,
     InputImage,
     ItemReference,
@@ -31,6 +32,7 @@ ConcreteItem = (
     | CustomToolCallItem
     | CustomToolCallOutputItem
     | ReasoningItem
+    | HostedItem
 )
 
 
@@ -132,7 +134,7 @@ def canonical_item(item: ConcreteItem) -> dict[str, Any]:
         item.output, list
     ):
         data["output"] = _parts(item.output, "user")
-    if not isinstance(item, ReasoningItem):
+    if not isinstance(item, ReasoningItem | HostedItem):  # hosted items stay as sent
         data.setdefault("status", "completed")
     return data
 

@@ -19,6 +19,7 @@ from app.schemas.requests import (
     CreateResponseRequest,
     CustomTool,
     FunctionTool,
+    HostedItem,
     NamespaceTool,
     OtherTool,
     Tool,
@@ -52,6 +53,15 @@ def check_request(
     """Raise `BadRequestError` for every field we know but cannot honour on `backend`;
     `hosted_tools` is the model's setting (`reject` or `drop`)."""
     native = backend.responses_native
+    if not native and hosted_tools != "drop" and not isinstance(request.input, str):
+        for index, item in enumerate(request.input):
+            if isinstance(item, HostedItem):
+                raise BadRequestError(
+                    f"Input items of type {item.type!r} come from hosted tools, which model "
+                    f"{request.model!r} cannot run; its backend does not speak the Responses "
+                    "API. Set `hosted_tools: drop` on the model to keep them out of its context.",
+                    param=f"input[{index}].type",
+                )
     if request.conversation is not None and request.previous_response_id is not None:
         raise BadRequestError(
             "Use either 'conversation' or 'previous_response_id', not both.",
@@ -221,9 +231,7 @@ def _native_fields(request: CreateResponseRequest) -> dict[str, Any]:
     return {name: value for name, value in native.items() if value is not None}
 
 
-def _only_allowed(
-    tool: dict[str, Any], allowed: set[tuple[Any, Any]]
-) -> dict[str, Any] | None:
+def _only_allowed(tool: dict[str, Any], allowed: set[tuple[Any, Any]]) -> dict[str, Any] | None:
     """The tool as far as `allowed_tools` permits it: a namespace keeps only its allowed members
     (or all of them, if the namespace itself is listed)."""
     if (tool["type"], tool.get("name")) in allowed:

@@ -125,14 +125,48 @@ class ItemReference(WireModel):
     id: str
 
 
+# Items of tools OpenAI hosts, replayed by clients that keep their own history (Codex sends
+# `store: false` and the whole history each call). Kept as sent; only backends that speak the
+# Responses API natively can take them (checked in core).
+HOSTED_ITEM_TYPES = frozenset(
+    {
+        "web_search_call",
+        "file_search_call",
+        "computer_call",
+        "computer_call_output",
+        "image_generation_call",
+        "code_interpreter_call",
+        "local_shell_call",
+        "local_shell_call_output",
+        "shell_call",
+        "shell_call_output",
+        "apply_patch_call",
+        "apply_patch_call_output",
+        "mcp_list_tools",
+        "mcp_approval_request",
+        "mcp_approval_response",
+        "mcp_call",
+        "tool_search_call",
+        "tool_search_output",
+        "compaction",
+    }
+)
+
+
+class HostedItem(WireModel):
+    type: str
+    id: str | None = None
+
+
 def _item_tag(value: Any) -> str:
     """`type` may be omitted on messages (`{role, content}`) and on item references (`{id}`)."""
     if isinstance(value, dict):
         tag = value.get("type")
         if tag is None:
             return "message" if "role" in value or "id" not in value else "item_reference"
-        return str(tag)
-    return str(getattr(value, "type", "message"))
+        return "hosted" if tag in HOSTED_ITEM_TYPES else str(tag)
+    tag = getattr(value, "type", "message")
+    return "hosted" if tag in HOSTED_ITEM_TYPES else str(tag)
 
 
 InputItem = Annotated[
@@ -142,7 +176,8 @@ InputItem = Annotated[
     | Annotated[CustomToolCallItem, Tag("custom_tool_call")]
     | Annotated[CustomToolCallOutputItem, Tag("custom_tool_call_output")]
     | Annotated[ReasoningItem, Tag("reasoning")]
-    | Annotated[ItemReference, Tag("item_reference")],
+    | Annotated[ItemReference, Tag("item_reference")]
+    | Annotated[HostedItem, Tag("hosted")],
     Discriminator(
         _item_tag,
         custom_error_type="unsupported_item_type",
@@ -160,6 +195,7 @@ ConcreteInput = (
     | CustomToolCallOutputItem
     | ReasoningItem
     | ItemReference
+    | HostedItem
 )
 
 
