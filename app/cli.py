@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import sys
 from collections.abc import Sequence
@@ -73,13 +74,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"responses-gateway: {exc}", file=sys.stderr)
         return 1
     app = create_app(settings, models)
+    # Everything imported and built so far lives as long as the process: move it out of the
+    # collector's reach. Otherwise every full (gen-2) collection walks the ~130k import-time
+    # objects, a 70-120 ms pause on this class of machine, which is the p99 of a loaded server.
+    gc.collect()
+    gc.freeze()
     uvicorn.run(
         app,
         host=settings.gateway_host,
         port=settings.gateway_port,
         log_level=settings.gateway_log_level,
-        loop="auto",
-        http="auto",
+        # Named rather than "auto" so that a missing uvloop/httptools (both come with
+        # uvicorn[standard]) fails loudly instead of silently costing twice the CPU.
+        loop="uvloop",
+        http="httptools",
     )
     return 0
 
@@ -115,6 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # httpx logs every upstream request at INFO: one formatted stderr line per request on the
+    # hot path (a tenth of the CPU of a request in the profile). Its warnings still show.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         return int(args.run(args))
     except ConfigError as exc:

@@ -12,11 +12,13 @@ from app.backends.registry import Registry
 from app.core.responses import ResponsesService
 
 
-def _responses(request: Request) -> ResponsesService:
+# `async def` on purpose: FastAPI runs a plain `def` dependency in the thread pool, a thread hop
+# (and GIL hand-off) per request for what is an attribute read.
+async def _responses(request: Request) -> ResponsesService:
     return cast(ResponsesService, request.state.responses)
 
 
-def _registry(request: Request) -> Registry:
+async def _registry(request: Request) -> Registry:
     return cast(Registry, request.state.registry)
 
 

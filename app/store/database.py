@@ -74,6 +74,26 @@ class Database:
         for channel, payload in tx.pending if tx is not None else ():
             self._dispatch(channel, payload)
 
+    @asynccontextmanager
+    async def driver(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection's own asyncpg connection, outside any transaction (PostgreSQL
+        only). Each statement on it commits when it returns, in one round trip: no BEGIN, no
+        COMMIT, no SQLAlchemy compile or row processing. For the hot paths that are a single
+        statement (a create, a context load); asyncpg caches their prepared statements."""
+        try:
+            async with self.engine.connect() as connection:
+                raw = await connection.get_raw_connection()
+                try:
+                    yield raw.driver_connection
+                except asyncpg.PostgresError:
+                    raise  # the server refused a statement; the connection is fine
+                except BaseException:
+                    # Broken, or cancelled in the middle of a statement: never reuse it.
+                    await connection.invalidate()
+                    raise
+        except (SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            raise StorageError(f"The database failed: {type(exc).__name__}.") from exc
+
     # --- notifications -----------------------------------------------------------------------
 
     def listen(self, channel: str, listener: Listener) -> Callable[[], None]:
