@@ -42,11 +42,8 @@ def create_engine(url: str) -> AsyncEngine:
         url,
         json_serializer=_json_dumps,
         json_deserializer=orjson.loads,
-        # Connections past pool_size are closed when returned, and each new one costs a TLS
-        # probe and a handshake (a fifth of the CPU of a request at c=32 with pool_size=20):
-        # keep enough of them for a loaded process's concurrent requests.
-        pool_size=32,
-        max_overflow=32,
+        pool_size=20,
+        max_overflow=20,
         pool_pre_ping=False,
     )
 
