@@ -591,10 +591,11 @@ def report(results: list[dict[str, Any]], load: Load, header: str) -> None:
             _get(other, "ab", "added_B_minus_A", "lat_p50_ms"),
         )
         ra, rb = _get(ours, "load", "sut_rps_per_core"), _get(other, "load", "sut_rps_per_core")
+        target = " (target: ≥ 15× both)" if other["name"].startswith("LiteLLM") else ""
         print(
-            f"\n{ours['name']} vs {other['name']}: {_f(b / a if a and b else None, 1)}× less added "
-            f"latency (p50), {_f(ra / rb if ra and rb else None, 1)}× more requests per core "
-            "(target vs LiteLLM: ≥ 15× both)"
+            f"\n{ours['name']} vs {other['name']}: {_f(b / a if a and b else None, 2)}× less added "
+            f"latency (p50), {_f(ra / rb if ra and rb else None, 2)}× more requests per core"
+            + target
         )
     print(
         "\nStreaming over the upstream direct (issue 3): ms unless marked; added = gateway − "
