@@ -6,7 +6,7 @@ HOST   ?= $(or $(GATEWAY_HOST),127.0.0.1)
 PORT   ?= $(or $(GATEWAY_PORT),8000)
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint format migrate check-config bench-depth codex clean
+.PHONY: help run test lint format migrate check-config bench bench-compare bench-smoke bench-depth codex clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -48,6 +48,15 @@ migrate: $(VENV)/.stamp-run ## bring DATABASE_URL's schema to head
 
 check-config: $(VENV)/.stamp-run ## validate GATEWAY_CONFIG and print the routing table
 	$(BIN)/responses-gateway check-config
+
+bench: $(VENV)/.stamp-test ## overhead benchmark on Postgres: issue-8 table for our gateway (~4 min)
+	$(BIN)/python bench/overhead.py $(BENCH_ARGS)
+
+bench-compare: $(VENV)/.stamp-test ## the same, plus LiteLLM (own venv in /tmp) and the bare floor (~10 min)
+	$(BIN)/python bench/overhead.py --compare $(BENCH_ARGS)
+
+bench-smoke: $(VENV)/.stamp-test ## tiny-load run of the overhead benchmark (CI: it runs and reports)
+	$(BIN)/python bench/overhead.py --smoke
 
 bench-depth: $(VENV)/.stamp-test ## time turn N of a previous_response_id chain (N=1,10,100,1000) on Postgres
 	$(BIN)/python bench/context_depth.py

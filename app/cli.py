@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -110,6 +111,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"responses-gateway: {refusal}", file=sys.stderr)
         return 1
     app = create_app(settings, models)
+    # Everything imported and built so far lives as long as the process: move it out of the
+    # collector's reach. Otherwise every full (gen-2) collection walks the ~130k import-time
+    # objects, a 70-120 ms pause on this class of machine, which is the p99 of a loaded server.
+    gc.collect()
+    gc.freeze()
     uvicorn.run(
         app,
         host=settings.gateway_host,
@@ -117,8 +123,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_level=settings.gateway_log_level,
         log_config=None,  # configure_logging routes uvicorn's loggers to ours
         access_log=False,  # the middleware writes one access line per request, with its id
-        loop="auto",
-        http="auto",
+        # Named rather than "auto" so that a missing uvloop/httptools (both come with
+        # uvicorn[standard]) fails loudly instead of silently costing twice the CPU.
+        loop="uvloop",
+        http="httptools",
     )
     return 0
 
@@ -248,6 +256,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # httpx logs every upstream request at INFO: one formatted stderr line per request on the
+    # hot path (a tenth of the CPU of a request in the profile). Its warnings still show.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         return int(args.run(args))
     except ConfigError as exc:

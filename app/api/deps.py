@@ -22,15 +22,17 @@ from app.store.database import Database
 M = TypeVar("M", bound=BaseModel)
 
 
-def _responses(request: Request) -> ResponsesService:
+# `async def` on purpose: FastAPI runs a plain `def` dependency in the thread pool, a thread hop
+# (and GIL hand-off) per request for what is an attribute read.
+async def _responses(request: Request) -> ResponsesService:
     return cast(ResponsesService, request.state.responses)
 
 
-def _conversations(request: Request) -> ConversationsService:
+async def _conversations(request: Request) -> ConversationsService:
     return cast(ConversationsService, request.state.conversations)
 
 
-def _registry(request: Request) -> Registry:
+async def _registry(request: Request) -> Registry:
     return cast(Registry, request.state.registry)
 
 

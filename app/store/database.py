@@ -28,6 +28,8 @@ from app.errors import StorageError
 log = logging.getLogger(__name__)
 
 CHANNELS = ("rg_jobs", "rg_cancels", "rg_events")
+# Connections of the hot-path pool (`Database.driver`), at most, per process.
+HOT_POOL_SIZE = 32
 Listener = Callable[[str], None]
 
 
@@ -60,6 +62,7 @@ class Database:
         self._listeners: dict[str, list[Listener]] = defaultdict(list)
         self._connection: asyncpg.Connection | None = None
         self._supervisor: asyncio.Task[None] | None = None
+        self._pool: asyncpg.Pool | None = None
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
@@ -73,6 +76,36 @@ class Database:
             raise StorageError(f"The database failed: {type(cause).__name__}.") from exc
         for channel, payload in tx.pending if tx is not None else ():
             self._dispatch(channel, payload)
+
+    @asynccontextmanager
+    async def driver(self) -> AsyncIterator[asyncpg.Connection]:
+        """An asyncpg connection outside any transaction (PostgreSQL only). Each statement on
+        it commits when it returns, in one round trip: no BEGIN, no COMMIT, no SQLAlchemy
+        compile or row processing. For the hot paths that are a single statement (a create, a
+        context load); asyncpg caches their prepared statements per connection.
+
+        They come from a pool of plain asyncpg connections (opened by `start`): checking a
+        connection out of SQLAlchemy's pool and back costs more CPU than the statement."""
+        if self._pool is not None:
+            try:
+                async with self._pool.acquire() as connection:
+                    yield connection
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                raise StorageError(f"The database failed: {type(exc).__name__}.") from exc
+            return
+        try:
+            async with self.engine.connect() as connection:
+                raw = await connection.get_raw_connection()
+                try:
+                    yield raw.driver_connection
+                except asyncpg.PostgresError:
+                    raise  # the server refused a statement; the connection is fine
+                except BaseException:
+                    # Broken, or cancelled in the middle of a statement: never reuse it.
+                    await connection.invalidate()
+                    raise
+        except (SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            raise StorageError(f"The database failed: {type(exc).__name__}.") from exc
 
     # --- notifications -----------------------------------------------------------------------
 
@@ -89,9 +122,15 @@ class Database:
                 log.exception("notification listener failed")
 
     async def start(self) -> None:
-        """Open the LISTEN connection (PostgreSQL only) and keep it open."""
+        """Open the LISTEN connection and the hot-path pool (PostgreSQL only)."""
         if self.postgres and self._listen_url is not None:
             self._supervisor = asyncio.create_task(self._supervise(), name="pg-listen")
+            # Connections open on demand. `reset` is skipped: `driver` users leave no session
+            # state (no transaction, LISTEN or SET), and the default reset is a round trip
+            # per checkout.
+            self._pool = await asyncpg.create_pool(
+                self._listen_url, min_size=0, max_size=HOT_POOL_SIZE, reset=_keep_session
+            )
 
     async def _connect(self) -> None:
         assert self._listen_url is not None
@@ -113,12 +152,18 @@ class Database:
             await asyncio.sleep(2)
 
     async def stop(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
         if self._supervisor is not None:
             self._supervisor.cancel()
             with suppress(asyncio.CancelledError):
                 await self._supervisor
         if self._connection is not None and not self._connection.is_closed():
             await self._connection.close()
+
+
+async def _keep_session(_connection: asyncpg.Connection) -> None:
+    pass
 
 
 def asyncpg_url(database_url: str) -> str:

@@ -62,6 +62,47 @@ class NewResponse:
     stream: bool = False
 
 
+# PostgreSQL: the context a continuation starts from, in one statement. The pk lists come back
+# as JSON text and the items as one JSON object {pk: item}, so Python decodes one document.
+_LOAD_CONTEXT_SQL = """
+SELECT r.history_pks::text, r.input_pks::text, r.output_pks::text,
+       (SELECT coalesce(json_object_agg(i.pk, i.data), '{}'::json)::text
+          FROM items AS i
+         WHERE i.pk = ANY(ARRAY(
+                 SELECT value::bigint FROM json_array_elements_text(r.history_pks)
+                 UNION ALL SELECT value::bigint FROM json_array_elements_text(r.input_pks)
+                 UNION ALL SELECT value::bigint FROM json_array_elements_text(r.output_pks))))
+  FROM responses AS r
+ WHERE r.id = $1 AND r.project = $2
+"""
+
+# PostgreSQL: a response and its new items in one statement (so one implicit transaction,
+# committed when it returns). New items are inserted in their order, which assigns their pks
+# in that order: PostgreSQL numbers the rows of INSERT … SELECT … ORDER BY as they come (the
+# guarantee SQLAlchemy's `sort_by_parameter_order` relies on too), so ranking the returned pks
+# gives each new item its position. $14 lists the input entries: a stored pk, or -k for the
+# k-th new item; the new items after the first $15 are the output.
+_INSERT_RESPONSE_SQL = """
+WITH new_items AS (
+    INSERT INTO items (id, response_id, project, type, data)
+    SELECT i.id, $1::text, $2::text, i.type, i.data::json
+      FROM unnest($3::text[], $4::text[], $5::text[]) WITH ORDINALITY AS i(id, type, data, n)
+     ORDER BY i.n
+    RETURNING pk
+), numbered AS (
+    SELECT pk, row_number() OVER (ORDER BY pk) AS n FROM new_items
+)
+INSERT INTO responses (id, project, background, stream, created_at, status, model,
+                       previous_response_id, body, history_pks, input_pks, output_pks)
+SELECT $1::text, $2::text, $6::boolean, $7::boolean, $8::bigint, $9::text, $10::text,
+       $11::text, $12::text::json, $13::text::json,
+       (SELECT coalesce(json_agg(coalesce(numbered.pk, t.v) ORDER BY t.o), '[]'::json)
+          FROM unnest($14::bigint[]) WITH ORDINALITY AS t(v, o)
+          LEFT JOIN numbered ON numbered.n = -t.v),
+       (SELECT coalesce(json_agg(pk ORDER BY n), '[]'::json) FROM numbered WHERE n > $15::bigint)
+"""
+
+
 class ResponseStore:
     def __init__(self, database: Database) -> None:
         self._db = database
@@ -87,7 +128,10 @@ class ResponseStore:
 
     async def load_context(self, response_id: str, project: str) -> list[StoredItem] | None:
         """The full ordered context a continuation of `response_id` starts from (its history,
-        input and output), in two queries whatever the chain depth; None if it does not exist."""
+        input and output), in two queries whatever the chain depth (one on PostgreSQL); None if
+        it does not exist."""
+        if self._postgres:
+            return await self._load_context_postgres(response_id, project)
         async with self._db.transaction() as connection:
             row = (
                 await connection.execute(
@@ -105,6 +149,21 @@ class ResponseStore:
             pks = [*row.history_pks, *row.input_pks, *row.output_pks]
             data = await self._items_by_pk(connection, pks)
         return [StoredItem(pk, data[pk]) for pk in pks if pk in data]
+
+    async def _load_context_postgres(
+        self, response_id: str, project: str
+    ) -> list[StoredItem] | None:
+        """One statement, and one JSON document for all the items: decoding 2,000 items row by
+        row (driver codec + SQLAlchemy result processing) cost 15-25 ms at chain depth 1000;
+        one `orjson.loads` of the aggregate costs about 1 ms."""
+        async with self._db.driver() as connection:
+            row = await connection.fetchrow(_LOAD_CONTEXT_SQL, response_id, project)
+        if row is None:
+            return None
+        history, inputs, outputs, items = row
+        pks: list[int] = [*orjson.loads(history), *orjson.loads(inputs), *orjson.loads(outputs)]
+        data: dict[str, dict[str, Any]] = orjson.loads(items)
+        return [StoredItem(pk, data[str(pk)]) for pk in pks if str(pk) in data]
 
     async def find_items(self, ids: Iterable[str], project: str) -> dict[str, list[StoredItem]]:
         """Stored items by public id (several rows may share one id)."""
@@ -131,6 +190,9 @@ class ResponseStore:
     ) -> None:
         """Insert the response with its new items — and its background job and first stream
         events, if given — committed when this returns."""
+        if self._postgres and job is None and not events and conversation_id is None:
+            await self._insert_response_postgres(response)
+            return
         new_inputs = [entry for entry in response.input if isinstance(entry, dict)]
         async with self._db.transaction() as tx:
             pks = iter(
@@ -161,6 +223,40 @@ class ResponseStore:
                 await tx.execute(insert(jobs_table), job)
                 await tx.notify("rg_jobs", response.id)
             await append_events(tx, response.id, events or [])
+
+    async def _insert_response_postgres(self, response: NewResponse) -> None:
+        """Items and response row in one statement, committed on return: one round trip
+        instead of four (BEGIN, two INSERTs, COMMIT), with no SQLAlchemy work on the way."""
+        new_items = [entry for entry in response.input if isinstance(entry, dict)]
+        new_items += response.output
+        # The input entries as one array: a stored item's pk, or -k for the k-th new item.
+        template: list[int] = []
+        fresh = 0
+        for entry in response.input:
+            if isinstance(entry, int):
+                template.append(entry)
+            else:
+                fresh += 1
+                template.append(-fresh)
+        async with self._db.driver() as connection:
+            await connection.execute(
+                _INSERT_RESPONSE_SQL,
+                response.id,
+                response.project,
+                [item["id"] for item in new_items],
+                [item["type"] for item in new_items],
+                [orjson.dumps(item).decode() for item in new_items],
+                response.background,
+                response.stream,
+                response.created_at,
+                response.status,
+                response.model,
+                response.previous_response_id,
+                orjson.dumps(response.body).decode(),
+                orjson.dumps(response.history_pks).decode(),
+                template,
+                fresh,
+            )
 
     async def get_response(
         self, response_id: str, project: str, *, with_input: bool = False
