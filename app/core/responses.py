@@ -173,6 +173,8 @@ class ResponsesService:
             output=output,
             background=bool(prepared.request.background),
             stream=bool(prepared.request.stream),
+            history=prepared.context.history,
+            input_data=prepared.context.items[len(prepared.context.history) :],
         )
 
     async def _insert(

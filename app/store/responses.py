@@ -7,6 +7,7 @@ Driver errors are turned into `StorageError` here, once.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +61,46 @@ class NewResponse:
     output: list[dict[str, Any]]
     background: bool = False
     stream: bool = False
+    # For the context cache: the inherited items, and the data of each input entry in order.
+    history: list[StoredItem] = field(default_factory=list)
+    input_data: list[dict[str, Any]] = field(default_factory=list)
+
+
+class ContextCache:
+    """Recently stored or loaded contexts (response id → the items a continuation starts from),
+    so that the next turn of a chain — usually served by the process that stored the last one —
+    neither queries nor decodes its history. Items never change once stored, so an entry stays
+    right as long as its response exists (checked with one primary-key lookup on every hit) and
+    no earlier turn was deleted (a DELETE in this process clears the cache; one on another
+    replica is seen here once the entry is evicted). Bounded by the item references it holds;
+    the item dicts themselves are shared by the entries of one chain."""
+
+    def __init__(self, max_refs: int = 200_000) -> None:
+        self._entries: OrderedDict[str, tuple[str, list[StoredItem]]] = OrderedDict()
+        self._refs = 0
+        self._max_refs = max_refs
+
+    def get(self, response_id: str, project: str) -> list[StoredItem] | None:
+        entry = self._entries.get(response_id)
+        if entry is None or entry[0] != project:
+            return None
+        self._entries.move_to_end(response_id)
+        return list(entry[1])
+
+    def put(self, response_id: str, project: str, items: list[StoredItem]) -> None:
+        if len(items) > self._max_refs:
+            return
+        old = self._entries.pop(response_id, None)
+        self._refs -= len(old[1]) if old else 0
+        self._entries[response_id] = (project, items)
+        self._refs += len(items)
+        while self._refs > self._max_refs:
+            _, (_, evicted) = self._entries.popitem(last=False)
+            self._refs -= len(evicted)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._refs = 0
 
 
 # PostgreSQL: the context a continuation starts from, in one statement. The pk lists come back
@@ -100,6 +141,7 @@ SELECT $1::text, $2::text, $6::boolean, $7::boolean, $8::bigint, $9::text, $10::
           FROM unnest($14::bigint[]) WITH ORDINALITY AS t(v, o)
           LEFT JOIN numbered ON numbered.n = -t.v),
        (SELECT coalesce(json_agg(pk ORDER BY n), '[]'::json) FROM numbered WHERE n > $15::bigint)
+RETURNING input_pks::text, output_pks::text
 """
 
 
@@ -107,6 +149,7 @@ class ResponseStore:
     def __init__(self, database: Database) -> None:
         self._db = database
         self._postgres = database.postgres
+        self._contexts = ContextCache()
 
     def _pk_in(self, pks: Sequence[int]) -> ColumnElement[bool]:
         """`items.pk IN (pks)` as one bound parameter, however long the list (no 32k-parameter
@@ -130,8 +173,14 @@ class ResponseStore:
         """The full ordered context a continuation of `response_id` starts from (its history,
         input and output), in two queries whatever the chain depth (one on PostgreSQL); None if
         it does not exist."""
+        cached = self._contexts.get(response_id, project)
+        if cached is not None and await self._exists(response_id, project):
+            return cached
         if self._postgres:
-            return await self._load_context_postgres(response_id, project)
+            loaded = await self._load_context_postgres(response_id, project)
+            if loaded is not None:
+                self._contexts.put(response_id, project, list(loaded))
+            return loaded
         async with self._db.transaction() as connection:
             row = (
                 await connection.execute(
@@ -148,7 +197,22 @@ class ResponseStore:
                 return None
             pks = [*row.history_pks, *row.input_pks, *row.output_pks]
             data = await self._items_by_pk(connection, pks)
-        return [StoredItem(pk, data[pk]) for pk in pks if pk in data]
+        loaded = [StoredItem(pk, data[pk]) for pk in pks if pk in data]
+        self._contexts.put(response_id, project, list(loaded))
+        return loaded
+
+    async def _exists(self, response_id: str, project: str) -> bool:
+        query = select(responses_table.c.id).where(
+            responses_table.c.id == response_id, responses_table.c.project == project
+        )
+        if self._postgres:
+            async with self._db.driver() as connection:
+                found = await connection.fetchval(
+                    "SELECT 1 FROM responses WHERE id = $1 AND project = $2", response_id, project
+                )
+            return found is not None
+        async with self._db.transaction() as tx:
+            return (await tx.execute(query)).first() is not None
 
     async def _load_context_postgres(
         self, response_id: str, project: str
@@ -223,6 +287,8 @@ class ResponseStore:
                 await tx.execute(insert(jobs_table), job)
                 await tx.notify("rg_jobs", response.id)
             await append_events(tx, response.id, events or [])
+        if job is None:  # a queued response gets its output later, elsewhere
+            self._remember(response, input_pks, output_pks)
 
     async def _insert_response_postgres(self, response: NewResponse) -> None:
         """Items and response row in one statement, committed on return: one round trip
@@ -239,7 +305,7 @@ class ResponseStore:
                 fresh += 1
                 template.append(-fresh)
         async with self._db.driver() as connection:
-            await connection.execute(
+            row = await connection.fetchrow(
                 _INSERT_RESPONSE_SQL,
                 response.id,
                 response.project,
@@ -257,6 +323,15 @@ class ResponseStore:
                 template,
                 fresh,
             )
+        self._remember(response, orjson.loads(row[0]), orjson.loads(row[1]))
+
+    def _remember(self, response: NewResponse, input_pks: list[int], output_pks: list[int]) -> None:
+        if len(response.input_data) != len(input_pks) or len(response.output) != len(output_pks):
+            return
+        items = list(response.history)
+        items += map(StoredItem, input_pks, response.input_data)
+        items += map(StoredItem, output_pks, response.output)
+        self._contexts.put(response.id, response.project, items)
 
     async def get_response(
         self, response_id: str, project: str, *, with_input: bool = False
@@ -315,15 +390,24 @@ class ResponseStore:
 
     async def delete_response(self, response_id: str, project: str) -> bool:
         """Delete the response, the items it created, its job and its stream events.
-        Returns False if it did not exist."""
-        async with self._db.transaction() as connection:
-            result = await connection.execute(
-                delete(responses_table).where(
-                    responses_table.c.id == response_id, responses_table.c.project == project
+        Returns False if it did not exist.
+
+        The job row is locked first, as a background worker completing the job locks it
+        (then the response): the same order, so a delete racing a completion waits instead of
+        deadlocking."""
+        self._contexts.clear()  # contexts of later turns may hold this response's items
+        async with self._db.transaction() as tx:
+            owned = (
+                await tx.execute(
+                    select(responses_table.c.id).where(
+                        responses_table.c.id == response_id, responses_table.c.project == project
+                    )
                 )
-            )
-            if result.rowcount == 0:
+            ).first()
+            if owned is None:
                 return False
-            for table in (items_table, jobs_table, events_table):
-                await connection.execute(delete(table).where(table.c.response_id == response_id))
+            for table in (jobs_table, events_table, responses_table):
+                key = table.c.id if table is responses_table else table.c.response_id
+                await tx.execute(delete(table).where(key == response_id))
+            await tx.execute(delete(items_table).where(items_table.c.response_id == response_id))
         return True
