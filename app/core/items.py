@@ -12,9 +12,8 @@ from typing import Any
 from app.errors import BadRequestError, NotFoundError
 from app.ids import new_item_id
 from app.schemas.requests import (
-    CustomToolCallItem,
+    ConcreteItem,
     CustomToolCallOutputItem,
-    FunctionCallItem,
     FunctionCallOutputItem,
     HostedItem,
     InputFile,
@@ -24,16 +23,6 @@ from app.schemas.requests import (
     ReasoningItem,
 )
 from app.store.responses import ResponseStore, StoredItem
-
-ConcreteItem = (
-    MessageItem
-    | FunctionCallItem
-    | FunctionCallOutputItem
-    | CustomToolCallItem
-    | CustomToolCallOutputItem
-    | ReasoningItem
-    | HostedItem
-)
 
 
 def _check_parts(parts: list[Any], role: str, where: str) -> None:

@@ -24,11 +24,11 @@ from app.core.generation import (
     response_body,
     run_generation,
 )
-from app.core.items import ConcreteItem, resolve_items
+from app.core.items import resolve_items
 from app.core.requests import check_request, dropped_tools, generation_request
 from app.core.tokens import count_tokens, fit_generation
 from app.errors import BadRequestError, NotFoundError, UpstreamError
-from app.schemas.requests import ConcreteInput, CreateResponseRequest, MessageItem
+from app.schemas.requests import ConcreteInput, ConcreteItem, CreateResponseRequest, MessageItem
 from app.schemas.responses import error_object, list_object, render_response
 from app.store.conversations import ConversationStore
 from app.store.database import Database

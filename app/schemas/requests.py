@@ -186,17 +186,17 @@ InputItem = Annotated[
 ]
 
 
-# An input item as parsed, before references are resolved.
-ConcreteInput = (
+# An input item with content of its own, and one as parsed (references not yet resolved).
+ConcreteItem = (
     MessageItem
     | FunctionCallItem
     | FunctionCallOutputItem
     | CustomToolCallItem
     | CustomToolCallOutputItem
     | ReasoningItem
-    | ItemReference
     | HostedItem
 )
+ConcreteInput = ConcreteItem | ItemReference
 
 
 # --- tools and formats -----------------------------------------------------------------------
