@@ -26,7 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fake_upstream import Disconnect, Fail
+from tests.fake_upstream import Disconnect, Fail, FakeTokenizer
 
 
 @dataclass
@@ -75,6 +75,7 @@ class FakeResponses:
     _counter: int = 0
 
     def __post_init__(self) -> None:
+        self.tokenizer = FakeTokenizer()
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -94,6 +95,7 @@ class FakeResponses:
             self._script.clear()
             self.seen.clear()
             self.max_in_flight.clear()
+            self.tokenizer.reset()
 
     @property
     def last(self) -> Seen:
@@ -118,6 +120,7 @@ class FakeResponses:
         app.router.add_post("/openai/v1/chat/completions", self._chat)
         app.router.add_post("/openai/deployments/{deployment}/chat/completions", self._chat)
         app.router.add_get("/msi/token", self._token)
+        self.tokenizer.add_routes(app)
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)

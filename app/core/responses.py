@@ -26,7 +26,7 @@ from app.core.generation import (
 )
 from app.core.items import resolve_items
 from app.core.requests import check_request, dropped_tools, generation_request
-from app.core.tokens import count_tokens, fit_generation
+from app.core.tokens import count_tokens, encoding_name, fit_generation
 from app.errors import BadRequestError, NotFoundError, UpstreamError
 from app.schemas.requests import ConcreteInput, ConcreteItem, CreateResponseRequest, MessageItem
 from app.schemas.responses import error_object, list_object, render_response
@@ -89,9 +89,15 @@ class ResponsesService:
         route = self._resolve(request.model)
         context = await self._assemble(request, project)
         generation = generation_request(request, route.upstream_model, context.items)
-        count = count_tokens(
-            route.upstream_model, request.instructions, generation.items, generation.tools
-        )
+        # OpenAI's families are counted exactly here; other models by their server if it can
+        # (vLLM, llama.cpp), else with our documented estimate.
+        count = None
+        if not encoding_name(route.upstream_model)[1]:
+            count = await route.backend.count_tokens(generation)
+        if count is None:
+            count = count_tokens(
+                route.upstream_model, request.instructions, generation.items, generation.tools
+            )
         return {"object": "response.input_tokens", "input_tokens": count}
 
     async def create(self, prepared: Prepared) -> dict[str, Any]:
