@@ -57,6 +57,34 @@ def test_openai_state_stays_with_us(native: NativeStack, nclient: openai.OpenAI)
     strict_items([item.model_dump() for item in items.data])
 
 
+@pytest.mark.parametrize("model", ["gpt-4o", "vllm/qwen3-8b"])
+def test_structured_output_and_files_by_url_reach_the_upstream(
+    native: NativeStack, nclient: openai.OpenAI, model: str
+) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"title": {"type": "string"}},
+        "required": ["title"],
+        "additionalProperties": False,
+    }
+    text = {
+        "format": {"type": "json_schema", "name": "doc", "schema": schema, "strict": True},
+        "verbosity": "low",
+    }
+    file = {"type": "input_file", "file_url": "https://example.com/report.pdf"}
+    response = nclient.responses.create(
+        model=model,
+        input=[{"role": "user", "content": [{"type": "input_text", "text": "Title?"}, file]}],
+        text=text,  # type: ignore[arg-type]
+    )
+    sent = native.fake.last.body
+    assert sent["text"] == text
+    assert sent["input"][0]["content"][1] == file  # the upstream fetches it, not us
+    assert response.text.format.type == "json_schema" and response.text.verbosity == "low"
+    nclient.responses.create(model=model, input="json", text={"format": {"type": "json_object"}})
+    assert native.fake.last.body["text"] == {"format": {"type": "json_object"}}
+
+
 def test_reasoning_include_only_when_it_reasons(
     native: NativeStack, nclient: openai.OpenAI
 ) -> None:

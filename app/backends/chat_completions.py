@@ -335,7 +335,10 @@ class ChatCompletionsBackend(Backend):
     async def count_tokens(self, request: GenerationRequest) -> int | None:
         if self._tokenize_root is None:
             return None
-        messages = to_chat_messages(request.instructions, request.items)
+        try:
+            messages = to_chat_messages(request.instructions, request.items)
+        except (KeyError, ValueError):  # content create would refuse (a file by URL)
+            return None
         functions = ChatTools(request.tools).functions
         return await upstream_token_count(
             self._upstream, self._tokenize_root, request.model, messages, functions

@@ -110,6 +110,32 @@ def check_request(
     _check_tool_choice(request, native)
 
 
+def check_file_urls(items: list[dict[str, Any]], backend: Backend, model: str, new: int) -> None:
+    """`input_file` by `file_url` only reaches upstreams that fetch it themselves (those
+    speaking Responses): Chat Completions has no part for it, and the gateway fetches no URL on
+    a client's behalf. `new`: how many of `items` (the last ones) are the request's own input."""
+    if backend.responses_native:
+        return
+    first_new = len(items) - new
+    for index, item in enumerate(items):
+        content = item.get("content") if item.get("type") == "message" else item.get("output")
+        for number, part in enumerate(content if isinstance(content, list) else ()):
+            if part.get("type") != "input_file" or part.get("file_data") is not None:
+                continue
+            where = "content" if item.get("type") == "message" else "output"
+            param = (
+                f"input[{index - first_new}].{where}[{number}].file_url"
+                if index >= first_new
+                else "input"
+            )
+            raise BadRequestError(
+                f"Files by URL ('file_url') cannot be sent to model {model!r}: its backend "
+                "speaks Chat Completions, which takes only inline files, and this gateway does "
+                "not fetch URLs for clients. Send the file as file_data (base64).",
+                param=param,
+            )
+
+
 def dropped_tools(request: CreateResponseRequest, backend: Backend) -> list[str]:
     """The hosted tool types left out of the upstream call (in order, once each): those a
     translating backend cannot run, once `check_request` allowed them (`hosted_tools: drop`)."""

@@ -25,7 +25,12 @@ from app.core.generation import (
     run_generation,
 )
 from app.core.items import resolve_items
-from app.core.requests import check_request, dropped_tools, generation_request
+from app.core.requests import (
+    check_file_urls,
+    check_request,
+    dropped_tools,
+    generation_request,
+)
 from app.core.tokens import count_tokens, encoding_name, fit_generation
 from app.errors import BadRequestError, NotFoundError, UpstreamError
 from app.schemas.requests import ConcreteInput, ConcreteItem, CreateResponseRequest, MessageItem
@@ -62,6 +67,9 @@ class ResponsesService:
         route = self._resolve(request.model)
         check_request(request, route.backend, route.config.hosted_tools)
         context = await self._assemble(request, project)
+        check_file_urls(
+            context.items, route.backend, request.model, len(context.items) - len(context.history)
+        )
         dropped = dropped_tools(request, route.backend)
         if dropped:
             log.info(
