@@ -160,6 +160,11 @@ def test_token_counts_and_conversation_items_hide_other_projects(tenants: Tenant
             _, body = same_as_missing(item_id, "msg_" + "4" * 40, attempt)
             assert body["param"] == "items[0].id"
         assert b.conversations.items.list(theirs.id).data == []
+        # Without a key, a bad `include` is still a 401 first.
+        raw = httpx.get(
+            f"{tenants.gateway.url}/v1/conversations/{conversation.id}/items?include[]=bogus"
+        )
+        assert raw.status_code == 401
         # The owner can.
         counted = a.responses.input_tokens.count(
             model="local-llama", input="x", previous_response_id=mine.id

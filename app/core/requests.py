@@ -11,6 +11,7 @@ model's `hosted_tools: drop` — left out of the upstream call (`dropped_tools`)
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from app.backends.base import Backend, GenerationRequest
@@ -41,6 +42,17 @@ ACCEPTED_INCLUDES = {
 }
 LOGPROBS = "message.output_text.logprobs"
 KNOWN_INCLUDES = ACCEPTED_INCLUDES | {LOGPROBS}
+
+
+def check_includes(values: Iterable[str]) -> None:
+    """A 400 naming the first `include` value that is not one of OpenAI's."""
+    for index, value in enumerate(values):
+        if value not in KNOWN_INCLUDES:
+            raise BadRequestError(
+                f"Invalid value for 'include[{index}]': {value!r} is not a known include value.",
+                param=f"include[{index}]",
+                code="invalid_value",
+            )
 
 
 def _not_supported(param: str, what: str) -> BadRequestError:
@@ -90,13 +102,7 @@ def check_request(
         raise _not_supported("context_management", "Server-side compaction ('context_management')")
     if request.moderation is not None:
         raise _not_supported("moderation", "Moderation ('moderation')")
-    for index, value in enumerate(request.include or ()):
-        if value not in KNOWN_INCLUDES:
-            raise BadRequestError(
-                f"Invalid value for 'include[{index}]': {value!r} is not a known include value.",
-                param=f"include[{index}]",
-                code="invalid_value",
-            )
+    check_includes(request.include or ())
     for index, tool in enumerate(request.tools or ()):
         if isinstance(tool, OtherTool) and not native and hosted_tools != "drop":
             raise BadRequestError(
