@@ -118,11 +118,14 @@ def test_count_without_a_tokenizer_upstream(client: openai.OpenAI, gw: Stack) ->
     # An unreachable server is estimated too, not an error.
     down = client.responses.input_tokens.count(model="unreachable", input="Hello world")
     assert down.input_tokens == counted.input_tokens
-    # OpenAI's families are counted here, exactly: their server is not asked.
-    gw.upstream.tokenizer.mode = "vllm"
+    # Without a server's count, OpenAI's families are counted exactly (their encoding).
     exact = client.responses.input_tokens.count(model="tiny-window", input="Hello world")
     assert exact.input_tokens == count_tokens("gpt-4o-mini", None, [user("Hello world")])
-    assert len(gw.upstream.tokenizer.requests) == 1
+    # A local server's own count wins even for an OpenAI family (gpt-oss on vLLM has its own
+    # chat template).
+    gw.upstream.tokenizer.mode = "vllm"
+    served = client.responses.input_tokens.count(model="tiny-window", input="Hello world")
+    assert served.input_tokens == 5 + 2
 
 
 def test_count_by_a_vllm_responses_server(native: NativeStack, nclient: openai.OpenAI) -> None:
@@ -132,8 +135,9 @@ def test_count_by_a_vllm_responses_server(native: NativeStack, nclient: openai.O
     assert asked.body["model"] == "qwen3-8b"
     assert asked.body["messages"] == [{"role": "user", "content": "Hi there"}]
     assert counted.input_tokens == 5 + 2
-    # OpenAI's own models are counted here.
-    nclient.responses.input_tokens.count(model="gpt-4o", input="Hi there")
+    # OpenAI's own models (openai, azure backends) are counted here: OpenAI has no /tokenize.
+    exact = nclient.responses.input_tokens.count(model="gpt-4o", input="Hi there")
+    assert exact.input_tokens == count_tokens("gpt-4o", None, [user("Hi there")])
     assert len(native.fake.tokenizer.requests) == 1
 
 

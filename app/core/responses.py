@@ -31,7 +31,7 @@ from app.core.requests import (
     dropped_tools,
     generation_request,
 )
-from app.core.tokens import count_tokens, encoding_name, fit_generation
+from app.core.tokens import count_tokens, fit_generation
 from app.errors import BadRequestError, NotFoundError, UpstreamError
 from app.schemas.requests import ConcreteInput, ConcreteItem, CreateResponseRequest, MessageItem
 from app.schemas.responses import error_object, list_object, render_response
@@ -97,11 +97,10 @@ class ResponsesService:
         route = self._resolve(request.model)
         context = await self._assemble(request, project)
         generation = generation_request(request, route.upstream_model, context.items)
-        # OpenAI's families are counted exactly here; other models by their server if it can
-        # (vLLM, llama.cpp), else with our documented estimate.
-        count = None
-        if not encoding_name(route.upstream_model)[1]:
-            count = await route.backend.count_tokens(generation)
+        # A local server's own count wins (its tokenizer and chat template: gpt-oss on vLLM
+        # frames messages unlike OpenAI's API); without one, OpenAI's families are counted
+        # exactly here and other models estimated.
+        count = await route.backend.count_tokens(generation)
         if count is None:
             count = count_tokens(
                 route.upstream_model, request.instructions, generation.items, generation.tools
