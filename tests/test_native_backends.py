@@ -4,9 +4,13 @@ their events relayed under our id and numbering, strict SDK validation throughou
 
 from __future__ import annotations
 
+import json
+from typing import Literal
+
 import httpx
 import openai
 import pytest
+from pydantic import BaseModel
 
 from tests.conftest import NativeStack
 from tests.fake_responses import Answer
@@ -209,6 +213,33 @@ def test_echo_model(native: NativeStack, nclient: openai.OpenAI) -> None:
     assert len(deltas) == len(expected.split())
     assert "".join(d["delta"] for d in deltas) == expected
     assert native.fake.seen == []
+
+
+class Step(BaseModel):
+    action: Literal["look", "think"]
+    note: str | None
+
+
+class Plan(BaseModel):
+    title: str
+    steps: list[Step]
+    first: Step
+    done: bool
+    score: float
+
+
+def test_echo_model_answers_structured_outputs(native: NativeStack, nclient: openai.OpenAI) -> None:
+    parsed = nclient.responses.parse(model="echo", input="ping", text_format=Plan)
+    plan = parsed.output_parsed
+    assert isinstance(plan, Plan) and plan.title.startswith("echo: 1 input items")
+    assert plan.first.action == "look" and plan.steps == []
+    with nclient.responses.stream(model="echo", input="ping", text_format=Plan) as stream:
+        streamed = stream.get_final_response()
+    assert streamed.output_parsed == plan
+    as_object = nclient.responses.create(
+        model="echo", input="ping", text={"format": {"type": "json_object"}}
+    )
+    assert json.loads(as_object.output_text)["echo"].endswith('"ping"')
 
 
 def test_replayed_hosted_tool_items_reach_the_upstream(
