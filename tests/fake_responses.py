@@ -33,6 +33,7 @@ from tests.fake_upstream import Disconnect, Fail, FakeTokenizer
 class Answer:
     text: str | None = None
     reasoning: bool = False
+    raw_reasoning: str | None = None  # with `reasoning`: its plain-text content, as vLLM sends
     web_search: bool = False
     status: str = "completed"  # or "incomplete", "failed"
     delay: float = 0.0
@@ -217,6 +218,8 @@ class FakeResponses:
             }
             if "reasoning.encrypted_content" in (body.get("include") or []):
                 item["encrypted_content"] = f"gAAAA-encrypted-{n}"
+            if answer.raw_reasoning is not None:
+                item["content"] = [{"type": "reasoning_text", "text": answer.raw_reasoning}]
             output.append(item)
         if answer.web_search:
             output.append(

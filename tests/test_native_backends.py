@@ -89,6 +89,27 @@ def test_structured_output_and_files_by_url_reach_the_upstream(
     assert native.fake.last.body["text"] == {"format": {"type": "json_object"}}
 
 
+def test_local_server_gets_its_plain_reasoning_back(
+    native: NativeStack, nclient: openai.OpenAI
+) -> None:
+    thought = "The user wants the weather; call the tool."
+    native.fake.enqueue(Answer(text="Sunny.", reasoning=True, raw_reasoning=thought))
+    first = nclient.responses.create(model="vllm/gpt-oss-20b", input="Weather?")
+    reasoning = first.output[0]
+    assert reasoning.type == "reasoning" and reasoning.content is not None
+    assert reasoning.content[0].text == thought
+    nclient.responses.create(
+        model="vllm/gpt-oss-20b", input="And tomorrow?", previous_response_id=first.id
+    )
+    replayed = native.fake.last.body["input"]
+    assert [item["type"] for item in replayed] == ["message", "reasoning", "message", "message"]
+    assert replayed[1]["id"] == reasoning.id
+    assert replayed[1]["content"] == [{"type": "reasoning_text", "text": thought}]
+    # OpenAI could not look that reasoning up (no encrypted content): it is left out there.
+    nclient.responses.create(model="gpt-4o", input="And then?", previous_response_id=first.id)
+    assert [item["type"] for item in native.fake.last.body["input"]] == ["message"] * 3
+
+
 def test_reasoning_include_only_when_it_reasons(
     native: NativeStack, nclient: openai.OpenAI
 ) -> None:
