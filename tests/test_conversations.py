@@ -30,6 +30,9 @@ def test_conversation_crud(client: openai.OpenAI) -> None:
     assert client.conversations.retrieve(conversation.id).model_dump() == conversation.model_dump()
     updated = client.conversations.update(conversation.id, metadata={"topic": "changed"})
     assert updated.metadata == {"topic": "changed"}
+    cleared = client.conversations.update(conversation.id, metadata=None)
+    assert cleared.metadata == {} and client.conversations.retrieve(conversation.id).metadata == {}
+    client.conversations.update(conversation.id, metadata={"topic": "changed"})
     deleted = client.conversations.delete(conversation.id)
     assert (deleted.id, deleted.object, deleted.deleted) == (
         conversation.id,

@@ -39,7 +39,9 @@ async def update_conversation(
     conversation_id: str, request: Request, conversations: Conversations, caller: Caller
 ) -> Response:
     body = await read_body(request, UpdateConversationRequest)
-    return json_response(await conversations.update(conversation_id, caller.project, body.metadata))
+    return json_response(
+        await conversations.update(conversation_id, caller.project, body.metadata or {})
+    )
 
 
 @router.delete("/{conversation_id}")
