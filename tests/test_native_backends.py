@@ -176,6 +176,41 @@ def test_hosted_tools_only_where_every_model_takes_them(native: NativeStack) -> 
     assert refused.json()["error"]["param"] == "tools[0].type"
 
 
+def test_hosted_tools_dropped_on_a_local_responses_server(
+    native: NativeStack, nclient: openai.OpenAI
+) -> None:
+    """A local server that cannot search (vLLM without a tool server) behind Codex, which sends
+    web_search on every call and replays its calls: `hosted_tools: drop` leaves both out."""
+    search = {"type": "web_search_call", "id": "ws_1", "status": "completed"}
+    tools = [{"type": "web_search"}, {"type": "function", "name": "f", "parameters": {}}]
+    body = {
+        "model": "local-codex",
+        "input": [search, {"role": "user", "content": "go"}],
+        "tools": tools,
+        "store": False,
+    }
+    for stream in (False, True):
+        reply = httpx.post(
+            f"{native.gateway.url}/v1/responses", json={**body, "stream": stream}, timeout=30
+        )
+        assert reply.status_code == 200, reply.text
+        assert reply.headers["x-gateway-dropped-tools"] == "web_search"
+        sent = native.fake.last.body
+        assert [tool["type"] for tool in sent["tools"]] == ["function"]
+        assert [item["type"] for item in sent["input"]] == ["message"]
+    with pytest.raises(openai.BadRequestError) as caught:
+        nclient.responses.create(
+            model="local-codex",
+            input="x",
+            tools=tools,  # type: ignore[arg-type]
+            tool_choice={"type": "web_search"},  # type: ignore[typeddict-item]
+        )
+    assert caught.value.body["param"] == "tool_choice.type"  # type: ignore[index]
+    # Without the setting, a Responses server gets them as sent.
+    nclient.responses.create(model="vllm/x", input=[search], tools=tools)  # type: ignore[arg-type,list-item]
+    assert [tool["type"] for tool in native.fake.last.body["tools"]] == ["web_search", "function"]
+
+
 def test_upstream_failed_response(native: NativeStack, nclient: openai.OpenAI) -> None:
     native.fake.enqueue(Answer(status="failed"))
     with pytest.raises(openai.InternalServerError) as caught:

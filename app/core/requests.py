@@ -17,6 +17,7 @@ from typing import Any
 from app.backends.base import Backend, GenerationRequest
 from app.errors import BadRequestError
 from app.schemas.requests import (
+    HOSTED_ITEM_TYPES,
     CreateResponseRequest,
     CustomTool,
     FunctionTool,
@@ -113,7 +114,7 @@ def check_request(
                 "on this model in the models file.",
                 param=f"tools[{index}].type",
             )
-    _check_tool_choice(request, native)
+    _check_tool_choice(request, native, hosted_tools == "drop")
 
 
 def check_file_urls(items: list[dict[str, Any]], backend: Backend, model: str, new: int) -> None:
@@ -142,10 +143,14 @@ def check_file_urls(items: list[dict[str, Any]], backend: Backend, model: str, n
             )
 
 
-def dropped_tools(request: CreateResponseRequest, backend: Backend) -> list[str]:
-    """The hosted tool types left out of the upstream call (in order, once each): those a
-    translating backend cannot run, once `check_request` allowed them (`hosted_tools: drop`)."""
-    if backend.responses_native:
+def dropped_tools(
+    request: CreateResponseRequest, backend: Backend, hosted_tools: str = "reject"
+) -> list[str]:
+    """The hosted tool types left out of the upstream call (in order, once each): with the
+    model's `hosted_tools: drop`, all of them — a translating backend cannot run them, and a
+    local Responses server (vLLM, Ollama) may not either. Otherwise none: a translating backend
+    was refused them in `check_request`, a Responses backend takes them."""
+    if backend.responses_native and hosted_tools != "drop":
         return []
     return list(dict.fromkeys(t.type for t in request.tools or () if isinstance(t, OtherTool)))
 
@@ -171,7 +176,8 @@ def _listed(request: CreateResponseRequest, entry: dict[str, Any]) -> bool:
     return kind in {t.type for t in request.tools or () if isinstance(t, OtherTool)}
 
 
-def _check_tool_choice(request: CreateResponseRequest, native: bool) -> None:
+def _check_tool_choice(request: CreateResponseRequest, native: bool, drops: bool) -> None:
+    """`drops`: the model's hosted tools are dropped (`hosted_tools: drop`)."""
     choice = request.tool_choice
     hosted = {t.type for t in request.tools or () if isinstance(t, OtherTool)}
     if isinstance(choice, ToolChoiceFunction) and choice.name not in _names(request, "function"):
@@ -186,13 +192,23 @@ def _check_tool_choice(request: CreateResponseRequest, native: bool) -> None:
                     "Each of 'tool_choice.tools' must be a tool listed in 'tools'.",
                     param=f"tool_choice.tools[{index}]",
                 )
-        runnable = [entry for entry in choice.tools if native or entry.get("type") not in hosted]
+        runnable = [
+            entry
+            for entry in choice.tools
+            if (native and not drops) or entry.get("type") not in hosted
+        ]
         if choice.mode == "required" and not runnable:
             raise BadRequestError(
                 f"'tool_choice' requires one of {sorted(hosted)}, which model {request.model!r} "
                 "cannot run (its hosted tools are dropped).",
                 param="tool_choice.tools",
             )
+    if isinstance(choice, ToolChoiceOther) and native and drops and choice.type in hosted:
+        raise BadRequestError(
+            f"Tool choice forces tool {choice.type!r}, which model {request.model!r} does not "
+            "get: its hosted tools are dropped ('hosted_tools: drop').",
+            param="tool_choice.type",
+        )
     if isinstance(choice, ToolChoiceOther) and not native:
         if choice.type == "custom":
             if getattr(choice, "name", None) not in _names(request, "custom"):
@@ -279,9 +295,15 @@ def generation_request(
     upstream_model: str,
     items: list[dict[str, Any]],
     drop: list[str] | None = None,
+    *,
+    hosted_items: bool = True,
 ) -> GenerationRequest:
-    """`drop`: hosted tool types to leave out (`dropped_tools`)."""
+    """`drop`: hosted tool types to leave out (`dropped_tools`); without `hosted_items`, the
+    hosted tools' items (`web_search_call`…) are left out of the context too (`hosted_tools:
+    drop`: a model that does not get the tools gets none of their calls either)."""
     dropped = set(drop or ())
+    if not hosted_items:
+        items = [item for item in items if item.get("type") not in HOSTED_ITEM_TYPES]
     tools = [
         _upstream_tool(tool)
         for tool in request.tools or ()

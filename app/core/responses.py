@@ -70,14 +70,21 @@ class ResponsesService:
         check_file_urls(
             context.items, route.backend, request.model, len(context.items) - len(context.history)
         )
-        dropped = dropped_tools(request, route.backend)
+        hosted_tools = route.config.hosted_tools
+        dropped = dropped_tools(request, route.backend, hosted_tools)
         if dropped:
             log.info(
                 "dropped hosted tools %s: model %s cannot run them (hosted_tools: drop)",
                 ", ".join(dropped),
                 route.config.name,
             )
-        generation = generation_request(request, route.upstream_model, context.items, dropped)
+        generation = generation_request(
+            request,
+            route.upstream_model,
+            context.items,
+            dropped,
+            hosted_items=hosted_tools != "drop",
+        )
         fit_generation(route, request, generation)
         return Prepared(
             request,
