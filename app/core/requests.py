@@ -7,7 +7,9 @@ and `truncation: "auto"` as they are; translating backends refuse hosted tools. 
 probabilities are asked of every backend (Chat Completions: `logprobs`/`top_logprobs`).
 Function, `custom` and `namespace` tools work everywhere (the Chat Completions translation
 flattens them into functions). Hosted tools on a translating backend are refused, or — with the
-model's `hosted_tools: drop` — left out of the upstream call (`dropped_tools`)."""
+model's `hosted_tools: drop`, which a local Responses server may want too — left out of the
+upstream call with their replayed items (`dropped_tools`). Files by URL reach only the backends
+speaking Responses (`check_file_urls`)."""
 
 from __future__ import annotations
 
