@@ -56,6 +56,11 @@ def test_count_endpoint_through_the_sdk(client: openai.OpenAI) -> None:
     assert chained.input_tokens > alone.input_tokens
     with pytest.raises(openai.NotFoundError):
         client.responses.input_tokens.count(model="nope", input="x")
+    with pytest.raises(openai.BadRequestError) as caught:  # as create refuses it
+        client.responses.input_tokens.count(
+            model="local-llama", input="x", previous_response_id=first.id, conversation="conv_1"
+        )
+    assert caught.value.body["param"] == "conversation"  # type: ignore[index]
 
 
 WEATHER = {

@@ -58,6 +58,17 @@ def check_includes(values: Iterable[str]) -> None:
             )
 
 
+def check_context_source(request: CreateResponseRequest) -> None:
+    """A context comes from a conversation or from a previous response, never both (create and
+    `input_tokens` alike)."""
+    if request.conversation is not None and request.previous_response_id is not None:
+        raise BadRequestError(
+            "Use either 'conversation' or 'previous_response_id', not both.",
+            param="conversation",
+            code="invalid_value",
+        )
+
+
 def _not_supported(param: str, what: str) -> BadRequestError:
     return BadRequestError(f"{what} is not supported by this gateway yet.", param=param)
 
@@ -77,12 +88,7 @@ def check_request(
                     "API. Set `hosted_tools: drop` on the model to keep them out of its context.",
                     param=f"input[{index}].type",
                 )
-    if request.conversation is not None and request.previous_response_id is not None:
-        raise BadRequestError(
-            "Use either 'conversation' or 'previous_response_id', not both.",
-            param="conversation",
-            code="invalid_value",
-        )
+    check_context_source(request)
     if request.background and request.store is False:
         raise BadRequestError(
             "Background mode needs 'store': a background response must be stored to be "

@@ -26,6 +26,7 @@ from app.core.generation import (
 )
 from app.core.items import resolve_items
 from app.core.requests import (
+    check_context_source,
     check_file_urls,
     check_request,
     dropped_tools,
@@ -102,6 +103,7 @@ class ResponsesService:
     ) -> dict[str, Any]:
         """`POST /v1/responses/input_tokens`: the tokens the same create body would send."""
         route = self._resolve(request.model)
+        check_context_source(request)
         context = await self._assemble(request, project)
         generation = generation_request(request, route.upstream_model, context.items)
         # A local server's own count wins (its tokenizer and chat template: gpt-oss on vLLM
