@@ -253,6 +253,7 @@ models:
     aliases: [latest]
     max_retries: 2
   - {{name: vllm/*, backend: responses, base_url: {v1}, max_retries: 0}}
+  - {{name: local-codex, backend: responses, base_url: {v1}, hosted_tools: drop, max_retries: 0}}
   - name: azure-v1
     backend: azure
     endpoint: {fake.root}

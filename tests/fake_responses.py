@@ -26,13 +26,14 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fake_upstream import Disconnect, Fail
+from tests.fake_upstream import Disconnect, Fail, FakeTokenizer
 
 
 @dataclass
 class Answer:
     text: str | None = None
     reasoning: bool = False
+    raw_reasoning: str | None = None  # with `reasoning`: its plain-text content, as vLLM sends
     web_search: bool = False
     status: str = "completed"  # or "incomplete", "failed"
     delay: float = 0.0
@@ -75,6 +76,7 @@ class FakeResponses:
     _counter: int = 0
 
     def __post_init__(self) -> None:
+        self.tokenizer = FakeTokenizer()
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -94,6 +96,7 @@ class FakeResponses:
             self._script.clear()
             self.seen.clear()
             self.max_in_flight.clear()
+            self.tokenizer.reset()
 
     @property
     def last(self) -> Seen:
@@ -118,6 +121,7 @@ class FakeResponses:
         app.router.add_post("/openai/v1/chat/completions", self._chat)
         app.router.add_post("/openai/deployments/{deployment}/chat/completions", self._chat)
         app.router.add_get("/msi/token", self._token)
+        self.tokenizer.add_routes(app)
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -214,6 +218,8 @@ class FakeResponses:
             }
             if "reasoning.encrypted_content" in (body.get("include") or []):
                 item["encrypted_content"] = f"gAAAA-encrypted-{n}"
+            if answer.raw_reasoning is not None:
+                item["content"] = [{"type": "reasoning_text", "text": answer.raw_reasoning}]
             output.append(item)
         if answer.web_search:
             output.append(

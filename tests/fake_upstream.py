@@ -97,8 +97,67 @@ def _last_user_text(messages: list[dict[str, Any]]) -> str:
     return ""
 
 
+def _text_pieces(messages: list[dict[str, Any]]) -> list[str]:
+    pieces: list[str] = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            pieces += content.split()
+        for part in content if isinstance(content, list) else ():
+            pieces += str(part.get("text", "")).split()
+    return pieces
+
+
+class FakeTokenizer:
+    """A local server's `/tokenize`, as vLLM or llama.cpp's server offers it (`mode`), or none
+    (404, as Ollama and OpenAI answer). vLLM counts the chat request itself: 5 tokens of
+    template per message, one per word, 10 per tool. llama.cpp renders it with
+    `/apply-template` and tokenizes that text: one token per word."""
+
+    def __init__(self) -> None:
+        self.mode: str | None = None
+        self.requests: list[Recorded] = []
+
+    def reset(self) -> None:
+        self.mode = None
+        self.requests.clear()
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/tokenize", self._tokenize)
+        app.router.add_post("/apply-template", self._apply_template)
+
+    @staticmethod
+    def vllm_count(body: dict[str, Any]) -> int:
+        messages = body["messages"]
+        return 5 * len(messages) + len(_text_pieces(messages)) + 10 * len(body.get("tools") or ())
+
+    @staticmethod
+    def llama_prompt(body: dict[str, Any]) -> str:
+        turns = [f"<|{m['role']}|> {' '.join(_text_pieces([m]))}" for m in body["messages"]]
+        return " ".join([*turns, "<|assistant|>"])
+
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.requests.append(Recorded(request.path, dict(request.headers), body))
+        if self.mode == "vllm":
+            count = self.vllm_count(body)
+            return web.json_response({"count": count, "max_model_len": 8192, "tokens": []})
+        if self.mode == "llama.cpp":
+            words = str(body["content"]).split() if "content" in body else []
+            return web.json_response({"tokens": list(range(len(words)))})
+        return web.json_response({"detail": "Not Found"}, status=404)
+
+    async def _apply_template(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.requests.append(Recorded(request.path, dict(request.headers), body))
+        if self.mode != "llama.cpp":
+            return web.json_response({"detail": "Not Found"}, status=404)
+        return web.json_response({"prompt": self.llama_prompt(body)})
+
+
 class FakeUpstream:
     def __init__(self) -> None:
+        self.tokenizer = FakeTokenizer()
         self.requests: list[Recorded] = []
         # Monotonic times at which a client went away in the middle of a streamed answer.
         self.disconnects: list[float] = []
@@ -126,6 +185,7 @@ class FakeUpstream:
             self._script.clear()
             self.requests.clear()
             self.disconnects.clear()
+            self.tokenizer.reset()
 
     @property
     def last(self) -> Recorded:
@@ -149,6 +209,7 @@ class FakeUpstream:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
+        self.tokenizer.add_routes(app)
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)

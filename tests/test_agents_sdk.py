@@ -11,6 +11,7 @@ from typing import Any
 import openai
 import pytest
 from agents import Agent, OpenAIResponsesModel, Runner, function_tool, set_tracing_disabled
+from agents.memory import OpenAIConversationsSession
 
 from tests.conftest import Stack
 from tests.fake_upstream import Reply, tool_call
@@ -90,3 +91,42 @@ def test_agent_calls_its_tool_and_answers(gw: Stack, streamed: bool, chaining: s
             "function_call_output",
             "message",
         ]
+
+
+def test_agent_session_kept_in_a_conversation(gw: Stack) -> None:
+    """`OpenAIConversationsSession`: the SDK itself keeps the history in a conversation (items
+    API: create, paginated list, add) and sends it whole on every turn."""
+
+    async def run() -> tuple[list[str], list[Any]]:
+        async with openai.AsyncOpenAI(
+            base_url=f"{gw.gateway.url}/v1", api_key="sk-client", max_retries=0
+        ) as client:
+            agent = weather_agent(client)
+            session = OpenAIConversationsSession(openai_client=client)
+            first = await Runner.run(agent, "Weather in Paris?", session=session)
+            second = await Runner.run(agent, "What did I ask?", session=session)
+            return [str(first.final_output), str(second.final_output)], await session.get_items()
+
+    gw.upstream.enqueue(
+        Reply(tool_calls=[tool_call("get_weather", {"city": "Paris"}, "call_s1")]),
+        Reply(content="Sunny in Paris."),
+        Reply(content="You asked about Paris."),
+    )
+    finals, items = asyncio.run(run())
+    assert finals == ["Sunny in Paris.", "You asked about Paris."]
+    assert [item["type"] for item in items] == [
+        "message",
+        "function_call",
+        "function_call_output",
+        "message",
+        "message",
+        "message",
+    ]
+    assert [m["role"] for m in gw.upstream.last.body["messages"]] == [
+        "system",
+        "user",
+        "assistant",
+        "tool",
+        "assistant",
+        "user",
+    ]

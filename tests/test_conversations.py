@@ -30,6 +30,9 @@ def test_conversation_crud(client: openai.OpenAI) -> None:
     assert client.conversations.retrieve(conversation.id).model_dump() == conversation.model_dump()
     updated = client.conversations.update(conversation.id, metadata={"topic": "changed"})
     assert updated.metadata == {"topic": "changed"}
+    cleared = client.conversations.update(conversation.id, metadata=None)
+    assert cleared.metadata == {} and client.conversations.retrieve(conversation.id).metadata == {}
+    client.conversations.update(conversation.id, metadata={"topic": "changed"})
     deleted = client.conversations.delete(conversation.id)
     assert (deleted.id, deleted.object, deleted.deleted) == (
         conversation.id,
@@ -76,6 +79,46 @@ def test_conversation_items_api(client: openai.OpenAI) -> None:
         client.conversations.items.retrieve(ids[1], conversation_id=conversation.id)
     with pytest.raises(openai.NotFoundError):
         client.conversations.items.list("conv_missing")
+
+
+def test_include_is_accepted_and_checked(client: openai.OpenAI, gw: Stack) -> None:
+    conversation = client.conversations.create(items=[{"role": "user", "content": "hi"}])
+    response = client.responses.create(model="local-llama", input="x")
+    include = ["message.output_text.logprobs", "message.input_image.image_url"]
+    (item,) = client.conversations.items.list(conversation.id, include=include).data  # type: ignore[arg-type]
+    assert (
+        client.conversations.items.retrieve(
+            item.id,
+            conversation_id=conversation.id,
+            include=include,  # type: ignore[arg-type]
+        ).model_dump()
+        == item.model_dump()
+    )
+    added = client.conversations.items.create(
+        conversation.id,
+        items=[{"role": "user", "content": "more"}],
+        include=include,  # type: ignore[arg-type]
+    )
+    assert len(added.data) == 1
+    assert client.responses.retrieve(response.id, include=include).id == response.id  # type: ignore[arg-type]
+    assert client.responses.input_items.list(response.id, include=include).data  # type: ignore[arg-type]
+    base = f"{gw.gateway.url}/v1"
+    for url in (
+        f"{base}/conversations/{conversation.id}/items",
+        f"{base}/conversations/{conversation.id}/items/{item.id}",
+        f"{base}/responses/{response.id}",
+        f"{base}/responses/{response.id}/input_items",
+    ):
+        for key in ("include[]", "include"):
+            raw = httpx.get(url, params={key: ["reasoning.encrypted_content", "bogus.value"]})
+            assert raw.status_code == 400, (url, raw.text)
+            assert raw.json()["error"]["param"] == "include[1]"
+    raw = httpx.post(
+        f"{base}/conversations/{conversation.id}/items?include[]=bogus",
+        json={"items": [{"role": "user", "content": "never added"}]},
+    )
+    assert raw.status_code == 400 and raw.json()["error"]["param"] == "include[0]"
+    assert len(client.conversations.items.list(conversation.id).data) == 2
 
 
 def test_item_limits(gw: Stack) -> None:

@@ -123,6 +123,44 @@ def test_images_become_chat_content_parts(client: openai.OpenAI, gw: Stack) -> N
     ]
 
 
+def test_inline_files_become_chat_file_parts(client: openai.OpenAI, gw: Stack) -> None:
+    pdf = "data:application/pdf;base64,JVBERi0xLjQK"
+    client.responses.create(
+        model="local-llama",
+        input=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "input_text", "text": "Summarise."},
+                    {"type": "input_file", "file_data": pdf, "filename": "a.pdf"},
+                ],
+            }
+        ],
+    )
+    assert gw.upstream.last.body["messages"][0]["content"] == [
+        {"type": "text", "text": "Summarise."},
+        {"type": "file", "file": {"file_data": pdf, "filename": "a.pdf"}},
+    ]
+
+
+def test_files_by_url_are_refused_on_chat_models(client: openai.OpenAI, gw: Stack) -> None:
+    part = {"type": "input_file", "file_url": "https://example.com/a.pdf"}
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(
+            model="local-llama",
+            input=[{"role": "user", "content": [{"type": "input_text", "text": "x"}, part]}],
+        )
+    assert caught.value.body["param"] == "input[0].content[1].file_url"  # type: ignore[index]
+    assert "file_data" in caught.value.message
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(
+            model="local-llama",
+            input=[{"role": "user", "content": [{**part, "file_url": "file:///etc/passwd"}]}],
+        )
+    assert caught.value.body["param"] == "input[0].content[0].file_url"  # type: ignore[index]
+    assert gw.upstream.requests == []
+
+
 def test_tool_calls_become_function_call_items(client: openai.OpenAI, gw: Stack) -> None:
     tools = [
         {

@@ -3,6 +3,7 @@ request size limits, and usage accounting — over real HTTP with keys on both d
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -11,8 +12,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.conftest import GatewayServer
+from tests.fake_upstream import Reply
 from tests.tenancy import Tenants, failure
 
 
@@ -170,6 +174,53 @@ def test_usage_is_accounted_per_project_model_and_day(tenants: Tenants) -> None:
 
     bad = tenants.admin("GET", "/admin/usage", params={"start": "yesterday"})
     assert bad.status_code == 400
+
+
+def usage_records(url: str, response_id: str) -> list[dict[str, object]]:
+    """The usage rows of one response, read straight from the database."""
+
+    async def read() -> list[dict[str, object]]:
+        engine = create_async_engine(url)
+        try:
+            async with engine.connect() as connection:
+                rows = await connection.execute(
+                    text("SELECT * FROM usage WHERE response_id = :id"), {"id": response_id}
+                )
+                return [dict(row._mapping) for row in rows]
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(read())
+
+
+def test_each_generation_is_recorded_with_who_what_and_cost(tenants: Tenants) -> None:
+    created = tenants.admin("POST", "/admin/keys", json={"project": "itemised"}).json()
+    tenants.upstream.enqueue(
+        Reply(
+            content="thought it through",
+            usage={
+                "prompt_tokens": 20,
+                "completion_tokens": 9,
+                "prompt_tokens_details": {"cached_tokens": 5},
+                "completion_tokens_details": {"reasoning_tokens": 4},
+            },
+        )
+    )
+    with tenants.client(created["key"]) as client:
+        response = client.responses.create(model="local-llama", input="why?")
+    time.sleep(0.5)  # the usage flush
+    [record] = usage_records(tenants.database.url, response.id)
+    assert record["project"] == "itemised" and record["key_id"] == created["id"]
+    assert (record["model"], record["backend"], record["status"]) == (
+        "local-llama",
+        "chat_completions",
+        "completed",
+    )
+    assert (record["input_tokens"], record["output_tokens"]) == (20, 9)
+    assert (record["cached_tokens"], record["reasoning_tokens"]) == (5, 4)
+    assert isinstance(record["latency_ms"], float) and record["latency_ms"] > 0
+    [row] = tenants.admin("GET", "/admin/usage", params={"project": "itemised"}).json()["data"]
+    assert (row["cached_tokens"], row["reasoning_tokens"]) == (5, 4)
 
 
 def test_failed_and_cancelled_generations_are_accounted(tenants: Tenants) -> None:

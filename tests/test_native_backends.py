@@ -4,9 +4,13 @@ their events relayed under our id and numbering, strict SDK validation throughou
 
 from __future__ import annotations
 
+import json
+from typing import Literal
+
 import httpx
 import openai
 import pytest
+from pydantic import BaseModel
 
 from tests.conftest import NativeStack
 from tests.fake_responses import Answer
@@ -55,6 +59,55 @@ def test_openai_state_stays_with_us(native: NativeStack, nclient: openai.OpenAI)
     items = nclient.responses.input_items.list(second.id, order="asc")
     assert [item.id for item in items.data][1:3] == [reasoning["id"], message["id"]]
     strict_items([item.model_dump() for item in items.data])
+
+
+@pytest.mark.parametrize("model", ["gpt-4o", "vllm/qwen3-8b"])
+def test_structured_output_and_files_by_url_reach_the_upstream(
+    native: NativeStack, nclient: openai.OpenAI, model: str
+) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"title": {"type": "string"}},
+        "required": ["title"],
+        "additionalProperties": False,
+    }
+    text = {
+        "format": {"type": "json_schema", "name": "doc", "schema": schema, "strict": True},
+        "verbosity": "low",
+    }
+    file = {"type": "input_file", "file_url": "https://example.com/report.pdf"}
+    response = nclient.responses.create(
+        model=model,
+        input=[{"role": "user", "content": [{"type": "input_text", "text": "Title?"}, file]}],
+        text=text,  # type: ignore[arg-type]
+    )
+    sent = native.fake.last.body
+    assert sent["text"] == text
+    assert sent["input"][0]["content"][1] == file  # the upstream fetches it, not us
+    assert response.text.format.type == "json_schema" and response.text.verbosity == "low"
+    nclient.responses.create(model=model, input="json", text={"format": {"type": "json_object"}})
+    assert native.fake.last.body["text"] == {"format": {"type": "json_object"}}
+
+
+def test_local_server_gets_its_plain_reasoning_back(
+    native: NativeStack, nclient: openai.OpenAI
+) -> None:
+    thought = "The user wants the weather; call the tool."
+    native.fake.enqueue(Answer(text="Sunny.", reasoning=True, raw_reasoning=thought))
+    first = nclient.responses.create(model="vllm/gpt-oss-20b", input="Weather?")
+    reasoning = first.output[0]
+    assert reasoning.type == "reasoning" and reasoning.content is not None
+    assert reasoning.content[0].text == thought
+    nclient.responses.create(
+        model="vllm/gpt-oss-20b", input="And tomorrow?", previous_response_id=first.id
+    )
+    replayed = native.fake.last.body["input"]
+    assert [item["type"] for item in replayed] == ["message", "reasoning", "message", "message"]
+    assert replayed[1]["id"] == reasoning.id
+    assert replayed[1]["content"] == [{"type": "reasoning_text", "text": thought}]
+    # OpenAI could not look that reasoning up (no encrypted content): it is left out there.
+    nclient.responses.create(model="gpt-4o", input="And then?", previous_response_id=first.id)
+    assert [item["type"] for item in native.fake.last.body["input"]] == ["message"] * 3
 
 
 def test_reasoning_include_only_when_it_reasons(
@@ -123,6 +176,41 @@ def test_hosted_tools_only_where_every_model_takes_them(native: NativeStack) -> 
     assert refused.json()["error"]["param"] == "tools[0].type"
 
 
+def test_hosted_tools_dropped_on_a_local_responses_server(
+    native: NativeStack, nclient: openai.OpenAI
+) -> None:
+    """A local server that cannot search (vLLM without a tool server) behind Codex, which sends
+    web_search on every call and replays its calls: `hosted_tools: drop` leaves both out."""
+    search = {"type": "web_search_call", "id": "ws_1", "status": "completed"}
+    tools = [{"type": "web_search"}, {"type": "function", "name": "f", "parameters": {}}]
+    body = {
+        "model": "local-codex",
+        "input": [search, {"role": "user", "content": "go"}],
+        "tools": tools,
+        "store": False,
+    }
+    for stream in (False, True):
+        reply = httpx.post(
+            f"{native.gateway.url}/v1/responses", json={**body, "stream": stream}, timeout=30
+        )
+        assert reply.status_code == 200, reply.text
+        assert reply.headers["x-gateway-dropped-tools"] == "web_search"
+        sent = native.fake.last.body
+        assert [tool["type"] for tool in sent["tools"]] == ["function"]
+        assert [item["type"] for item in sent["input"]] == ["message"]
+    with pytest.raises(openai.BadRequestError) as caught:
+        nclient.responses.create(
+            model="local-codex",
+            input="x",
+            tools=tools,  # type: ignore[arg-type]
+            tool_choice={"type": "web_search"},  # type: ignore[typeddict-item]
+        )
+    assert caught.value.body["param"] == "tool_choice.type"  # type: ignore[index]
+    # Without the setting, a Responses server gets them as sent.
+    nclient.responses.create(model="vllm/x", input=[search], tools=tools)  # type: ignore[arg-type,list-item]
+    assert [tool["type"] for tool in native.fake.last.body["tools"]] == ["web_search", "function"]
+
+
 def test_upstream_failed_response(native: NativeStack, nclient: openai.OpenAI) -> None:
     native.fake.enqueue(Answer(status="failed"))
     with pytest.raises(openai.InternalServerError) as caught:
@@ -181,6 +269,33 @@ def test_echo_model(native: NativeStack, nclient: openai.OpenAI) -> None:
     assert len(deltas) == len(expected.split())
     assert "".join(d["delta"] for d in deltas) == expected
     assert native.fake.seen == []
+
+
+class Step(BaseModel):
+    action: Literal["look", "think"]
+    note: str | None
+
+
+class Plan(BaseModel):
+    title: str
+    steps: list[Step]
+    first: Step
+    done: bool
+    score: float
+
+
+def test_echo_model_answers_structured_outputs(native: NativeStack, nclient: openai.OpenAI) -> None:
+    parsed = nclient.responses.parse(model="echo", input="ping", text_format=Plan)
+    plan = parsed.output_parsed
+    assert isinstance(plan, Plan) and plan.title.startswith("echo: 1 input items")
+    assert plan.first.action == "look" and plan.steps == []
+    with nclient.responses.stream(model="echo", input="ping", text_format=Plan) as stream:
+        streamed = stream.get_final_response()
+    assert streamed.output_parsed == plan
+    as_object = nclient.responses.create(
+        model="echo", input="ping", text={"format": {"type": "json_object"}}
+    )
+    assert json.loads(as_object.output_text)["echo"].endswith('"ping"')
 
 
 def test_replayed_hosted_tool_items_reach_the_upstream(

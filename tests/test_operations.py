@@ -254,6 +254,13 @@ def test_open_mode_serves_loopback_clients(process_env: dict[str, str], tmp_path
     served = Served(process_env, tmp_path)
     try:
         assert httpx.get(f"{served.url}/v1/models").status_code == 200
+        # A client a local reverse proxy forwards (uvicorn trusts the loopback proxy's
+        # X-Forwarded-For) is not on this machine: refused, and told how to make a key.
+        remote = httpx.get(f"{served.url}/v1/models", headers={"x-forwarded-for": "203.0.113.9"})
+        assert remote.status_code == 401
+        error = remote.json()["error"]
+        assert error["code"] == "invalid_api_key"
+        assert "responses-gateway keys create --project" in error["message"]
     finally:
         served.stop()
 

@@ -118,6 +118,64 @@ def test_item_reference_to_another_projects_item_is_not_found(tenants: Tenants) 
         assert again.status == "completed"
 
 
+def test_token_counts_and_conversation_items_hide_other_projects(tenants: Tenants) -> None:
+    with tenants.client(tenants.a) as a, tenants.client(tenants.b) as b:
+        mine = a.responses.create(model="local-llama", input="alpha's draft")
+        conversation = a.conversations.create()
+        item_id = mine.output[0].id
+        assert item_id
+
+        _, body = same_as_missing(
+            mine.id,
+            "resp_" + "3" * 48,
+            lambda rid: b.responses.input_tokens.count(
+                model="local-llama", input="x", previous_response_id=rid
+            ),
+        )
+        assert body["code"] == "previous_response_not_found"
+        _, body = same_as_missing(
+            conversation.id,
+            "conv_" + "3" * 48,
+            lambda cid: b.responses.input_tokens.count(
+                model="local-llama", input="x", conversation=cid
+            ),
+        )
+        assert body["param"] == "conversation"
+        _, body = same_as_missing(
+            item_id,
+            "msg_" + "3" * 40,
+            lambda iid: b.responses.input_tokens.count(
+                model="local-llama", input=[{"type": "item_reference", "id": iid}]
+            ),
+        )
+        assert body["param"] == "input[0].id"
+        # An item reference can no more carry another project's item into a conversation.
+        theirs = b.conversations.create()
+        for attempt in (
+            lambda iid: b.conversations.create(items=[{"type": "item_reference", "id": iid}]),
+            lambda iid: b.conversations.items.create(
+                theirs.id, items=[{"type": "item_reference", "id": iid}]
+            ),
+        ):
+            _, body = same_as_missing(item_id, "msg_" + "4" * 40, attempt)
+            assert body["param"] == "items[0].id"
+        assert b.conversations.items.list(theirs.id).data == []
+        # Without a key, a bad `include` is still a 401 first.
+        raw = httpx.get(
+            f"{tenants.gateway.url}/v1/conversations/{conversation.id}/items?include[]=bogus"
+        )
+        assert raw.status_code == 401
+        # The owner can.
+        counted = a.responses.input_tokens.count(
+            model="local-llama", input="x", previous_response_id=mine.id
+        )
+        assert counted.input_tokens > 0
+        a.conversations.items.create(
+            conversation.id, items=[{"type": "item_reference", "id": item_id}]
+        )
+        assert [i.id for i in a.conversations.items.list(conversation.id)] == [item_id]
+
+
 def test_background_cancel_delete_and_stream_resume_hide_other_projects(
     tenants: Tenants,
 ) -> None:

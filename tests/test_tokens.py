@@ -9,7 +9,8 @@ import pytest
 
 from app.core.tokens import count_tokens, encoding_name, fit_context
 from app.errors import BadRequestError
-from tests.conftest import Stack
+from tests.conftest import NativeStack, Stack
+from tests.fake_upstream import FakeTokenizer
 
 
 def user(text: str) -> dict:
@@ -55,6 +56,94 @@ def test_count_endpoint_through_the_sdk(client: openai.OpenAI) -> None:
     assert chained.input_tokens > alone.input_tokens
     with pytest.raises(openai.NotFoundError):
         client.responses.input_tokens.count(model="nope", input="x")
+    with pytest.raises(openai.BadRequestError) as caught:  # as create refuses it
+        client.responses.input_tokens.count(
+            model="local-llama", input="x", previous_response_id=first.id, conversation="conv_1"
+        )
+    assert caught.value.body["param"] == "conversation"  # type: ignore[index]
+
+
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+}
+CHAT_WEATHER = {
+    "type": "function",
+    "function": {"name": "get_weather", "parameters": WEATHER["parameters"]},
+}
+
+
+def test_count_by_a_vllm_server(client: openai.OpenAI, gw: Stack) -> None:
+    gw.upstream.tokenizer.mode = "vllm"
+    first = client.responses.create(model="local-llama", input="one two")
+    counted = client.responses.input_tokens.count(
+        model="local-llama",
+        input="Hello there world",
+        instructions="Be brief.",
+        tools=[WEATHER],  # type: ignore[list-item]
+        previous_response_id=first.id,
+    )
+    (asked,) = gw.upstream.tokenizer.requests
+    # The chat request the same create would send, templated by the server itself.
+    assert asked.path == "/tokenize"
+    assert asked.body == {
+        "model": "llama3.2",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "one two"},
+            {"role": "assistant", "content": "echo: one two"},
+            {"role": "user", "content": "Hello there world"},
+        ],
+        "add_generation_prompt": True,
+        "tools": [CHAT_WEATHER],
+    }
+    assert asked.headers["Authorization"] == "Bearer sk-upstream-secret"
+    assert counted.input_tokens == FakeTokenizer.vllm_count(asked.body) == 5 * 4 + 10 + 10
+    assert len(gw.upstream.requests) == 1  # the first turn's; counting generates nothing
+
+
+def test_count_by_a_llama_cpp_server(client: openai.OpenAI, gw: Stack) -> None:
+    gw.upstream.tokenizer.mode = "llama.cpp"
+    counted = client.responses.input_tokens.count(
+        model="local-llama", input="Hello there world", instructions="Be brief."
+    )
+    asked = gw.upstream.tokenizer.requests
+    assert [r.path for r in asked] == ["/tokenize", "/apply-template", "/tokenize"]
+    prompt = FakeTokenizer.llama_prompt(asked[1].body)
+    assert asked[2].body == {"content": prompt, "add_special": True, "parse_special": True}
+    assert counted.input_tokens == len(prompt.split()) == 8
+
+
+def test_count_without_a_tokenizer_upstream(client: openai.OpenAI, gw: Stack) -> None:
+    # No `/tokenize` (Ollama, LM Studio): asked once, then our estimate.
+    counted = client.responses.input_tokens.count(model="local-llama", input="Hello world")
+    assert [r.path for r in gw.upstream.tokenizer.requests] == ["/tokenize"]
+    assert counted.input_tokens == count_tokens("llama3.2", None, [user("Hello world")])
+    # An unreachable server is estimated too, not an error.
+    down = client.responses.input_tokens.count(model="unreachable", input="Hello world")
+    assert down.input_tokens == counted.input_tokens
+    # Without a server's count, OpenAI's families are counted exactly (their encoding).
+    exact = client.responses.input_tokens.count(model="tiny-window", input="Hello world")
+    assert exact.input_tokens == count_tokens("gpt-4o-mini", None, [user("Hello world")])
+    # A local server's own count wins even for an OpenAI family (gpt-oss on vLLM has its own
+    # chat template).
+    gw.upstream.tokenizer.mode = "vllm"
+    served = client.responses.input_tokens.count(model="tiny-window", input="Hello world")
+    assert served.input_tokens == 5 + 2
+
+
+def test_count_by_a_vllm_responses_server(native: NativeStack, nclient: openai.OpenAI) -> None:
+    native.fake.tokenizer.mode = "vllm"
+    counted = nclient.responses.input_tokens.count(model="vllm/qwen3-8b", input="Hi there")
+    (asked,) = native.fake.tokenizer.requests
+    assert asked.body["model"] == "qwen3-8b"
+    assert asked.body["messages"] == [{"role": "user", "content": "Hi there"}]
+    assert counted.input_tokens == 5 + 2
+    # OpenAI's own models (openai, azure backends) are counted here: OpenAI has no /tokenize.
+    exact = nclient.responses.input_tokens.count(model="gpt-4o", input="Hi there")
+    assert exact.input_tokens == count_tokens("gpt-4o", None, [user("Hi there")])
+    assert len(native.fake.tokenizer.requests) == 1
 
 
 def test_truncation_drops_oldest_items_keeping_tool_pairs() -> None:

@@ -5,6 +5,7 @@ dropped per model, and `max_tool_calls`. Checked on what the fake upstream recei
 from __future__ import annotations
 
 import json
+import logging
 
 import httpx
 import openai
@@ -187,17 +188,21 @@ def test_hosted_tool_rejected_by_default(gw: Stack, client: openai.OpenAI) -> No
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_hosted_tools_dropped(gw: Stack, stream: bool) -> None:
+def test_hosted_tools_dropped(gw: Stack, stream: bool, caplog: pytest.LogCaptureFixture) -> None:
     tools = [
         {"type": "web_search", "external_web_access": True},
         {"type": "function", "name": "f", "parameters": {"type": "object"}},
         {"type": "file_search", "vector_store_ids": ["vs_1"]},
     ]
     body = {"model": "local-agent", "input": "x", "tools": tools, "stream": stream}
-    with httpx.Client(base_url=gw.gateway.url, timeout=30) as http:
+    with (
+        caplog.at_level(logging.INFO, logger="app.core.responses"),
+        httpx.Client(base_url=gw.gateway.url, timeout=30) as http,
+    ):
         reply = http.post("/v1/responses", json=body)
     assert reply.status_code == 200, reply.text
     assert reply.headers["x-gateway-dropped-tools"] == "web_search,file_search"
+    assert "dropped hosted tools web_search, file_search: model local-agent" in caplog.text
     assert upstream_names(gw) == ["f"]
     assert gw.upstream.last.body["model"] == "qwen3"
     if stream:

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from app.api.deps import Caller, Conversations, json_response, read_body
+from app.api.deps import Caller, Conversations, checked_include, json_response, read_body
 from app.schemas.requests import (
     AddConversationItemsRequest,
     CreateConversationRequest,
@@ -39,7 +39,9 @@ async def update_conversation(
     conversation_id: str, request: Request, conversations: Conversations, caller: Caller
 ) -> Response:
     body = await read_body(request, UpdateConversationRequest)
-    return json_response(await conversations.update(conversation_id, caller.project, body.metadata))
+    return json_response(
+        await conversations.update(conversation_id, caller.project, body.metadata or {})
+    )
 
 
 @router.delete("/{conversation_id}")
@@ -49,7 +51,7 @@ async def delete_conversation(
     return json_response(await conversations.delete(conversation_id, caller.project))
 
 
-@router.post("/{conversation_id}/items")
+@router.post("/{conversation_id}/items", dependencies=[checked_include])
 async def add_items(
     conversation_id: str, request: Request, conversations: Conversations, caller: Caller
 ) -> Response:
@@ -59,7 +61,7 @@ async def add_items(
     )
 
 
-@router.get("/{conversation_id}/items")
+@router.get("/{conversation_id}/items", dependencies=[checked_include])
 async def list_items(
     conversation_id: str,
     conversations: Conversations,
@@ -74,7 +76,7 @@ async def list_items(
     return json_response(page)
 
 
-@router.get("/{conversation_id}/items/{item_id}")
+@router.get("/{conversation_id}/items/{item_id}", dependencies=[checked_include])
 async def retrieve_item(
     conversation_id: str, item_id: str, conversations: Conversations, caller: Caller
 ) -> Response:

@@ -14,6 +14,7 @@ from app.backends.registry import Registry
 from app.core.conversations import ConversationsService
 from app.core.keys import KeyService, Principal
 from app.core.limits import RateLimiter
+from app.core.requests import check_includes
 from app.core.responses import ResponsesService
 from app.core.usage import UsageMeter
 from app.errors import BadRequestError, GatewayError
@@ -93,7 +94,20 @@ async def read_body(request: Request, model: type[M]) -> M:
         raise validation_error(most_specific(exc.errors()), data) from None
 
 
+async def _include(
+    request: Request, _caller: Annotated[Principal, Depends(_principal)]
+) -> list[str]:
+    """The `include` query of a GET (or of adding conversation items), checked after the key
+    (a 401 comes first): the SDKs send `include[]=…`, hand-written URLs `include=…`. There is
+    nothing extra to include on these objects, but a value OpenAI does not know is a 400, as
+    there."""
+    values = request.query_params.getlist("include[]") + request.query_params.getlist("include")
+    check_includes(values)
+    return values
+
+
 Keys = Annotated[KeyService, Depends(_keys)]
+checked_include = Depends(_include)
 Limits = Annotated[RateLimiter, Depends(_limits)]
 Usage = Annotated[UsageMeter, Depends(_usage)]
 DatabaseDep = Annotated[Database, Depends(_database)]

@@ -8,7 +8,15 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from app.api.deps import Caller, Limits, Responses, Usage, json_response, read_body
+from app.api.deps import (
+    Caller,
+    Limits,
+    Responses,
+    Usage,
+    checked_include,
+    json_response,
+    read_body,
+)
 from app.api.sse import event_stream
 from app.core.limits import check_input_size
 from app.schemas.requests import CreateResponseRequest
@@ -65,7 +73,7 @@ async def count_input_tokens(request: Request, responses: Responses, caller: Cal
     return json_response(await responses.count_input_tokens(body, caller.project))
 
 
-@router.get("/{response_id}")
+@router.get("/{response_id}", dependencies=[checked_include])
 async def retrieve_response(
     request: Request,
     response_id: str,
@@ -91,7 +99,7 @@ async def cancel_response(response_id: str, responses: Responses, caller: Caller
     return json_response(await responses.cancel(response_id, caller.project))
 
 
-@router.get("/{response_id}/input_items")
+@router.get("/{response_id}/input_items", dependencies=[checked_include])
 async def list_input_items(
     response_id: str,
     responses: Responses,

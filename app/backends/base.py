@@ -150,5 +150,12 @@ class Backend(abc.ABC):
         timeout). Closing the iterator early (`aclose()`) closes the upstream request at once.
         """
 
+    async def count_tokens(self, request: GenerationRequest) -> int | None:
+        """The upstream's own count of the input tokens `request` would send (its tokenizer and
+        chat template), where the upstream offers one (vLLM's and llama.cpp's `/tokenize`).
+        None where it offers none, or fails to answer: the caller then counts itself. Never
+        raises for an upstream fault; nothing is generated."""
+        return None
+
     @abc.abstractmethod
     async def aclose(self) -> None: ...

@@ -26,8 +26,9 @@ from app.backends.base import (
     Usage,
 )
 from app.backends.chat_tools import ChatTools, chat_name, custom_arguments, custom_input
+from app.backends.tokenize import server_root, upstream_token_count
 from app.backends.upstream import UpstreamClient, error_message
-from app.config import ModelConfig
+from app.config import ModelConfig, public_url
 from app.errors import UpstreamError, UpstreamUnavailableError
 from app.schemas.items import (
     custom_tool_call_item,
@@ -324,6 +325,24 @@ class ChatCompletionsBackend(Backend):
     def __init__(self, config: ModelConfig, upstream: UpstreamClient | None = None) -> None:
         self.name = config.name
         self._upstream = upstream or _default_upstream(config)
+        # Local servers may count tokens themselves; Azure (its own `upstream`) cannot.
+        self._tokenize_root = (
+            server_root(public_url(config.base_url))
+            if upstream is None and config.base_url
+            else None
+        )
+
+    async def count_tokens(self, request: GenerationRequest) -> int | None:
+        if self._tokenize_root is None:
+            return None
+        try:
+            messages = to_chat_messages(request.instructions, request.items)
+        except (KeyError, ValueError):  # content create would refuse (a file by URL)
+            return None
+        functions = ChatTools(request.tools).functions
+        return await upstream_token_count(
+            self._upstream, self._tokenize_root, request.model, messages, functions
+        )
 
     async def generate(self, request: GenerationRequest) -> Generation:
         data = await self._upstream.post_json(to_chat_body(request))

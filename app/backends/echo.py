@@ -1,6 +1,10 @@
 """`echo`: a built-in deterministic model for smoke tests and demos. No network, no randomness:
 it replies with a description of the input it received, and streams that reply word by word.
 
+Asked for JSON (`text.format` json_object or json_schema), it answers with a document that
+carries the same description and validates against the schema, so structured-output clients
+work against it too.
+
 It exists so that `make run` answers out of the box and so that a client, an agent framework or
 a load balancer can be tried against the gateway without any model. It is a testing aid, not a
 model: switch it off with `GATEWAY_ECHO_MODEL=` (empty).
@@ -8,6 +12,7 @@ model: switch it off with `GATEWAY_ECHO_MODEL=` (empty).
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from collections.abc import AsyncGenerator
@@ -60,6 +65,56 @@ def describe(request: GenerationRequest) -> str:
     return " ".join(parts)
 
 
+def _instance(schema: Any, text: str, root: dict[str, Any], depth: int = 0) -> Any:
+    """The simplest JSON value `schema` accepts, every string being `text`: enough for
+    structured-output clients (`responses.parse`) to get a document that validates. Covers what
+    strict structured outputs allow (objects, arrays, enums, consts, anyOf, local `$ref`s)."""
+    if not isinstance(schema, dict) or depth > 32:
+        return None
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/"):
+        target: Any = root
+        for key in ref[2:].split("/"):
+            target = target.get(key) if isinstance(target, dict) else None
+        return _instance(target, text, root, depth + 1)
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if schema.get(key):
+            return _instance(schema[key][0], text, root, depth + 1)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object" or "properties" in schema:
+        properties = schema.get("properties") or {}
+        return {name: _instance(sub, text, root, depth + 1) for name, sub in properties.items()}
+    if kind == "array":
+        count = int(schema.get("minItems") or 0)
+        return [_instance(schema.get("items"), text, root, depth + 1) for _ in range(count)]
+    if kind in ("integer", "number"):
+        return schema.get("minimum", 0)
+    if kind == "boolean":
+        return False
+    if kind == "string":
+        return text
+    return None
+
+
+def reply(request: GenerationRequest) -> str:
+    """The description, or — when the request asks for JSON (`text.format`) — a JSON document
+    carrying it: `{"echo": …}`, or the simplest instance of the requested schema."""
+    text = describe(request)
+    fmt = request.text_format or {}
+    if fmt.get("type") == "json_object":
+        return json.dumps({"echo": text})
+    if fmt.get("type") == "json_schema":
+        schema = fmt.get("schema") or {}
+        return json.dumps(_instance(schema, text, schema))
+    return text
+
+
 def _words(text: str) -> list[str]:
     return re.findall(r"\S+\s*", text)
 
@@ -75,15 +130,15 @@ class EchoBackend(Backend):
         self.name = config.name
 
     async def generate(self, request: GenerationRequest) -> Generation:
-        reply = describe(request)
-        message = message_item([output_text_part(reply)], "completed")
-        return Generation(output=[message], usage=_usage(request, reply))
+        text = reply(request)
+        message = message_item([output_text_part(text)], "completed")
+        return Generation(output=[message], usage=_usage(request, text))
 
     async def stream(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
-        reply = describe(request)
-        for word in _words(reply):
+        text = reply(request)
+        for word in _words(text):
             yield TextDelta(word)
-        yield Finish(usage=_usage(request, reply))
+        yield Finish(usage=_usage(request, text))
 
     async def aclose(self) -> None:
         return None

@@ -31,8 +31,11 @@ from app.backends.base import (
     NativeEvent,
     Usage,
 )
+from app.backends.chat_completions import to_chat_messages
+from app.backends.chat_tools import ChatTools
+from app.backends.tokenize import server_root, upstream_token_count
 from app.backends.upstream import UpstreamClient, error_message
-from app.config import OPENAI_BASE_URL, ModelConfig
+from app.config import OPENAI_BASE_URL, ModelConfig, public_url
 from app.errors import UpstreamError, UpstreamUnavailableError
 from app.ids import new_item_id
 
@@ -57,18 +60,26 @@ def wants_encrypted_reasoning(config: ModelConfig, request: GenerationRequest) -
     return asked or request.model.lower().startswith(REASONING_FAMILIES)
 
 
-def to_responses_input(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def to_responses_input(
+    items: list[dict[str, Any]], *, raw_reasoning: bool = False
+) -> list[dict[str, Any]]:
     """Our stored items → the upstream's `input`.
 
     Reasoning without `encrypted_content` (produced by another backend, or by a model that was
-    not asked for it) is dropped: a stateless upstream answers 400 to a reasoning id it cannot
-    look up. Ids of input-only items (user messages, tool outputs) are ours and mean nothing
-    upstream, so they are left out; output items keep their ids.
+    not asked for it) is dropped for OpenAI and Azure: a stateless upstream answers 400 to a
+    reasoning id it cannot look up. Local servers (`raw_reasoning`: vLLM, whose gpt-oss and
+    other reasoning models think in plain text) take it back as they produced it, its
+    `reasoning_text` content being the chain of thought a tool-calling turn continues from; one
+    with neither content nor encrypted content carries nothing and is dropped everywhere. Ids of
+    input-only items (user messages, tool outputs) are ours and mean nothing upstream, so they
+    are left out; output items keep their ids.
     """
     wire: list[dict[str, Any]] = []
     for item in items:
         kind = item.get("type")
-        if kind == "reasoning" and not item.get("encrypted_content"):
+        if kind == "reasoning" and not (
+            item.get("encrypted_content") or (raw_reasoning and item.get("content"))
+        ):
             continue
         if (kind == "message" and item.get("role") != "assistant") or (
             kind == "function_call_output"
@@ -80,11 +91,16 @@ def to_responses_input(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def to_responses_body(
-    request: GenerationRequest, *, stream: bool, encrypted_reasoning: bool, penalties: bool
+    request: GenerationRequest,
+    *,
+    stream: bool,
+    encrypted_reasoning: bool,
+    penalties: bool,
+    raw_reasoning: bool = False,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": request.model,
-        "input": to_responses_input(request.items),
+        "input": to_responses_input(request.items, raw_reasoning=raw_reasoning),
         "store": False,
     }
     if stream:
@@ -168,11 +184,31 @@ class ResponsesBackend(Backend):
 
     responses_native = True
     penalties = True
+    raw_reasoning = True  # plain-text reasoning goes back (see `to_responses_input`)
 
     def __init__(self, config: ModelConfig, upstream: UpstreamClient | None = None) -> None:
         self.name = config.name
         self._config = config
         self._upstream = upstream or _bearer_upstream(config, config.base_url or OPENAI_BASE_URL)
+        # A local server (vLLM) may count tokens itself; OpenAI and Azure offer no `/tokenize`.
+        self._tokenize_root = (
+            server_root(public_url(config.base_url))
+            if config.backend == "responses" and upstream is None and config.base_url
+            else None
+        )
+
+    async def count_tokens(self, request: GenerationRequest) -> int | None:
+        if self._tokenize_root is None:
+            return None
+        # vLLM's `/tokenize` takes the chat form of the same context.
+        try:
+            messages = to_chat_messages(request.instructions, request.items)
+        except (KeyError, ValueError):  # an item Chat Completions has no form for
+            return None
+        functions = ChatTools(request.tools).functions
+        return await upstream_token_count(
+            self._upstream, self._tokenize_root, request.model, messages, functions
+        )
 
     def _body(self, request: GenerationRequest, *, stream: bool) -> dict[str, Any]:
         return to_responses_body(
@@ -180,6 +216,7 @@ class ResponsesBackend(Backend):
             stream=stream,
             encrypted_reasoning=wants_encrypted_reasoning(self._config, request),
             penalties=self.penalties,
+            raw_reasoning=self.raw_reasoning,
         )
 
     def _failed(self, message: str) -> UpstreamError:
@@ -236,9 +273,10 @@ class ResponsesBackend(Backend):
 
 
 class OpenAIBackend(ResponsesBackend):
-    """OpenAI itself: `base_url` defaults to https://api.openai.com/v1."""
+    """OpenAI itself (and Azure OpenAI): `base_url` defaults to https://api.openai.com/v1."""
 
     penalties = False
+    raw_reasoning = False
 
 
 def _bearer_upstream(config: ModelConfig, base_url: str) -> UpstreamClient:

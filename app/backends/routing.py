@@ -173,6 +173,11 @@ class RoutedBackend(Backend):
         assert failure is not None
         raise failure
 
+    async def count_tokens(self, request: GenerationRequest) -> int | None:
+        """The first model's count: the one that answers unless it fails."""
+        target = self._targets[0]
+        return await target.backend.count_tokens(replace(request, model=target.upstream_model))
+
     def _next(self, index: int, exc: UpstreamError) -> UpstreamError:
         if index + 1 < len(self._targets):
             failed, following = self._targets[index].name, self._targets[index + 1].name

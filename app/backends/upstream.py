@@ -141,10 +141,18 @@ class UpstreamClient:
     def malformed(self, what: str) -> UpstreamError:
         return UpstreamError(f"{self.where.capitalize()} sent {what}")
 
-    async def post_json(self, payload: dict[str, Any]) -> Any:
-        """The decoded JSON answer; raises our errors for transport faults and HTTP errors."""
+    async def post_json(
+        self, payload: dict[str, Any], *, url: str | None = None, timeout: float | None = None
+    ) -> Any:
+        """The decoded JSON answer; raises our errors for transport faults and HTTP errors.
+        `url` (another endpoint of the same server, with the same auth) and `timeout` replace
+        the client's for this call."""
         try:
-            response = await self._client.post(self.url, content=orjson.dumps(payload))
+            response = await self._client.post(
+                url or self.url,
+                content=orjson.dumps(payload),
+                timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
+            )
         except httpx.HTTPError as exc:
             raise self.transport_error(exc) from exc
         if response.status_code >= 400:

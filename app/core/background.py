@@ -245,8 +245,13 @@ class BackgroundRunner:
             await self._end_without_running(job, stored.body, stored.stream, route is None)
             return
         items = stored.input
+        hosted_tools = route.config.hosted_tools
         generation = generation_request(
-            request, route.upstream_model, items, dropped_tools(request, route.backend)
+            request,
+            route.upstream_model,
+            items,
+            dropped_tools(request, route.backend, hosted_tools),
+            hosted_items=hosted_tools != "drop",
         )
         try:
             fit_generation(route, request, generation)  # checked at enqueue; the window may shrink

@@ -73,11 +73,19 @@ def _check_image(part: InputImage, at: str) -> None:
 
 
 def _check_file(part: InputFile, at: str) -> None:
+    if part.file_data is None and part.file_url is not None:
+        # Passed on to models whose upstream fetches it (the Responses backends); refused for
+        # the others in `check_file_urls`, once the model is known.
+        if not part.file_url.startswith(("http://", "https://")):
+            raise BadRequestError(
+                f"Invalid '{at}.file_url': expected an http(s) URL.", param=f"{at}.file_url"
+            )
+        return
     if part.file_data is None:
         raise BadRequestError(
-            f"Invalid '{at}': only inline files (file_data, base64 or a data: URI) are "
-            "supported; file_id and file_url are not (this gateway has no Files API and does "
-            "not fetch URLs on a client's behalf).",
+            f"Invalid '{at}': give file_data (base64 or a data: URI), or file_url for a model "
+            "whose upstream fetches it; file_id is not supported (this gateway has no Files "
+            "API).",
             param=f"{at}.file_data",
         )
     if len(part.file_data) > MAX_FILE_CHARS:

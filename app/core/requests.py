@@ -7,15 +7,19 @@ and `truncation: "auto"` as they are; translating backends refuse hosted tools. 
 probabilities are asked of every backend (Chat Completions: `logprobs`/`top_logprobs`).
 Function, `custom` and `namespace` tools work everywhere (the Chat Completions translation
 flattens them into functions). Hosted tools on a translating backend are refused, or — with the
-model's `hosted_tools: drop` — left out of the upstream call (`dropped_tools`)."""
+model's `hosted_tools: drop`, which a local Responses server may want too — left out of the
+upstream call with their replayed items (`dropped_tools`). Files by URL reach only the backends
+speaking Responses (`check_file_urls`)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from app.backends.base import Backend, GenerationRequest
 from app.errors import BadRequestError
 from app.schemas.requests import (
+    HOSTED_ITEM_TYPES,
     CreateResponseRequest,
     CustomTool,
     FunctionTool,
@@ -43,6 +47,28 @@ LOGPROBS = "message.output_text.logprobs"
 KNOWN_INCLUDES = ACCEPTED_INCLUDES | {LOGPROBS}
 
 
+def check_includes(values: Iterable[str]) -> None:
+    """A 400 naming the first `include` value that is not one of OpenAI's."""
+    for index, value in enumerate(values):
+        if value not in KNOWN_INCLUDES:
+            raise BadRequestError(
+                f"Invalid value for 'include[{index}]': {value!r} is not a known include value.",
+                param=f"include[{index}]",
+                code="invalid_value",
+            )
+
+
+def check_context_source(request: CreateResponseRequest) -> None:
+    """A context comes from a conversation or from a previous response, never both (create and
+    `input_tokens` alike)."""
+    if request.conversation is not None and request.previous_response_id is not None:
+        raise BadRequestError(
+            "Use either 'conversation' or 'previous_response_id', not both.",
+            param="conversation",
+            code="invalid_value",
+        )
+
+
 def _not_supported(param: str, what: str) -> BadRequestError:
     return BadRequestError(f"{what} is not supported by this gateway yet.", param=param)
 
@@ -62,12 +88,7 @@ def check_request(
                     "API. Set `hosted_tools: drop` on the model to keep them out of its context.",
                     param=f"input[{index}].type",
                 )
-    if request.conversation is not None and request.previous_response_id is not None:
-        raise BadRequestError(
-            "Use either 'conversation' or 'previous_response_id', not both.",
-            param="conversation",
-            code="invalid_value",
-        )
+    check_context_source(request)
     if request.background and request.store is False:
         raise BadRequestError(
             "Background mode needs 'store': a background response must be stored to be "
@@ -90,13 +111,7 @@ def check_request(
         raise _not_supported("context_management", "Server-side compaction ('context_management')")
     if request.moderation is not None:
         raise _not_supported("moderation", "Moderation ('moderation')")
-    for index, value in enumerate(request.include or ()):
-        if value not in KNOWN_INCLUDES:
-            raise BadRequestError(
-                f"Invalid value for 'include[{index}]': {value!r} is not a known include value.",
-                param=f"include[{index}]",
-                code="invalid_value",
-            )
+    check_includes(request.include or ())
     for index, tool in enumerate(request.tools or ()):
         if isinstance(tool, OtherTool) and not native and hosted_tools != "drop":
             raise BadRequestError(
@@ -107,13 +122,43 @@ def check_request(
                 "on this model in the models file.",
                 param=f"tools[{index}].type",
             )
-    _check_tool_choice(request, native)
+    _check_tool_choice(request, native, hosted_tools == "drop")
 
 
-def dropped_tools(request: CreateResponseRequest, backend: Backend) -> list[str]:
-    """The hosted tool types left out of the upstream call (in order, once each): those a
-    translating backend cannot run, once `check_request` allowed them (`hosted_tools: drop`)."""
+def check_file_urls(items: list[dict[str, Any]], backend: Backend, model: str, new: int) -> None:
+    """`input_file` by `file_url` only reaches upstreams that fetch it themselves (those
+    speaking Responses): Chat Completions has no part for it, and the gateway fetches no URL on
+    a client's behalf. `new`: how many of `items` (the last ones) are the request's own input."""
     if backend.responses_native:
+        return
+    first_new = len(items) - new
+    for index, item in enumerate(items):
+        content = item.get("content") if item.get("type") == "message" else item.get("output")
+        for number, part in enumerate(content if isinstance(content, list) else ()):
+            if part.get("type") != "input_file" or part.get("file_data") is not None:
+                continue
+            where = "content" if item.get("type") == "message" else "output"
+            param = (
+                f"input[{index - first_new}].{where}[{number}].file_url"
+                if index >= first_new
+                else "input"
+            )
+            raise BadRequestError(
+                f"Files by URL ('file_url') cannot be sent to model {model!r}: its backend "
+                "speaks Chat Completions, which takes only inline files, and this gateway does "
+                "not fetch URLs for clients. Send the file as file_data (base64).",
+                param=param,
+            )
+
+
+def dropped_tools(
+    request: CreateResponseRequest, backend: Backend, hosted_tools: str = "reject"
+) -> list[str]:
+    """The hosted tool types left out of the upstream call (in order, once each): with the
+    model's `hosted_tools: drop`, all of them — a translating backend cannot run them, and a
+    local Responses server (vLLM, Ollama) may not either. Otherwise none: a translating backend
+    was refused them in `check_request`, a Responses backend takes them."""
+    if backend.responses_native and hosted_tools != "drop":
         return []
     return list(dict.fromkeys(t.type for t in request.tools or () if isinstance(t, OtherTool)))
 
@@ -139,7 +184,8 @@ def _listed(request: CreateResponseRequest, entry: dict[str, Any]) -> bool:
     return kind in {t.type for t in request.tools or () if isinstance(t, OtherTool)}
 
 
-def _check_tool_choice(request: CreateResponseRequest, native: bool) -> None:
+def _check_tool_choice(request: CreateResponseRequest, native: bool, drops: bool) -> None:
+    """`drops`: the model's hosted tools are dropped (`hosted_tools: drop`)."""
     choice = request.tool_choice
     hosted = {t.type for t in request.tools or () if isinstance(t, OtherTool)}
     if isinstance(choice, ToolChoiceFunction) and choice.name not in _names(request, "function"):
@@ -154,13 +200,23 @@ def _check_tool_choice(request: CreateResponseRequest, native: bool) -> None:
                     "Each of 'tool_choice.tools' must be a tool listed in 'tools'.",
                     param=f"tool_choice.tools[{index}]",
                 )
-        runnable = [entry for entry in choice.tools if native or entry.get("type") not in hosted]
+        runnable = [
+            entry
+            for entry in choice.tools
+            if (native and not drops) or entry.get("type") not in hosted
+        ]
         if choice.mode == "required" and not runnable:
             raise BadRequestError(
                 f"'tool_choice' requires one of {sorted(hosted)}, which model {request.model!r} "
                 "cannot run (its hosted tools are dropped).",
                 param="tool_choice.tools",
             )
+    if isinstance(choice, ToolChoiceOther) and native and drops and choice.type in hosted:
+        raise BadRequestError(
+            f"Tool choice forces tool {choice.type!r}, which model {request.model!r} does not "
+            "get: its hosted tools are dropped ('hosted_tools: drop').",
+            param="tool_choice.type",
+        )
     if isinstance(choice, ToolChoiceOther) and not native:
         if choice.type == "custom":
             if getattr(choice, "name", None) not in _names(request, "custom"):
@@ -247,9 +303,15 @@ def generation_request(
     upstream_model: str,
     items: list[dict[str, Any]],
     drop: list[str] | None = None,
+    *,
+    hosted_items: bool = True,
 ) -> GenerationRequest:
-    """`drop`: hosted tool types to leave out (`dropped_tools`)."""
+    """`drop`: hosted tool types to leave out (`dropped_tools`); without `hosted_items`, the
+    hosted tools' items (`web_search_call`…) are left out of the context too (`hosted_tools:
+    drop`: a model that does not get the tools gets none of their calls either)."""
     dropped = set(drop or ())
+    if not hosted_items:
+        items = [item for item in items if item.get("type") not in HOSTED_ITEM_TYPES]
     tools = [
         _upstream_tool(tool)
         for tool in request.tools or ()

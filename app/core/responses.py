@@ -25,7 +25,13 @@ from app.core.generation import (
     run_generation,
 )
 from app.core.items import resolve_items
-from app.core.requests import check_request, dropped_tools, generation_request
+from app.core.requests import (
+    check_context_source,
+    check_file_urls,
+    check_request,
+    dropped_tools,
+    generation_request,
+)
 from app.core.tokens import count_tokens, fit_generation
 from app.errors import BadRequestError, NotFoundError, UpstreamError
 from app.schemas.requests import ConcreteInput, ConcreteItem, CreateResponseRequest, MessageItem
@@ -62,14 +68,24 @@ class ResponsesService:
         route = self._resolve(request.model)
         check_request(request, route.backend, route.config.hosted_tools)
         context = await self._assemble(request, project)
-        dropped = dropped_tools(request, route.backend)
+        check_file_urls(
+            context.items, route.backend, request.model, len(context.items) - len(context.history)
+        )
+        hosted_tools = route.config.hosted_tools
+        dropped = dropped_tools(request, route.backend, hosted_tools)
         if dropped:
             log.info(
                 "dropped hosted tools %s: model %s cannot run them (hosted_tools: drop)",
                 ", ".join(dropped),
                 route.config.name,
             )
-        generation = generation_request(request, route.upstream_model, context.items, dropped)
+        generation = generation_request(
+            request,
+            route.upstream_model,
+            context.items,
+            dropped,
+            hosted_items=hosted_tools != "drop",
+        )
         fit_generation(route, request, generation)
         return Prepared(
             request,
@@ -87,11 +103,17 @@ class ResponsesService:
     ) -> dict[str, Any]:
         """`POST /v1/responses/input_tokens`: the tokens the same create body would send."""
         route = self._resolve(request.model)
+        check_context_source(request)
         context = await self._assemble(request, project)
         generation = generation_request(request, route.upstream_model, context.items)
-        count = count_tokens(
-            route.upstream_model, request.instructions, generation.items, generation.tools
-        )
+        # A local server's own count wins (its tokenizer and chat template: gpt-oss on vLLM
+        # frames messages unlike OpenAI's API); without one, OpenAI's families are counted
+        # exactly here and other models estimated.
+        count = await route.backend.count_tokens(generation)
+        if count is None:
+            count = count_tokens(
+                route.upstream_model, request.instructions, generation.items, generation.tools
+            )
         return {"object": "response.input_tokens", "input_tokens": count}
 
     async def create(self, prepared: Prepared) -> dict[str, Any]:

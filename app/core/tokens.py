@@ -7,6 +7,10 @@ accounting (a few tokens of framing per message, tool schemas as JSON), so it is
 that framing. For other models (a local Llama or Qwen) it is an estimate: their tokenizers differ,
 typically by 10–20 %. Images are estimated by detail (85 tokens low, 765 otherwise); inline files
 by their base64 size.
+
+`POST /v1/responses/input_tokens` first asks a local server for its own count
+(`Backend.count_tokens`: vLLM's and llama.cpp's `/tokenize`); these counts are its fallback, and
+what `context_window` is enforced with on every create (no extra upstream round trip).
 """
 
 from __future__ import annotations

@@ -401,7 +401,7 @@ class CreateConversationRequest(BaseModel):
 class UpdateConversationRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    metadata: Metadata
+    metadata: Metadata | None  # required, but null clears it (the SDK's `Optional[Metadata]`)
 
 
 class AddConversationItemsRequest(BaseModel):
