@@ -171,3 +171,19 @@ def test_backoff_and_retry_after() -> None:
     for attempt in range(6):
         delay = backoff(attempt, None)
         assert delay is not None and 0 < delay <= 8.0
+
+
+def test_upstream_retry_after_reaches_the_client(
+    native: NativeStack, nclient: openai.OpenAI
+) -> None:
+    # Longer than MAX_RETRY_AFTER: no retry here, the client is told how long to wait instead.
+    native.fake.enqueue(Fail(429, headers={"Retry-After": "45"}))
+    with pytest.raises(openai.RateLimitError) as caught:
+        nclient.responses.create(model="gpt-4o", input="hi")
+    assert caught.value.response.headers["retry-after"] == "45"
+    assert len(native.fake.seen) == 1
+    later = email.utils.formatdate(time.time() + 40, usegmt=True)  # an HTTP date, as seconds
+    native.fake.enqueue(Fail(503, headers={"Retry-After": later}))
+    with pytest.raises(openai.InternalServerError) as failed:
+        nclient.responses.create(model="gpt-4o", input="hi")
+    assert 35 <= int(failed.value.response.headers["retry-after"]) <= 40
