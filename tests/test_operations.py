@@ -316,3 +316,27 @@ def test_opentelemetry_spans_per_request(process_env: dict[str, str], tmp_path: 
     assert '"name": "POST /v1/responses"' in out
     assert '"gateway.request_id": "rid-otel"' in out
     assert '"gen_ai.request.model": "local-llama"' in out
+
+
+def test_serve_logs_its_routing_table(process_env: dict[str, str], tmp_path: Path) -> None:
+    served = Served(process_env, tmp_path)
+    _, err = served.stop()
+    routes = [line["message"] for line in log_lines(err) if line["message"].startswith("route: ")]
+    assert any(r.startswith("route: local-llama") and "-> chat_completions" in r for r in routes)
+    assert any("(api key set)" in r for r in routes) and UPSTREAM_SECRET not in err
+
+
+def test_serve_without_models_file_starts_and_says_so(
+    process_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**process_env, "GATEWAY_CONFIG": "", "GATEWAY_ECHO_MODEL": ""}
+    for name in ("OPENAI_API_KEY", "AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_DEPLOYMENTS"):
+        env.pop(name, None)
+    served = Served(env, tmp_path)
+    try:
+        with openai.OpenAI(base_url=f"{served.url}/v1", api_key="x", max_retries=0) as client:
+            assert client.models.list().data == []
+    finally:
+        _, err = served.stop()
+    warning = next(line for line in log_lines(err) if "EMPTY" in line["message"])
+    assert warning["level"] in ("warning", "WARNING")
