@@ -9,6 +9,7 @@ import email.utils
 import threading
 import time
 
+import httpx
 import openai
 import pytest
 import sqlalchemy as sa
@@ -143,9 +144,12 @@ def test_secrets_never_leak(
         nclient.responses.create(model="azure-v1", input="hi")
     assert AZURE_SECRET not in str(denied.value)
     assert "retry 1" in caplog.text
+    metrics = httpx.get(f"{native.gateway.url}/metrics").text
+    assert "gateway_requests" in metrics
     for secret in (OPENAI_SECRET, AZURE_SECRET):
         assert secret not in caplog.text
         assert secret not in stored_text(native)
+        assert secret not in metrics
 
 
 def stored_text(native: NativeStack) -> str:
