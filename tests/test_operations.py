@@ -340,3 +340,23 @@ def test_serve_without_models_file_starts_and_says_so(
         _, err = served.stop()
     warning = next(line for line in log_lines(err) if "EMPTY" in line["message"])
     assert warning["level"] in ("warning", "WARNING")
+
+
+def test_serve_flags_override_the_environment(
+    process_env: dict[str, str], tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    flagged = tmp_path / "flagged.yaml"
+    flagged.write_text(
+        "models:\n  - name: flagged\n    backend: chat_completions\n"
+        f"    base_url: {upstream.base_url}\n"
+    )
+    env = {**process_env, "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'unmigrated.db'}"}
+    served = Served(
+        env, tmp_path, "--database-url", process_env["DATABASE_URL"], "--config", str(flagged)
+    )
+    try:
+        with openai.OpenAI(base_url=f"{served.url}/v1", api_key="x", max_retries=0) as client:
+            assert "flagged" in [model.id for model in client.models.list()]
+            assert "local-llama" not in [model.id for model in client.models.list()]
+    finally:
+        served.stop()
