@@ -324,3 +324,21 @@ def test_hundred_jobs_across_two_replicas_complete_exactly_once(
             assert len(done.output) == 1
     asked = [r.body["messages"][-1]["content"] for r in upstream.requests]
     assert sorted(asked) == sorted(f"job {i}" for i in range(100))  # each exactly once
+
+
+def test_a_delete_on_one_replica_reaches_the_others_context_cache(
+    replicas: Cluster, upstream: FakeUpstream
+) -> None:
+    """Replica A caches the contexts of the chain it stores; a turn deleted on B must not be
+    sent upstream by A's next continuation of a later turn."""
+    with replicas.a.client() as a, replicas.b.client() as b:
+        first = a.responses.create(model="local-llama", input="one")
+        second = a.responses.create(model="local-llama", input="two", previous_response_id=first.id)
+        third = a.responses.create(
+            model="local-llama", input="three", previous_response_id=second.id
+        )
+        b.responses.delete(second.id)
+        time.sleep(0.3)  # the notification is asynchronous
+        a.responses.create(model="local-llama", input="four", previous_response_id=third.id)
+    sent = [message["content"] for message in upstream.last.body["messages"]]
+    assert sent == ["one", "echo: one", "three", "echo: three", "four"]
