@@ -342,3 +342,44 @@ def test_a_delete_on_one_replica_reaches_the_others_context_cache(
         a.responses.create(model="local-llama", input="four", previous_response_id=third.id)
     sent = [message["content"] for message in upstream.last.body["messages"]]
     assert sent == ["one", "echo: one", "three", "echo: three", "four"]
+
+
+def test_cancel_of_a_job_whose_runner_died_still_cancels(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """The runner was killed and its lease is long: nobody would answer the cancel for a
+    minute, so the replica asked gives up waiting and cancels the job itself."""
+    for database in new_database("postgres", tmp_path):
+        migrate(database.url)
+        config = tmp_path / "models.yaml"
+        config.write_text(models_yaml(upstream))
+        env = {
+            **os.environ,
+            "DATABASE_URL": database.url,
+            "GATEWAY_CONFIG": str(config),
+            "GATEWAY_JOB_LEASE_SECONDS": "60",
+            "GATEWAY_LOG_LEVEL": "warning",
+        }
+        runner = Replica("runner", env, tmp_path).start()
+        asked = Replica("asked", {**env, "GATEWAY_WORKER_CONCURRENCY": "0"}, tmp_path).start()
+        try:
+            upstream.reset()
+            upstream.enqueue(slow(400, 0.05))
+            with asked.client() as client:
+                created = client.responses.create(
+                    model="local-llama", input="orphan", background=True
+                )
+                deadline = time.monotonic() + 10
+                while client.responses.retrieve(created.id).status != "in_progress":
+                    assert time.monotonic() < deadline
+                    time.sleep(0.05)
+                runner.kill()
+                started = time.monotonic()
+                cancelled = client.responses.cancel(created.id)
+                assert cancelled.status == "cancelled" and cancelled.completed_at is None
+                assert time.monotonic() - started < 15
+                assert client.responses.retrieve(created.id).status == "cancelled"
+                assert client.responses.cancel(created.id).status == "cancelled"
+        finally:
+            runner.stop()
+            asked.stop()
