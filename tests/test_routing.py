@@ -191,3 +191,18 @@ def test_upstream_retry_after_reaches_the_client(
     with pytest.raises(openai.InternalServerError) as failed:
         nclient.responses.create(model="gpt-4o", input="hi")
     assert 35 <= int(failed.value.response.headers["retry-after"]) <= 40
+
+
+def test_background_job_reports_the_fallback_that_answered(
+    native: NativeStack, nclient: openai.OpenAI
+) -> None:
+    native.fake.enqueue(Fail(503, headers={"Retry-After": "0"}), Fail(503), Answer(text="saved"))
+    created = nclient.responses.create(model="flaky", input="hi", background=True)
+    assert created.model == "flaky"
+    deadline = time.monotonic() + 15
+    while (done := nclient.responses.retrieve(created.id)).status in ("queued", "in_progress"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert done.status == "completed" and done.output_text == "saved"
+    assert done.model == "backup"
+    assert models_called(native) == ["flaky", "flaky", "backup"]
