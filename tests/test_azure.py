@@ -10,12 +10,14 @@ import time
 from dataclasses import dataclass
 
 import openai
+import pytest
 
 from app.backends.azure import REFRESH_MARGIN, azure_backend, azure_url
 from app.backends.base import GenerationRequest
 from app.config import ModelConfig
 from tests.conftest import AZURE_SECRET, NativeStack
 from tests.fake_responses import FakeResponses
+from tests.fake_upstream import Fail
 
 USER = [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}]
 
@@ -124,3 +126,12 @@ def test_injected_credential_cached_and_refreshed(responses_upstream: FakeRespon
     assert lasting.closed  # the backend closes what it was given, at shutdown
     expiring = FakeCredential(lifetime=REFRESH_MARGIN - 1)  # inside the refresh margin
     assert run_twice(responses_upstream, expiring) == ["Bearer injected-1", "Bearer injected-2"]
+
+
+def test_entra_token_never_echoed(native: NativeStack, nclient: openai.OpenAI) -> None:
+    nclient.responses.create(model="azure-entra", input="hi")
+    token = native.fake.last.headers["Authorization"].removeprefix("Bearer ")
+    native.fake.enqueue(Fail(401, {"error": {"message": f"Token {token} is not valid here"}}))
+    with pytest.raises(openai.AuthenticationError) as caught:
+        nclient.responses.create(model="azure-entra", input="hi")
+    assert token not in str(caught.value.body) and "[redacted]" in str(caught.value.body)
