@@ -260,6 +260,12 @@ models:
     upstream_model: prod-gpt
     api_key: {AZURE_SECRET}
     max_retries: 0
+  - name: azure-sdk-url
+    backend: azure
+    endpoint: {fake.root}/openai/v1/
+    upstream_model: prod-gpt
+    api_key: {AZURE_SECRET}
+    max_retries: 0
   - name: azure-preview
     backend: azure
     endpoint: {fake.root}

@@ -10,12 +10,14 @@ import time
 from dataclasses import dataclass
 
 import openai
+import pytest
 
-from app.backends.azure import REFRESH_MARGIN, azure_backend
+from app.backends.azure import REFRESH_MARGIN, azure_backend, azure_url
 from app.backends.base import GenerationRequest
 from app.config import ModelConfig
 from tests.conftest import AZURE_SECRET, NativeStack
 from tests.fake_responses import FakeResponses
+from tests.fake_upstream import Fail
 
 USER = [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}]
 
@@ -27,6 +29,27 @@ def test_v1_with_api_key(native: NativeStack, nclient: openai.OpenAI) -> None:
     assert seen.headers["api-key"] == AZURE_SECRET and "Authorization" not in seen.headers
     assert seen.body["model"] == "prod-gpt" and seen.body["store"] is False
     assert response.model == "azure-v1" and response.output_text == "native: hi"
+
+
+def test_endpoint_copied_from_an_sdk_base_url(native: NativeStack, nclient: openai.OpenAI) -> None:
+    # `https://<resource>.openai.azure.com/openai/v1/`, as Azure's samples write the SDK's
+    # base_url: the same upstream URL as the bare resource endpoint.
+    response = nclient.responses.create(model="azure-sdk-url", input="hi")
+    assert (native.fake.last.path, native.fake.last.query) == ("/openai/v1/responses", {})
+    assert response.output_text == "native: hi"
+    for endpoint in ("https://res.openai.azure.com/openai", "https://res.openai.azure.com/"):
+        config = ModelConfig(
+            name="c",
+            backend="azure",
+            endpoint=endpoint,
+            api_key="k",
+            api="chat_completions",
+            api_version="2024-10-21",
+        )
+        assert azure_url(config) == (
+            "https://res.openai.azure.com/openai/deployments/c/chat/completions",
+            {"api-version": "2024-10-21"},
+        )
 
 
 def test_preview_api_version(native: NativeStack, nclient: openai.OpenAI) -> None:
@@ -103,3 +126,12 @@ def test_injected_credential_cached_and_refreshed(responses_upstream: FakeRespon
     assert lasting.closed  # the backend closes what it was given, at shutdown
     expiring = FakeCredential(lifetime=REFRESH_MARGIN - 1)  # inside the refresh margin
     assert run_twice(responses_upstream, expiring) == ["Bearer injected-1", "Bearer injected-2"]
+
+
+def test_entra_token_never_echoed(native: NativeStack, nclient: openai.OpenAI) -> None:
+    nclient.responses.create(model="azure-entra", input="hi")
+    token = native.fake.last.headers["Authorization"].removeprefix("Bearer ")
+    native.fake.enqueue(Fail(401, {"error": {"message": f"Token {token} is not valid here"}}))
+    with pytest.raises(openai.AuthenticationError) as caught:
+        nclient.responses.create(model="azure-entra", input="hi")
+    assert token not in str(caught.value.body) and "[redacted]" in str(caught.value.body)

@@ -220,3 +220,64 @@ def test_cancel_queued_job(idle_gateway: GatewayServer) -> None:
         cancelled = client.responses.cancel(created.id)
         assert cancelled.status == "cancelled" and cancelled.output == []
         assert client.responses.cancel(created.id).status == "cancelled"
+
+
+def test_events_expire_after_the_retention(
+    empty_database: Database, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    migrate(empty_database.url)
+    config = tmp_path / "models.yaml"
+    config.write_text(models_yaml(upstream))
+    settings = Settings(
+        database_url=empty_database.url,
+        gateway_config=config,
+        gateway_event_retention_seconds=0.5,
+        gateway_prune_seconds=0.2,
+    )
+    server = GatewayServer(settings).start()
+    try:
+        upstream.reset()
+        live = stream_raw(server.url, {"model": "local-llama", "input": "x", "background": True})
+        response_id = live.terminal["response"]["id"]
+        url = f"{server.url}/v1/responses/{response_id}"
+        deadline = time.monotonic() + 10
+        while (raw := httpx.get(url, params={"stream": "true"})).status_code == 200:
+            assert time.monotonic() < deadline, "the events were never pruned"
+            time.sleep(0.2)
+        assert raw.status_code == 400
+        assert raw.json()["error"]["param"] == "stream"
+        assert "expired" in raw.json()["error"]["message"]
+        kept = httpx.get(url).json()  # the response itself stays
+        assert (
+            kept["status"] == "completed" and kept["output"] == live.terminal["response"]["output"]
+        )
+    finally:
+        server.stop()
+
+
+def test_worker_concurrency_bounds_jobs_per_process(
+    empty_database: Database, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    migrate(empty_database.url)
+    config = tmp_path / "models.yaml"
+    config.write_text(models_yaml(upstream))
+    settings = Settings(
+        database_url=empty_database.url, gateway_config=config, gateway_worker_concurrency=2
+    )
+    server = GatewayServer(settings).start()
+    try:
+        upstream.reset()
+        upstream.enqueue(*[Reply(content="slow", delay=1.5)] * 4)
+        with openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0) as client:
+            ids = [
+                client.responses.create(model="local-llama", input="x", background=True).id
+                for _ in range(4)
+            ]
+            time.sleep(0.7)
+            statuses = sorted(client.responses.retrieve(i).status for i in ids)
+            assert statuses == ["in_progress", "in_progress", "queued", "queued"]
+            assert len(upstream.requests) == 2
+            done = [wait_status(client, i, TERMINAL, timeout=15).status for i in ids]
+            assert done == ["completed"] * 4
+    finally:
+        server.stop()

@@ -324,3 +324,62 @@ def test_hundred_jobs_across_two_replicas_complete_exactly_once(
             assert len(done.output) == 1
     asked = [r.body["messages"][-1]["content"] for r in upstream.requests]
     assert sorted(asked) == sorted(f"job {i}" for i in range(100))  # each exactly once
+
+
+def test_a_delete_on_one_replica_reaches_the_others_context_cache(
+    replicas: Cluster, upstream: FakeUpstream
+) -> None:
+    """Replica A caches the contexts of the chain it stores; a turn deleted on B must not be
+    sent upstream by A's next continuation of a later turn."""
+    with replicas.a.client() as a, replicas.b.client() as b:
+        first = a.responses.create(model="local-llama", input="one")
+        second = a.responses.create(model="local-llama", input="two", previous_response_id=first.id)
+        third = a.responses.create(
+            model="local-llama", input="three", previous_response_id=second.id
+        )
+        b.responses.delete(second.id)
+        time.sleep(0.3)  # the notification is asynchronous
+        a.responses.create(model="local-llama", input="four", previous_response_id=third.id)
+    sent = [message["content"] for message in upstream.last.body["messages"]]
+    assert sent == ["one", "echo: one", "three", "echo: three", "four"]
+
+
+def test_cancel_of_a_job_whose_runner_died_still_cancels(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """The runner was killed and its lease is long: nobody would answer the cancel for a
+    minute, so the replica asked gives up waiting and cancels the job itself."""
+    for database in new_database("postgres", tmp_path):
+        migrate(database.url)
+        config = tmp_path / "models.yaml"
+        config.write_text(models_yaml(upstream))
+        env = {
+            **os.environ,
+            "DATABASE_URL": database.url,
+            "GATEWAY_CONFIG": str(config),
+            "GATEWAY_JOB_LEASE_SECONDS": "60",
+            "GATEWAY_LOG_LEVEL": "warning",
+        }
+        runner = Replica("runner", env, tmp_path).start()
+        asked = Replica("asked", {**env, "GATEWAY_WORKER_CONCURRENCY": "0"}, tmp_path).start()
+        try:
+            upstream.reset()
+            upstream.enqueue(slow(400, 0.05))
+            with asked.client() as client:
+                created = client.responses.create(
+                    model="local-llama", input="orphan", background=True
+                )
+                deadline = time.monotonic() + 10
+                while client.responses.retrieve(created.id).status != "in_progress":
+                    assert time.monotonic() < deadline
+                    time.sleep(0.05)
+                runner.kill()
+                started = time.monotonic()
+                cancelled = client.responses.cancel(created.id)
+                assert cancelled.status == "cancelled" and cancelled.completed_at is None
+                assert time.monotonic() - started < 15
+                assert client.responses.retrieve(created.id).status == "cancelled"
+                assert client.responses.cancel(created.id).status == "cancelled"
+        finally:
+            runner.stop()
+            asked.stop()

@@ -234,3 +234,23 @@ def test_concurrent_responses_on_one_conversation(gw: Stack) -> None:
     pairs = [(texts[i], texts[i + 1]) for i in range(0, 24, 2)]
     assert all(answer == f"echo: {question}" for question, answer in pairs)
     assert sorted(q for q, _ in pairs) == sorted(f"turn {i}" for i in range(12))
+
+
+def test_deleted_conversation_items_leave_later_continuations(
+    client: openai.OpenAI, gw: Stack
+) -> None:
+    conversation = client.conversations.create(
+        items=[{"type": "message", "role": "user", "content": "secret note"}]
+    )
+    made = client.responses.create(model="local-llama", input="one", conversation=conversation.id)
+    note = client.conversations.items.list(conversation.id, order="asc").data[0]
+    client.conversations.items.delete(note.id, conversation_id=conversation.id)
+    client.responses.create(model="local-llama", input="two", previous_response_id=made.id)
+    assert "secret note" not in str(gw.upstream.last.body["messages"])
+    other = client.conversations.create(
+        items=[{"type": "message", "role": "user", "content": "another note"}]
+    )
+    made = client.responses.create(model="local-llama", input="three", conversation=other.id)
+    client.conversations.delete(other.id)
+    client.responses.create(model="local-llama", input="four", previous_response_id=made.id)
+    assert "another note" not in str(gw.upstream.last.body["messages"])

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.config import Settings
 from app.store.engine import head_revision
-from tests.conftest import GatewayServer, Stack, migrate, models_yaml
+from tests.conftest import Database, GatewayServer, Stack, migrate, models_yaml
 from tests.fake_upstream import FakeUpstream, Reply
 
 PROMPT_CANARY = "PROMPT-CANARY-7f3a"
@@ -145,6 +145,46 @@ def test_retention_purges_old_responses_in_the_workers(
                 time.sleep(0.2)
             with pytest.raises(openai.NotFoundError):
                 client.responses.input_items.list(old.id)
+    finally:
+        server.stop()
+
+
+def test_a_purged_turn_leaves_the_context_of_later_turns(
+    empty_database: Database, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """The process caches the context of each turn it stores; a purged earlier turn must not
+    be sent upstream again by a continuation of a later turn that outlived it."""
+    migrate(empty_database.url)
+    config = tmp_path / "models.yaml"
+    config.write_text(models_yaml(upstream))
+    settings = Settings(
+        database_url=empty_database.url,
+        gateway_config=config,
+        gateway_response_ttl_seconds=3,
+        gateway_prune_seconds=0.1,
+    )
+    server = GatewayServer(settings).start()
+    upstream.reset()
+    try:
+        with openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0) as client:
+            old = client.responses.create(model="local-llama", input="old turn")
+            time.sleep(1.5)
+            later = client.responses.create(
+                model="local-llama", input="later turn", previous_response_id=old.id
+            )
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    client.responses.retrieve(old.id)
+                except openai.NotFoundError:
+                    break
+                assert time.monotonic() < deadline, "the old turn was never purged"
+                time.sleep(0.05)
+            client.responses.create(
+                model="local-llama", input="next", previous_response_id=later.id
+            )
+        sent = [message["content"] for message in upstream.last.body["messages"]]
+        assert sent == ["later turn", "echo: later turn", "next"]
     finally:
         server.stop()
 
@@ -323,3 +363,47 @@ def test_opentelemetry_spans_per_request(process_env: dict[str, str], tmp_path: 
     assert '"name": "POST /v1/responses"' in out
     assert '"gateway.request_id": "rid-otel"' in out
     assert '"gen_ai.request.model": "local-llama"' in out
+
+
+def test_serve_logs_its_routing_table(process_env: dict[str, str], tmp_path: Path) -> None:
+    served = Served(process_env, tmp_path)
+    _, err = served.stop()
+    routes = [line["message"] for line in log_lines(err) if line["message"].startswith("route: ")]
+    assert any(r.startswith("route: local-llama") and "-> chat_completions" in r for r in routes)
+    assert any("(api key set)" in r for r in routes) and UPSTREAM_SECRET not in err
+
+
+def test_serve_without_models_file_starts_and_says_so(
+    process_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**process_env, "GATEWAY_CONFIG": "", "GATEWAY_ECHO_MODEL": ""}
+    for name in ("OPENAI_API_KEY", "AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_DEPLOYMENTS"):
+        env.pop(name, None)
+    served = Served(env, tmp_path)
+    try:
+        with openai.OpenAI(base_url=f"{served.url}/v1", api_key="x", max_retries=0) as client:
+            assert client.models.list().data == []
+    finally:
+        _, err = served.stop()
+    warning = next(line for line in log_lines(err) if "EMPTY" in line["message"])
+    assert warning["level"] in ("warning", "WARNING")
+
+
+def test_serve_flags_override_the_environment(
+    process_env: dict[str, str], tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    flagged = tmp_path / "flagged.yaml"
+    flagged.write_text(
+        "models:\n  - name: flagged\n    backend: chat_completions\n"
+        f"    base_url: {upstream.base_url}\n"
+    )
+    env = {**process_env, "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'unmigrated.db'}"}
+    served = Served(
+        env, tmp_path, "--database-url", process_env["DATABASE_URL"], "--config", str(flagged)
+    )
+    try:
+        with openai.OpenAI(base_url=f"{served.url}/v1", api_key="x", max_retries=0) as client:
+            assert "flagged" in [model.id for model in client.models.list()]
+            assert "local-llama" not in [model.id for model in client.models.list()]
+    finally:
+        served.stop()

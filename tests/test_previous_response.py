@@ -177,3 +177,34 @@ def test_input_items_are_sdk_typed_resources(client: openai.OpenAI, gw: Stack) -
     assert set(body) == {"object", "data", "first_id", "last_id", "has_more"}
     strict_items(body["data"])
     assert all(item["id"] for item in body["data"])
+
+
+def test_deleting_a_turn_in_the_middle_of_a_chain(client: openai.OpenAI, gw: Stack) -> None:
+    first = client.responses.create(model="local-llama", input="one")
+    second = client.responses.create(
+        model="local-llama", input="two", previous_response_id=first.id
+    )
+    third = client.responses.create(
+        model="local-llama", input="three", previous_response_id=second.id
+    )
+    client.responses.delete(second.id)
+    # The later turn still continues; its context just lacks the deleted turn's items.
+    fourth = client.responses.create(
+        model="local-llama", input="four", previous_response_id=third.id
+    )
+    assert fourth.status == "completed"
+    assert user_texts(gw.upstream.last.body["messages"]) == [
+        "one",
+        "echo: one",
+        "three",
+        "echo: three",
+        "four",
+    ]
+    listed = client.responses.input_items.list(fourth.id, limit=2)  # desc: newest first
+    texts = [item.content[0].text for item in listed.data]  # type: ignore[union-attr]
+    assert texts == ["four", "echo: three"] and listed.has_more
+    rest = client.responses.input_items.list(fourth.id, limit=2, after=listed.last_id)
+    texts = [item.content[0].text for item in rest.data]  # type: ignore[union-attr]
+    assert texts == ["three", "echo: one"] and rest.has_more
+    with pytest.raises(openai.NotFoundError):
+        client.responses.create(model="local-llama", input="x", previous_response_id=second.id)

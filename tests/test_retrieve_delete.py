@@ -17,6 +17,15 @@ def test_retrieve_equals_create(client: openai.OpenAI) -> None:
     fetched = client.responses.with_raw_response.retrieve(created["id"]).http_response.json()
     assert fetched == created
     strict_response(fetched)
+    # `include` (as the SDK sends it, `include[]=…`) is accepted on both reads.
+    included = client.responses.with_raw_response.retrieve(
+        created["id"], include=["message.output_text.logprobs"], include_obfuscation=False
+    ).http_response.json()
+    assert included == created
+    items = client.responses.input_items.list(
+        created["id"], include=["message.input_image.image_url"]
+    )
+    assert [item.type for item in items.data] == ["message"]
 
 
 def test_delete(client: openai.OpenAI, gw: Stack) -> None:

@@ -9,6 +9,7 @@ import email.utils
 import threading
 import time
 
+import httpx
 import openai
 import pytest
 import sqlalchemy as sa
@@ -143,9 +144,12 @@ def test_secrets_never_leak(
         nclient.responses.create(model="azure-v1", input="hi")
     assert AZURE_SECRET not in str(denied.value)
     assert "retry 1" in caplog.text
+    metrics = httpx.get(f"{native.gateway.url}/metrics").text
+    assert "gateway_requests" in metrics
     for secret in (OPENAI_SECRET, AZURE_SECRET):
         assert secret not in caplog.text
         assert secret not in stored_text(native)
+        assert secret not in metrics
 
 
 def stored_text(native: NativeStack) -> str:
@@ -171,3 +175,34 @@ def test_backoff_and_retry_after() -> None:
     for attempt in range(6):
         delay = backoff(attempt, None)
         assert delay is not None and 0 < delay <= 8.0
+
+
+def test_upstream_retry_after_reaches_the_client(
+    native: NativeStack, nclient: openai.OpenAI
+) -> None:
+    # Longer than MAX_RETRY_AFTER: no retry here, the client is told how long to wait instead.
+    native.fake.enqueue(Fail(429, headers={"Retry-After": "45"}))
+    with pytest.raises(openai.RateLimitError) as caught:
+        nclient.responses.create(model="gpt-4o", input="hi")
+    assert caught.value.response.headers["retry-after"] == "45"
+    assert len(native.fake.seen) == 1
+    later = email.utils.formatdate(time.time() + 40, usegmt=True)  # an HTTP date, as seconds
+    native.fake.enqueue(Fail(503, headers={"Retry-After": later}))
+    with pytest.raises(openai.InternalServerError) as failed:
+        nclient.responses.create(model="gpt-4o", input="hi")
+    assert 35 <= int(failed.value.response.headers["retry-after"]) <= 40
+
+
+def test_background_job_reports_the_fallback_that_answered(
+    native: NativeStack, nclient: openai.OpenAI
+) -> None:
+    native.fake.enqueue(Fail(503, headers={"Retry-After": "0"}), Fail(503), Answer(text="saved"))
+    created = nclient.responses.create(model="flaky", input="hi", background=True)
+    assert created.model == "flaky"
+    deadline = time.monotonic() + 15
+    while (done := nclient.responses.retrieve(created.id)).status in ("queued", "in_progress"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert done.status == "completed" and done.output_text == "saved"
+    assert done.model == "backup"
+    assert models_called(native) == ["flaky", "flaky", "backup"]

@@ -1,6 +1,7 @@
 """Azure OpenAI: the same dialects as OpenAI, at Azure's URLs, with Azure's auth.
 
-URL forms (`endpoint` is `https://<resource>.openai.azure.com`, the model is the deployment):
+URL forms (`endpoint` is `https://<resource>.openai.azure.com`, with or without the `/openai/v1`
+of Azure's SDK samples; the model is the deployment):
 
 - `api: responses`, `api_version` unset or `v1`: `{endpoint}/openai/v1/responses`, the
   deployment in the body's `model`; `api_version: preview` adds `?api-version=preview`.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncGenerator
 from typing import Any, Protocol
@@ -99,7 +101,10 @@ class EntraAuth(httpx.Auth):
 
 def azure_url(config: ModelConfig) -> tuple[str, dict[str, str]]:
     """The URL and query of the upstream, per the table above."""
-    endpoint, version = config.endpoint, config.api_version
+    # Azure's own v1 samples give the OpenAI SDK `base_url=https://<resource>.openai.azure.com/
+    # openai/v1/`; an endpoint copied from there means the resource, not a path below it.
+    endpoint = re.sub(r"/openai(/v1)?$", "", config.endpoint or "")
+    version = config.api_version
     v1 = version in _V1_VERSIONS
     params = {"api-version": version} if version and version not in ("v1", "latest") else {}
     if config.api == "responses":

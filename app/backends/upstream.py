@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -130,6 +131,10 @@ class UpstreamClient:
                 error.status, error.type = 429, "requests"
                 error.code = code or "rate_limit_exceeded"
             error.retry_after = retry_after(response.headers.get("retry-after"))
+            if error.retry_after is not None:
+                # Relayed with the error, so that the client's own retry (the SDKs honour
+                # it) waits as long as the upstream asked rather than hammering it at once.
+                error.headers = {"retry-after": str(math.ceil(error.retry_after))}
             return error
         return UpstreamError(
             f"{self.where.capitalize()} rejected the request ({status}): {message}",

@@ -44,7 +44,8 @@ from app.store.responses import NewResponse, ResponseStore, StoredItem, StoredRe
 
 log = logging.getLogger(__name__)
 
-# How long a cancel waits for the worker running the job to store its final state.
+# How long a cancel waits for the worker running the job to store its final state, before it
+# ends the job itself.
 CANCEL_WAIT_SECONDS = 10.0
 # Followers of a stream re-read the database at least this often (notifications are hints).
 FOLLOW_POLL_SECONDS = 1.0
@@ -334,6 +335,14 @@ class ResponsesService:
         before = await self._jobs.request_cancel(response_id, cancelled_body)
         if before == RUNNING:
             stored = await self._wait_terminal(response_id, project)
+            if stored.status not in TERMINAL_STATUSES:
+                # No worker answered: the process running the job has most likely died, and
+                # its lease may be far from expiring. End the job here. A worker that is only
+                # slow is fenced off (its lease no longer holds) and writes nothing more.
+                await self._jobs.complete(
+                    response_id, project, None, cancelled_body(stored.body), [], []
+                )
+                stored = await self._stored(response_id, project)
         else:
             stored = await self._stored(response_id, project)
         return render_response(stored.body, stored.output)

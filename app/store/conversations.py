@@ -131,6 +131,7 @@ class ConversationStore:
             await tx.execute(
                 delete(items_table).where(items_table.c.response_id == conversation_id)
             )
+            await tx.notify("rg_deletes", conversation_id)  # cached contexts may hold them
         return True
 
     async def context(self, conversation_id: str, project: str) -> list[StoredItem] | None:
@@ -229,4 +230,5 @@ class ConversationStore:
                     items_table.c.pk == pk, items_table.c.response_id == conversation_id
                 )
             )
+            await tx.notify("rg_deletes", conversation_id)
         return True

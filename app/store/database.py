@@ -2,7 +2,8 @@
 ours, and cross-process notifications.
 
 Notifications wake other replicas without polling: a queued job (`jobs`), a cancel request
-(`cancels`), new stream events of a response (`events`). On PostgreSQL they are LISTEN/NOTIFY:
+(`cancels`), new stream events of a response (`events`), stored responses deleted or purged
+(`deletes`: every replica drops its context cache). On PostgreSQL they are LISTEN/NOTIFY:
 sent inside the writing transaction, so they are delivered exactly when its rows are visible.
 On SQLite (one process) they are delivered in-process right after the commit. Either way a
 listener must treat them as hints and re-read the database: a notification can be missed (a
@@ -27,7 +28,7 @@ from app.errors import StorageError
 
 log = logging.getLogger(__name__)
 
-CHANNELS = ("rg_jobs", "rg_cancels", "rg_events")
+CHANNELS = ("rg_jobs", "rg_cancels", "rg_events", "rg_deletes")
 # Connections of the hot-path pool (`Database.driver`), at most, per process.
 HOT_POOL_SIZE = 32
 Listener = Callable[[str], None]

@@ -71,8 +71,9 @@ class ContextCache:
     so that the next turn of a chain — usually served by the process that stored the last one —
     neither queries nor decodes its history. Items never change once stored, so an entry stays
     right as long as its response exists (checked with one primary-key lookup on every hit) and
-    no earlier turn was deleted (a DELETE in this process clears the cache; one on another
-    replica is seen here once the entry is evicted). Bounded by the item references it holds;
+    no earlier turn was deleted (a DELETE or retention purge on any replica clears every
+    replica's cache through the `rg_deletes` notification; one missed while a LISTEN connection
+    was down is seen here once the entry is evicted). Bounded by the item references it holds;
     the item dicts themselves are shared by the entries of one chain."""
 
     def __init__(self, max_refs: int = 200_000) -> None:
@@ -150,6 +151,9 @@ class ResponseStore:
         self._db = database
         self._postgres = database.postgres
         self._contexts = ContextCache()
+        # A delete or purge on any replica may remove items that cached contexts of later turns
+        # hold; without this, another replica would keep sending them upstream until eviction.
+        database.listen("rg_deletes", lambda _payload: self._contexts.clear())
 
     def _pk_in(self, pks: Sequence[int]) -> ColumnElement[bool]:
         """`items.pk IN (pks)` as one bound parameter, however long the list (no 32k-parameter
@@ -410,4 +414,5 @@ class ResponseStore:
                 key = table.c.id if table is responses_table else table.c.response_id
                 await tx.execute(delete(table).where(key == response_id))
             await tx.execute(delete(items_table).where(items_table.c.response_id == response_id))
+            await tx.notify("rg_deletes", response_id)
         return True

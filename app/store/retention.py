@@ -43,6 +43,7 @@ class RetentionStore:
                 for table in (items_table, jobs_table, events_table):
                     await tx.execute(delete(table).where(table.c.response_id.in_(ids)))
                 await tx.execute(delete(responses_table).where(responses_table.c.id.in_(ids)))
+                await tx.notify("rg_deletes", "")  # as a DELETE: cached contexts may hold them
             purged += len(ids)
             if len(ids) < BATCH:
                 break
