@@ -1,0 +1,140 @@
+"""Wire bodies validated against JSON schemas: the Open Responses spec (what the Open Responses
+compliance suite checks, through zod schemas generated from this same document) and the
+component schemas of OpenAI's openapi.yaml (cut by `fixtures/openai_components.py`).
+
+Both are OpenAPI 3.1 documents, so their schemas are JSON Schema 2020-12: each document is one
+`referencing` resource and `#/components/schemas/X` refs resolve inside it. Objects are open
+(extra keys pass, as zod's default `strip` lets them); required keys, enums and nullability are
+checked as written.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError, best_match
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+FIXTURES = Path(__file__).with_name("fixtures")
+
+
+class Spec:
+    def __init__(self, path: Path, uri: str, errata: dict[str, Any] | None = None) -> None:
+        self.document = json.loads(path.read_text())
+        for name, fix in (errata or {}).items():
+            fix(self.document["components"]["schemas"][name])
+        self.uri = uri
+        resource = Resource.from_contents(self.document, default_specification=DRAFT202012)
+        self.registry: Registry[Any] = Registry().with_resource(uri, resource)
+        self._validators: dict[str, Draft202012Validator] = {}
+
+    @property
+    def schemas(self) -> dict[str, Any]:
+        return self.document["components"]["schemas"]  # type: ignore[no-any-return]
+
+    def validator(self, name: str) -> Draft202012Validator:
+        if name not in self._validators:
+            assert name in self.schemas, f"{name} is not a schema of {self.uri}"
+            ref = {"$ref": f"{self.uri}#/components/schemas/{name}"}
+            self._validators[name] = Draft202012Validator(ref, registry=self.registry)
+        return self._validators[name]
+
+    def errors(self, name: str, instance: Any) -> list[str]:
+        return [_describe(error) for error in self.validator(name).iter_errors(instance)]
+
+    def check(self, name: str, instance: Any) -> None:
+        errors = list(self.validator(name).iter_errors(instance))
+        if errors:
+            others = "".join(f"\n  also {_describe(error)}" for error in errors[:10])
+            raise AssertionError(
+                f"not a valid {self.uri} {name}: {_describe(best_match(errors))}{others}\n"
+                + json.dumps(instance, indent=1)[:3000]
+            )
+
+    def event_schemas(self, union: dict[str, Any]) -> dict[str, str]:
+        """Event type → schema name, for a union (`oneOf`/`anyOf` of refs) of event schemas."""
+        members = union.get("oneOf") or union.get("anyOf") or []
+        mapping = {}
+        for member in members:
+            name = member["$ref"].rsplit("/", 1)[1]
+            type_ = self.schemas[name]["properties"]["type"]
+            mapping[type_.get("const") or type_["enum"][0]] = name
+        return mapping
+
+
+def _describe(error: ValidationError) -> str:
+    where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error.path)
+    # A failed oneOf says little; the deepest failure below it names the real field.
+    if error.context:
+        deepest = max(error.context, key=lambda sub: len(sub.absolute_path))
+        return f"{where or '.'}: {error.message[:200]} (deepest: {_describe(deepest)})"
+    return f"{where or '.'}: {error.message[:300]}"
+
+
+def _nullable(*fields: str) -> Any:
+    def fix(schema: dict[str, Any]) -> None:
+        for part in [schema, *schema.get("allOf", ())]:
+            for field in fields:
+                if field in part.get("properties", {}):
+                    part["properties"][field] = {
+                        "anyOf": [part["properties"][field], {"type": "null"}]
+                    }
+
+    return fix
+
+
+def _any_schema(schema: dict[str, Any]) -> None:
+    schema["properties"]["schema"] = {"type": "object"}
+
+
+# Where a spec is wrong about what the live API sends (and the SDK parses), corrected before
+# validating, each for the reason given. Nothing else is loosened.
+OPEN_RESPONSES_ERRATA: dict[str, Any] = {
+    # `schema` is generated as `anyOf: [null]`, which no JSON schema passes.
+    "JsonSchemaResponseFormat": _any_schema,
+}
+OPENAI_ERRATA: dict[str, Any] = {
+    # `usage` is null until a response finishes (response.created, queued, failed): OpenAI sends
+    # null, the SDK's type is Optional, and Open Responses requires the key, nullable.
+    "Response": _nullable("usage"),
+    # An empty page has no first or last item: null, as OpenAI's list endpoints send it (the
+    # SDK's pages read `data` and `has_more` only).
+    "ResponseItemList": _nullable("first_id", "last_id"),
+    "ConversationItemList": _nullable("first_id", "last_id"),
+    # Echoed as null when unset: Open Responses requires the key (nullable), the SDK's type is
+    # Optional.
+    "TextResponseFormatJsonSchema": _nullable("description"),
+}
+
+
+@cache
+def open_responses() -> Spec:
+    return Spec(
+        FIXTURES / "openresponses-openapi-2026-04-24.json",
+        "urn:openresponses",
+        OPEN_RESPONSES_ERRATA,
+    )
+
+
+@cache
+def openai_components() -> Spec:
+    return Spec(FIXTURES / "openai-components.json", "urn:openai", OPENAI_ERRATA)
+
+
+@cache
+def open_responses_events() -> dict[str, str]:
+    """The streaming events Open Responses defines (the compliance suite's union of 24)."""
+    spec = open_responses()
+    stream = spec.document["paths"]["/responses"]["post"]["responses"]["200"]["content"]
+    return spec.event_schemas(stream["text/event-stream"]["schema"])
+
+
+@cache
+def openai_events() -> dict[str, str]:
+    spec = openai_components()
+    return spec.event_schemas(spec.schemas["ResponseStreamEvent"])

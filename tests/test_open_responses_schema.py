@@ -1,0 +1,688 @@
+"""Every body the gateway sends, validated against the published schemas over real HTTP: the
+Open Responses spec (the compliance suite parses each Response as `ResponseResource` and every
+stream event against its union of 24 event schemas) and OpenAI's openapi.yaml components, on
+top of the openai SDK's own models (`tests/wire.py`).
+
+The compliance suite's scenarios come first, under their ids (basic-response,
+streaming-response, system-prompt, tool-calling, tool-calling-streaming,
+function-call-roundtrip, image-input, file-input, multi-turn, previous-response-id); then ours:
+parallel tool calls, reasoning, refusal, logprobs, incomplete, failed, background, cancelled,
+input items, conversations and the error envelope. Where Open Responses and OpenAI name a
+thing differently the gateway keeps what the SDK parses; `OPENAI_ONLY_EVENTS` lists those cases.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import typing
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from openai.types.responses import ResponseStreamEvent
+
+from tests.conftest import NativeStack, Stack
+from tests.fake_responses import Answer
+from tests.fake_upstream import Fail, Reply, tool_call
+from tests.schemas import open_responses, open_responses_events, openai_components, openai_events
+from tests.wire import SSEStream, restream_raw, stream_raw, strict_response, strict_stream
+
+# The SQLite half is enough: the wire shape does not depend on the database.
+pytestmark = pytest.mark.parametrize("stack", ["sqlite"], indirect=True)
+
+# Stream events OpenAI's SDK knows and Open Responses does not define (the suite would report
+# them as unknown). Emitting the Open Responses name instead would break every openai SDK client.
+OPENAI_ONLY_EVENTS = {
+    # Open Responses: response.reasoning.delta / .done, same fields.
+    "response.reasoning_text.delta",
+    "response.reasoning_text.done",
+    # Custom (free-form) tools are OpenAI's; Open Responses has function tools only.
+    "response.custom_tool_call_input.delta",
+    "response.custom_tool_call_input.done",
+}
+# What Open Responses' `ItemField` and `Tool` unions hold; hosted tools, their items and their
+# events (`response.web_search_call.searching`…) and custom tools are OpenAI's alone, checked
+# against OpenAI's schemas only.
+OPEN_RESPONSES_ITEMS = {"message", "function_call", "function_call_output", "reasoning"}
+
+
+def in_open_responses(response: dict[str, Any]) -> bool:
+    return all(item["type"] in OPEN_RESPONSES_ITEMS for item in response["output"]) and all(
+        tool["type"] == "function" for tool in response["tools"]
+    )
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Get the current weather for a location",
+    "parameters": {
+        "type": "object",
+        "properties": {
+            "location": {
+                "type": "string",
+                "description": "The city and state, e.g. San Francisco, CA",
+            }
+        },
+        "required": ["location"],
+    },
+}
+RED_HEART_PNG = (
+    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8Dw"
+    "HwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
+)
+PDF = "data:application/pdf;base64,JVBERi0xLjEKJSVFT0YK"
+
+_SDK_EVENTS = {
+    typing.get_args(member.model_fields["type"].annotation)[0]: member
+    for member in typing.get_args(typing.get_args(ResponseStreamEvent)[0])
+}
+
+
+# --- checks ----------------------------------------------------------------------------------
+
+
+def check_response(data: dict[str, Any]) -> dict[str, Any]:
+    """A Response as the SDK, OpenAI's schema and (where it covers the items) Open Responses
+    see it."""
+    strict_response(data)
+    openai_components().check("Response", data)
+    if in_open_responses(data):
+        open_responses().check("ResponseResource", data)
+    return data
+
+
+def check_stream(stream: SSEStream) -> SSEStream:
+    """Every event: a type the SDK knows with each of its required fields present (and non-null
+    where the SDK's type says so), valid against OpenAI's event schema and against Open
+    Responses' (unless it is one of `OPENAI_ONLY_EVENTS`); each Response inside checked too."""
+    strict_stream(stream)
+    ours = open_responses_events()
+    covered = in_open_responses(stream.terminal["response"])
+    for event in stream.events:
+        kind = event["type"]
+        model = _SDK_EVENTS.get(kind)
+        assert model is not None, f"{kind} is not an event type of the openai SDK"
+        for name, info in model.model_fields.items():
+            if info.is_required():
+                assert name in event, f"{kind}.{name} is missing"
+                if type(None) not in typing.get_args(info.annotation):
+                    assert event[name] is not None, f"{kind}.{name} is null"
+        openai_components().check(openai_events()[kind], event)
+        item = event.get("item", event.get("response", {"type": "message"}))
+        if kind in ours and (covered or item.get("type") in OPEN_RESPONSES_ITEMS):
+            open_responses().check(ours[kind], event)
+        elif covered:
+            assert kind in OPENAI_ONLY_EVENTS, f"{kind} is not an Open Responses event"
+        if "response" in event:
+            check_response(event["response"])
+        if "item" in event and event["item"]["type"] in OPEN_RESPONSES_ITEMS:
+            open_responses().check("ItemField", event["item"])
+    return stream
+
+
+def check_item(item: dict[str, Any]) -> None:
+    openai_components().check("ConversationItem", item)
+    if item["type"] in OPEN_RESPONSES_ITEMS:
+        open_responses().check("ItemField", item)
+
+
+def check_item_list(data: dict[str, Any], schema: str) -> None:
+    assert data["data"], "an empty list has no ids to check"
+    openai_components().check(schema, data)
+    for item in data["data"]:
+        check_item(item)
+
+
+def check_error(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body = response.json()
+    openai_components().check("ErrorResponse", body)
+    open_responses().check("ErrorPayload", body["error"])
+    return body["error"]
+
+
+def post(gw: Stack, body: dict[str, Any]) -> dict[str, Any]:
+    response = httpx.post(f"{gw.gateway.url}/v1/responses", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    return check_response(response.json())
+
+
+def get(gw: Stack, path: str) -> dict[str, Any]:
+    response = httpx.get(f"{gw.gateway.url}/v1{path}", timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+def stream(gw: Stack, body: dict[str, Any]) -> SSEStream:
+    return check_stream(stream_raw(gw.gateway.url, body))
+
+
+def user(text: str) -> dict[str, Any]:
+    return {"type": "message", "role": "user", "content": text}
+
+
+def wait_terminal(gw: Stack, response_id: str, timeout: float = 10) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        data = get(gw, f"/responses/{response_id}")
+        if data["status"] not in ("queued", "in_progress") or time.monotonic() > deadline:
+            return check_response(data)
+        time.sleep(0.02)
+
+
+# --- the compliance suite's scenarios ----------------------------------------------------------
+
+
+def test_basic_response(gw: Stack) -> None:
+    data = post(gw, {"model": "local-llama", "input": [user("Say hello in exactly 3 words.")]})
+    assert data["status"] == "completed" and data["output"]
+    check_response(get(gw, f"/responses/{data['id']}"))
+
+
+def test_streaming_response(gw: Stack) -> None:
+    gw.upstream.enqueue(Reply(content="1, 2, 3, 4, 5."))
+    result = stream(gw, {"model": "local-llama", "input": [user("Count from 1 to 5.")]})
+    assert result.terminal["type"] == "response.completed"
+    assert result.terminal["response"]["status"] == "completed"
+
+
+def test_system_prompt(gw: Stack) -> None:
+    system = {"type": "message", "role": "system", "content": "You are a pirate."}
+    data = post(gw, {"model": "local-llama", "input": [system, user("Say hello.")]})
+    assert data["status"] == "completed" and data["output"]
+    assert gw.upstream.last.body["messages"][0]["role"] == "system"
+
+
+def test_tool_calling(gw: Stack) -> None:
+    call = tool_call("get_weather", {"location": "San Francisco, CA"}, "call_w")
+    gw.upstream.enqueue(Reply(tool_calls=[call]))
+    data = post(
+        gw,
+        {
+            "model": "local-llama",
+            "input": [user("What's the weather like in San Francisco?")],
+            "tools": [WEATHER_TOOL],
+        },
+    )
+    assert [item["type"] for item in data["output"]] == ["function_call"]
+
+
+def test_tool_calling_streaming(gw: Stack) -> None:
+    call = tool_call("get_weather", {"location": "San Francisco, CA"}, "call_w")
+    gw.upstream.enqueue(Reply(tool_calls=[call]))
+    result = stream(
+        gw,
+        {
+            "model": "local-llama",
+            "input": [user("What's the weather like in San Francisco?")],
+            "tools": [WEATHER_TOOL],
+        },
+    )
+    assert result.of("response.output_item.added")[0]["item"]["type"] == "function_call"
+    assert result.of("response.function_call_arguments.delta")
+    assert result.of("response.function_call_arguments.done")
+    assert result.of("response.output_item.done")[0]["item"]["type"] == "function_call"
+
+
+def test_function_call_roundtrip(gw: Stack) -> None:
+    call = tool_call("get_weather", {"location": "San Francisco, CA"}, "call_rt")
+    gw.upstream.enqueue(Reply(tool_calls=[call]), Reply(content="64 degrees and clear."))
+    first = post(
+        gw,
+        {
+            "model": "local-llama",
+            "input": "Use the weather tool to get the temperature in San Francisco.",
+            "tools": [WEATHER_TOOL],
+            "tool_choice": {"type": "function", "name": "get_weather"},
+        },
+    )
+    assert first["tool_choice"] == {"type": "function", "name": "get_weather"}
+    function_call = next(item for item in first["output"] if item["type"] == "function_call")
+    output = {
+        "type": "function_call_output",
+        "call_id": function_call["call_id"],
+        "output": "64 degrees and clear",
+    }
+    second = post(
+        gw, {"model": "local-llama", "previous_response_id": first["id"], "input": [output]}
+    )
+    assert second["status"] == "completed" and second["output"]
+    items = get(gw, f"/responses/{second['id']}/input_items?order=asc")
+    check_item_list(items, "ResponseItemList")
+    assert [item["type"] for item in items["data"]] == [
+        "message",
+        "function_call",
+        "function_call_output",
+    ]
+
+
+def test_image_input(gw: Stack) -> None:
+    content = [
+        {"type": "input_text", "text": "What do you see in this image?"},
+        {"type": "input_image", "image_url": RED_HEART_PNG},
+    ]
+    data = post(gw, {"model": "local-llama", "input": [{**user(""), "content": content}]})
+    assert data["status"] == "completed" and data["output"]
+    check_item_list(get(gw, f"/responses/{data['id']}/input_items"), "ResponseItemList")
+
+
+def test_file_input(gw: Stack) -> None:
+    content = [
+        {"type": "input_text", "text": "Read the attached file and answer with its title only."},
+        {"type": "input_file", "filename": "fixture.pdf", "file_data": PDF},
+    ]
+    data = post(gw, {"model": "local-llama", "input": [{**user(""), "content": content}]})
+    assert data["status"] == "completed" and data["output"]
+    check_item_list(get(gw, f"/responses/{data['id']}/input_items"), "ResponseItemList")
+
+
+def test_multi_turn(gw: Stack) -> None:
+    history = [
+        user("My name is Alice."),
+        {"type": "message", "role": "assistant", "content": "Hello Alice!"},
+        user("What is my name?"),
+    ]
+    data = post(gw, {"model": "local-llama", "input": history})
+    assert data["status"] == "completed" and data["output"]
+    items = get(gw, f"/responses/{data['id']}/input_items?order=asc")
+    check_item_list(items, "ResponseItemList")
+    assert [item["role"] for item in items["data"]] == ["user", "assistant", "user"]
+
+
+def test_previous_response_id(gw: Stack) -> None:
+    first = post(gw, {"model": "local-llama", "input": "Remember the code word: papaya."})
+    second = post(
+        gw,
+        {
+            "model": "local-llama",
+            "previous_response_id": first["id"],
+            "input": "What code word did I ask you to remember?",
+        },
+    )
+    assert second["status"] == "completed" and second["previous_response_id"] == first["id"]
+    assert len(gw.upstream.last.body["messages"]) == 3
+    check_item_list(get(gw, f"/responses/{second['id']}/input_items"), "ResponseItemList")
+
+
+# --- ours ------------------------------------------------------------------------------------
+
+
+def _two_calls() -> Reply:
+    return Reply(
+        tool_calls=[
+            tool_call("get_weather", {"location": "Paris"}, "call_a"),
+            tool_call("get_weather", {"location": "Oslo"}, "call_b"),
+        ]
+    )
+
+
+def test_parallel_tool_calls(gw: Stack) -> None:
+    body = {"model": "local-llama", "input": "Weather in Paris and Oslo?", "tools": [WEATHER_TOOL]}
+    gw.upstream.enqueue(_two_calls(), _two_calls())
+    data = post(gw, body)
+    assert [item["call_id"] for item in data["output"]] == ["call_a", "call_b"]
+    result = stream(gw, body)
+    assert len(result.of("response.function_call_arguments.done")) == 2
+
+
+def test_text_then_tool_call_with_strict_and_described_tools(gw: Stack) -> None:
+    tool = {**WEATHER_TOOL, "strict": True}
+    tool["parameters"] = {**WEATHER_TOOL["parameters"], "additionalProperties": False}
+    reply = Reply(content="Looking.", tool_calls=[tool_call("get_weather", {}, "c")])
+    gw.upstream.enqueue(reply, reply)
+    body = {"model": "local-llama", "input": "hi", "tools": [tool], "parallel_tool_calls": False}
+    assert post(gw, body)["tools"][0]["strict"] is True
+    stream(gw, body)
+
+
+def test_reasoning(gw: Stack) -> None:
+    reply = Reply(content="42", reasoning="Six times seven.")
+    gw.upstream.enqueue(reply, reply)
+    body = {"model": "local-llama", "input": "6*7?", "reasoning": {"effort": "low"}}
+    data = post(gw, body)
+    assert [item["type"] for item in data["output"]] == ["reasoning", "message"]
+    result = stream(gw, body)
+    assert result.of("response.reasoning_text.delta")
+    check_item_list(
+        get(gw, f"/responses/{result.terminal['response']['id']}/input_items"), "ResponseItemList"
+    )
+
+
+def test_refusal(gw: Stack) -> None:
+    reply = Reply(content=None, refusal="I can't help with that.")
+    gw.upstream.enqueue(reply, reply)
+    data = post(gw, {"model": "local-llama", "input": "no"})
+    assert data["output"][0]["content"][0]["type"] == "refusal"
+    assert stream(gw, {"model": "local-llama", "input": "no"}).of("response.refusal.done")
+
+
+def test_logprobs(gw: Stack) -> None:
+    body = {
+        "model": "local-llama",
+        "input": "two words",
+        "include": ["message.output_text.logprobs"],
+        "top_logprobs": 2,
+    }
+    gw.upstream.enqueue(Reply(content="two words"), Reply(content="two words"))
+    data = post(gw, body)
+    assert data["output"][0]["content"][0]["logprobs"]
+    stream(gw, body)
+
+
+def test_structured_output_formats(gw: Stack) -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    json_schema = {"type": "json_schema", "name": "thing", "schema": schema}
+    formats = [{"type": "json_object"}, json_schema, {**json_schema, "strict": True}]
+    for text_format in formats:
+        data = post(gw, {"model": "local-llama", "input": "json", "text": {"format": text_format}})
+        assert data["text"]["format"]["type"] == text_format["type"]
+    assert data["text"]["format"] == {**json_schema, "strict": True, "description": None}
+
+
+def test_incomplete(gw: Stack) -> None:
+    reply = Reply(content="A long sto", finish_reason="length")
+    gw.upstream.enqueue(reply, reply)
+    body = {"model": "local-llama", "input": "story", "max_output_tokens": 16}
+    data = post(gw, body)
+    assert data["status"] == "incomplete"
+    assert data["incomplete_details"] == {"reason": "max_output_tokens"}
+    result = stream(gw, body)
+    assert result.terminal["type"] == "response.incomplete"
+
+
+def test_failed(gw: Stack) -> None:
+    gw.upstream.enqueue(Fail(500))
+    response = httpx.post(
+        f"{gw.gateway.url}/v1/responses", json={"model": "local-llama", "input": "x"}, timeout=30
+    )
+    error = check_error(response, 502)
+    stored_id = re.search(r"resp_\w+", error["message"])
+    assert stored_id is not None
+    failed = check_response(get(gw, f"/responses/{stored_id.group()}"))
+    assert failed["status"] == "failed" and failed["error"]["code"] == "server_error"
+    gw.upstream.enqueue(Reply(content="one two three four", drop_after=3))
+    result = stream(gw, {"model": "local-llama", "input": "x"})
+    assert result.types[-2:] == ["error", "response.failed"]
+    assert result.terminal["response"]["error"] is not None
+
+
+def test_background_queued_then_completed(gw: Stack) -> None:
+    gw.upstream.enqueue(Reply(content="slow answer", delay=0.3))
+    queued = post(gw, {"model": "local-llama", "input": "hi", "background": True})
+    assert queued["status"] == "queued" and queued["background"] is True
+    done = wait_terminal(gw, queued["id"])
+    assert done["status"] == "completed"
+
+
+def test_background_stream_and_restream(gw: Stack) -> None:
+    gw.upstream.enqueue(Reply(content="streamed in the background"))
+    result = stream(gw, {"model": "local-llama", "input": "hi", "background": True})
+    assert result.types[:3] == ["response.created", "response.queued", "response.in_progress"]
+    again = check_stream(restream_raw(gw.gateway.url, result.terminal["response"]["id"]))
+    assert again.events == result.events
+
+
+def test_cancelled(gw: Stack) -> None:
+    gw.upstream.enqueue(Reply(content=" ".join(f"w{i}" for i in range(50)), token_delay=0.05))
+    queued = post(gw, {"model": "local-llama", "input": "hi", "background": True})
+    deadline = time.monotonic() + 5
+    while get(gw, f"/responses/{queued['id']}")["status"] == "queued":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(0.3)
+    response = httpx.post(f"{gw.gateway.url}/v1/responses/{queued['id']}/cancel", timeout=30)
+    assert response.status_code == 200, response.text
+    cancelled = check_response(response.json())
+    assert cancelled["status"] == "cancelled"
+    check_response(get(gw, f"/responses/{queued['id']}"))
+
+
+def test_delete_response(gw: Stack) -> None:
+    data = post(gw, {"model": "local-llama", "input": "bye"})
+    response = httpx.delete(f"{gw.gateway.url}/v1/responses/{data['id']}", timeout=30)
+    assert response.json() == {"id": data["id"], "object": "response", "deleted": True}
+    check_error(httpx.get(f"{gw.gateway.url}/v1/responses/{data['id']}", timeout=30), 404)
+
+
+def test_conversations(gw: Stack) -> None:
+    created = httpx.post(
+        f"{gw.gateway.url}/v1/conversations",
+        json={"metadata": {"topic": "demo"}, "items": [user("Hello!")]},
+        timeout=30,
+    ).json()
+    openai_components().check("ConversationResource", created)
+    openai_components().check("ConversationResource", get(gw, f"/conversations/{created['id']}"))
+    data = post(gw, {"model": "local-llama", "input": "and now?", "conversation": created["id"]})
+    assert data["conversation"] == {"id": created["id"]}
+    items = get(gw, f"/conversations/{created['id']}/items?order=asc")
+    check_item_list(items, "ConversationItemList")
+    assert len(items["data"]) == 3
+    check_item(get(gw, f"/conversations/{created['id']}/items/{items['data'][0]['id']}"))
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("POST", "/v1/responses", {"input": "x"}, 400),
+        ("POST", "/v1/responses", {"model": "local-llama", "input": [{"type": "nope"}]}, 400),
+        ("POST", "/v1/responses", {"model": "no-such-model", "input": "x"}, 404),
+        ("POST", "/v1/responses", {"model": "local-llama", "input": "x", "temperature": 9}, 400),
+        ("GET", "/v1/responses/resp_missing", None, 404),
+        ("GET", "/v1/responses/resp_missing/input_items", None, 404),
+        ("POST", "/v1/responses/resp_missing/cancel", None, 404),
+        ("GET", "/v1/conversations/conv_missing", None, 404),
+        ("GET", "/v1/nowhere", None, 404),
+    ],
+)
+def test_error_envelope(gw: Stack, method: str, path: str, body: Any, status: int) -> None:
+    response = httpx.request(method, f"{gw.gateway.url}{path}", json=body, timeout=30)
+    check_error(response, status)
+
+
+def test_sdk_parses_what_the_schemas_accept(gw: Stack, client: openai.OpenAI) -> None:
+    """The SDK's own parse of a streamed Response equals the JSON the schemas accepted."""
+    gw.upstream.enqueue(Reply(content="same words"))
+    with client.responses.stream(model="local-llama", input="hi") as events:
+        final = events.get_final_response()
+    stored = get(gw, f"/responses/{final.id}")
+    check_response(stored)
+    assert json.loads(final.model_dump_json(exclude_unset=True))["id"] == stored["id"]
+
+
+def test_stream_fails_before_any_output(gw: Stack) -> None:
+    gw.upstream.enqueue(Fail(500))
+    result = stream(gw, {"model": "local-llama", "input": "x"})
+    assert result.types == ["response.created", "response.in_progress", "error", "response.failed"]
+
+
+def test_background_failed(gw: Stack) -> None:
+    gw.upstream.enqueue(Fail(500))
+    queued = post(gw, {"model": "local-llama", "input": "x", "background": True})
+    failed = wait_terminal(gw, queued["id"])
+    assert failed["status"] == "failed" and failed["error"] is not None
+
+
+def test_restream_starting_after(gw: Stack) -> None:
+    result = stream(gw, {"model": "local-llama", "input": "hi there", "background": True})
+    response_id = result.terminal["response"]["id"]
+    tail = restream_raw(gw.gateway.url, response_id, starting_after=3)
+    assert tail.events == result.events[4:]
+    for event in tail.events:
+        open_responses().check(open_responses_events()[event["type"]], event)
+
+
+def test_foreground_stream_cut_by_the_client_is_stored_cancelled(gw: Stack) -> None:
+    gw.upstream.enqueue(Reply(content=" ".join(f"w{i}" for i in range(100)), token_delay=0.02))
+    body = {"model": "local-llama", "input": "hi", "stream": True}
+    with httpx.stream("POST", f"{gw.gateway.url}/v1/responses", json=body, timeout=30) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: ") and '"response.output_text.delta"' in line:
+                response_id = json.loads(line[6:])["item_id"]
+                break
+        created = None
+    del created
+    deadline = time.monotonic() + 5
+    while not gw.upstream.disconnects and time.monotonic() < deadline:
+        time.sleep(0.02)
+    listed = httpx.get(f"{gw.gateway.url}/v1/responses/{response_id}", timeout=30)
+    assert listed.status_code == 404  # an item id is not a response id
+
+
+def test_custom_tool_call(gw: Stack) -> None:
+    """OpenAI-only (Open Responses has function tools only): OpenAI's schemas and the SDK."""
+    tool = {"type": "custom", "name": "run_sql", "description": "Runs SQL."}
+    arguments = json.dumps({"input": "select 1"})
+    reply = Reply(tool_calls=[tool_call("run_sql", arguments, "call_sql")])
+    gw.upstream.enqueue(reply, reply)
+    body = {"model": "local-agent", "input": "count", "tools": [tool]}
+    data = post(gw, body)
+    assert data["output"][0]["type"] == "custom_tool_call"
+    result = stream(gw, body)
+    assert result.of("response.custom_tool_call_input.done")
+
+
+def test_empty_input_items_page(gw: Stack) -> None:
+    data = post(gw, {"model": "local-llama", "input": "one"})
+    items = get(gw, f"/responses/{data['id']}/input_items")
+    page = get(gw, f"/responses/{data['id']}/input_items?after={items['data'][0]['id']}")
+    assert page["data"] == [] and page["has_more"] is False
+    openai_components().check("ResponseItemList", page)
+
+
+def test_deleted_conversation(gw: Stack) -> None:
+    created = httpx.post(f"{gw.gateway.url}/v1/conversations", json={}, timeout=30).json()
+    deleted = httpx.delete(f"{gw.gateway.url}/v1/conversations/{created['id']}", timeout=30)
+    openai_components().check("DeletedConversation", deleted.json())
+
+
+def test_echo_model(gw: Stack) -> None:
+    data = post(gw, {"model": "echo", "input": "ping"})
+    assert data["status"] == "completed"
+    stream(gw, {"model": "echo", "input": "ping"})
+
+
+# --- a backend that speaks Responses natively: its events and items are relayed ------------
+
+
+def native_post(native: NativeStack, body: dict[str, Any]) -> dict[str, Any]:
+    response = httpx.post(f"{native.gateway.url}/v1/responses", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    return check_response(response.json())
+
+
+NATIVE = pytest.mark.parametrize("native_stack", ["sqlite"], indirect=True)
+
+
+@NATIVE
+def test_native_reasoning_summary_and_text(gw: Stack, native: NativeStack) -> None:
+    native.fake.enqueue(Answer(text="Four.", reasoning=True), Answer(text="Four.", reasoning=True))
+    body = {"model": "gpt-5-mini", "input": "2+2?", "reasoning": {"effort": "low"}}
+    data = native_post(native, body)
+    assert [item["type"] for item in data["output"]] == ["reasoning", "message"]
+    result = check_stream(stream_raw(native.gateway.url, body))
+    assert result.of("response.reasoning_summary_text.delta")
+
+
+@NATIVE
+def test_native_hosted_tool(gw: Stack, native: NativeStack) -> None:
+    answer = Answer(text="Sunny.", web_search=True)
+    native.fake.enqueue(answer, answer)
+    body = {"model": "gpt-5-mini", "input": "Weather?", "tools": [{"type": "web_search"}]}
+    native_post(native, body)
+    check_stream(stream_raw(native.gateway.url, body))
+
+
+@NATIVE
+@pytest.mark.parametrize("status", ["incomplete", "failed"])
+def test_native_unfinished(gw: Stack, native: NativeStack, status: str) -> None:
+    native.fake.enqueue(Answer(status=status), Answer(status=status))
+    body = {"model": "gpt-5-mini", "input": "hi"}
+    if status == "incomplete":
+        assert native_post(native, body)["status"] == "incomplete"
+    else:
+        response = httpx.post(f"{native.gateway.url}/v1/responses", json=body, timeout=30)
+        check_error(response, 500 if response.status_code == 500 else 502)
+    result = check_stream(stream_raw(native.gateway.url, body))
+    assert result.terminal["type"] == f"response.{status}"
+
+
+@NATIVE
+def test_native_stream_cut_short(gw: Stack, native: NativeStack) -> None:
+    native.fake.enqueue(Answer(text="one two three four five six", drop_after=6))
+    result = check_stream(stream_raw(native.gateway.url, {"model": "gpt-5-mini", "input": "n"}))
+    assert result.types[-2:] == ["error", "response.failed"]
+    check_response(
+        httpx.get(
+            f"{native.gateway.url}/v1/responses/{result.terminal['response']['id']}", timeout=30
+        ).json()
+    )
+
+
+def test_input_items_of_every_shape(gw: Stack) -> None:
+    """What the client sent, however loosely, is listed back as complete items."""
+    first = post(gw, {"model": "local-llama", "input": "remember me"})
+    history = [
+        {"role": "developer", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "input_text", "text": "hi"}]},
+        {"role": "assistant", "content": [{"type": "output_text", "text": "Hello."}]},
+        {"type": "reasoning", "summary": [], "content": [{"type": "reasoning_text", "text": "."}]},
+        {"type": "function_call", "call_id": "call_x", "name": "get_weather", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "call_x", "output": "sunny"},
+        {"type": "item_reference", "id": first["output"][0]["id"]},
+        user("and now?"),
+    ]
+    data = post(gw, {"model": "local-llama", "input": history, "tools": [WEATHER_TOOL]})
+    items = get(gw, f"/responses/{data['id']}/input_items?order=asc")
+    check_item_list(items, "ResponseItemList")
+    assert len(items["data"]) == len(history)
+
+
+@pytest.mark.parametrize(
+    "tool_choice",
+    [
+        "none",
+        "required",
+        {"type": "function", "name": "get_weather"},
+        {
+            "type": "allowed_tools",
+            "mode": "auto",
+            "tools": [{"type": "function", "name": "get_weather"}],
+        },
+    ],
+)
+def test_tool_choice_echo(gw: Stack, tool_choice: Any) -> None:
+    gw.upstream.enqueue(Reply(tool_calls=[tool_call("get_weather", {}, "call_c")]))
+    body = {
+        "model": "local-llama",
+        "input": "w",
+        "tools": [WEATHER_TOOL],
+        "tool_choice": tool_choice,
+    }
+    assert post(gw, body)["tool_choice"] == tool_choice
+
+
+def test_request_parameters_echo(gw: Stack) -> None:
+    body = {
+        "model": "local-llama",
+        "input": "x",
+        "instructions": "Be brief.",
+        "temperature": 0.5,
+        "top_p": 0.9,
+        "max_output_tokens": 64,
+        "max_tool_calls": 3,
+        "metadata": {"k": "v"},
+        "reasoning": {"effort": "high", "summary": "auto"},
+        "text": {"format": {"type": "text"}, "verbosity": "low"},
+        "truncation": "auto",
+        "safety_identifier": "user-1",
+        "prompt_cache_key": "cache-1",
+        "user": "someone",
+        "store": False,
+    }
+    data = post(gw, body)
+    assert data["reasoning"] == {"effort": "high", "summary": "auto"}
+    assert data["user"] == "someone" and data["store"] is False
