@@ -11,12 +11,14 @@ checked as written.
 from __future__ import annotations
 
 import json
+import typing
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
+from openai.types.responses import ResponseStreamEvent
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
@@ -138,3 +140,66 @@ def open_responses_events() -> dict[str, str]:
 def openai_events() -> dict[str, str]:
     spec = openai_components()
     return spec.event_schemas(spec.schemas["ResponseStreamEvent"])
+
+
+# Stream events OpenAI's SDK knows and Open Responses does not define (the compliance suite
+# reports them as failed events). Sending the Open Responses name instead would break every
+# openai SDK client, so the gateway keeps OpenAI's.
+OPENAI_ONLY_EVENTS = {
+    # Open Responses: response.reasoning.delta / response.reasoning.done, same fields.
+    "response.reasoning_text.delta",
+    "response.reasoning_text.done",
+    # Custom (free-form) tools are OpenAI's; Open Responses has function tools only.
+    "response.custom_tool_call_input.delta",
+    "response.custom_tool_call_input.done",
+}
+# What Open Responses' `ItemField` and `Tool` unions hold. Hosted tools, their items and their
+# events (`response.web_search_call.searching`…) and custom tools are OpenAI's alone: a body
+# that carries one is checked against OpenAI's schemas only.
+OPEN_RESPONSES_ITEMS = {"message", "function_call", "function_call_output", "reasoning"}
+
+_SDK_EVENTS = {
+    typing.get_args(member.model_fields["type"].annotation)[0]: member
+    for member in typing.get_args(typing.get_args(ResponseStreamEvent)[0])
+}
+
+
+def in_open_responses(response: dict[str, Any]) -> bool:
+    return all(item["type"] in OPEN_RESPONSES_ITEMS for item in response["output"]) and all(
+        tool["type"] == "function" for tool in response["tools"]
+    )
+
+
+def check_response_schemas(data: dict[str, Any]) -> None:
+    openai_components().check("Response", data)
+    if in_open_responses(data):
+        open_responses().check("ResponseResource", data)
+
+
+def check_event_schemas(events: list[dict[str, Any]]) -> None:
+    """Every event: a type the SDK knows with each of its required fields present (and non-null
+    where the SDK's type says so), valid against OpenAI's event schema and against Open
+    Responses' (unless it is one of `OPENAI_ONLY_EVENTS`, or about an OpenAI-only item or tool);
+    each Response inside checked too."""
+    ours = open_responses_events()
+    terminal = events[-1].get("response")
+    covered = terminal is None or in_open_responses(terminal)
+    for event in events:
+        kind = event["type"]
+        model = _SDK_EVENTS.get(kind)
+        assert model is not None, f"{kind} is not an event type of the openai SDK"
+        for name, info in model.model_fields.items():
+            if info.is_required():
+                assert name in event, f"{kind}.{name} is missing"
+                if type(None) not in typing.get_args(info.annotation):
+                    assert event[name] is not None, f"{kind}.{name} is null"
+        openai_components().check(openai_events()[kind], event)
+        about = event.get("item", event.get("response", {"type": "message"}))
+        if kind in ours and (covered or about.get("type") in OPEN_RESPONSES_ITEMS):
+            open_responses().check(ours[kind], event)
+        elif covered:
+            assert kind in OPENAI_ONLY_EVENTS, f"{kind} is not an Open Responses event"
+        if "response" in event:
+            check_response_schemas(event["response"])
+        if "item" in event and event["item"]["type"] in OPEN_RESPONSES_ITEMS:
+            open_responses().check("ItemField", event["item"])
