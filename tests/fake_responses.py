@@ -33,6 +33,11 @@ from tests.fake_upstream import Disconnect, Fail
 class Answer:
     text: str | None = None
     reasoning: bool = False
+    # Raw reasoning text on the reasoning item, streamed under the event names OpenAI uses
+    # (`response.reasoning_text.*`) or, with `open_responses_names`, Open Responses'
+    # (`response.reasoning.*`).
+    raw_reasoning: str | None = None
+    open_responses_names: bool = False
     web_search: bool = False
     status: str = "completed"  # or "incomplete", "failed"
     delay: float = 0.0
@@ -214,6 +219,8 @@ class FakeResponses:
             }
             if "reasoning.encrypted_content" in (body.get("include") or []):
                 item["encrypted_content"] = f"gAAAA-encrypted-{n}"
+            if answer.raw_reasoning is not None:
+                item["content"] = [{"type": "reasoning_text", "text": answer.raw_reasoning}]
             output.append(item)
         if answer.web_search:
             output.append(
@@ -328,6 +335,8 @@ class FakeResponses:
                         "part": {**part, "text": text},
                     },
                 ]
+                if answer.raw_reasoning is not None:
+                    events += _raw_reasoning_events(where, answer)
             elif item["type"] == "web_search_call":
                 added = {**item, "status": "in_progress"}
                 events.append(
@@ -366,3 +375,19 @@ class FakeResponses:
             {"type": terminal.get(answer.status, "response.failed"), "response": response}
         )
         return events
+
+
+def _raw_reasoning_events(where: dict[str, Any], answer: Answer) -> list[dict[str, Any]]:
+    text = answer.raw_reasoning or ""
+    name = "reasoning" if answer.open_responses_names else "reasoning_text"
+    at = {**where, "content_index": 0}
+    part = {"type": "reasoning_text", "text": ""}
+    return [
+        {"type": "response.content_part.added", **at, "part": part},
+        *(
+            {"type": f"response.{name}.delta", **at, "delta": piece}
+            for piece in re.findall(r"\S+\s*", text)
+        ),
+        {"type": f"response.{name}.done", **at, "text": text},
+        {"type": "response.content_part.done", **at, "part": {**part, "text": text}},
+    ]

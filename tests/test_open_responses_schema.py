@@ -556,6 +556,26 @@ def test_native_reasoning_summary_and_text(gw: Stack, native: NativeStack) -> No
 
 
 @NATIVE
+@pytest.mark.parametrize("open_responses_names", [False, True])
+def test_native_raw_reasoning(gw: Stack, native: NativeStack, open_responses_names: bool) -> None:
+    """An upstream speaking Open Responses names raw reasoning `response.reasoning.*`: relayed
+    under OpenAI's names, the ones the SDK knows, and kept in the stored item."""
+    answer = Answer(
+        text="Four.",
+        reasoning=True,
+        raw_reasoning="Two and two make four.",
+        open_responses_names=open_responses_names,
+    )
+    native.fake.enqueue(answer)
+    result = check_stream(stream_raw(native.gateway.url, {"model": "gpt-5-mini", "input": "2+2"}))
+    deltas = result.of("response.reasoning_text.delta")
+    assert "".join(d["delta"] for d in deltas) == "Two and two make four."
+    assert result.of("response.reasoning_text.done")[0]["text"] == "Two and two make four."
+    reasoning = result.terminal["response"]["output"][0]
+    assert reasoning["content"] == [{"type": "reasoning_text", "text": "Two and two make four."}]
+
+
+@NATIVE
 def test_native_hosted_tool(gw: Stack, native: NativeStack) -> None:
     answer = Answer(text="Sunny.", web_search=True)
     native.fake.enqueue(answer, answer)

@@ -42,6 +42,12 @@ REASONING_FAMILIES = ("o1", "o3", "o4", "gpt-5", "codex")
 _INCOMPLETE = {"max_output_tokens", "content_filter"}
 # Our own stream frames these; the upstream's copies carry the upstream's response id.
 _SKIPPED = {"response.created", "response.in_progress", "response.queued"}
+# Open Responses names raw reasoning events differently from OpenAI; an upstream that follows
+# it is relayed under OpenAI's names, the ones the SDKs know (the fields are the same).
+_OPENAI_EVENT_NAMES = {
+    "response.reasoning.delta": "response.reasoning_text.delta",
+    "response.reasoning.done": "response.reasoning_text.done",
+}
 _TERMINAL = {"response.completed", "response.incomplete"}
 
 
@@ -202,7 +208,7 @@ class ResponsesBackend(Backend):
                 if not line.startswith("data:") or line[5:].strip() == "[DONE]":
                     continue  # `event:` lines repeat the data's type; blank lines separate
                 event = self._parse_event(line[5:].strip())
-                kind = event.get("type")
+                kind = event["type"] = _OPENAI_EVENT_NAMES.get(event["type"], event["type"])
                 if kind in _SKIPPED:
                     continue
                 if kind in _TERMINAL:
