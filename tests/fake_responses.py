@@ -38,6 +38,9 @@ class Answer:
     # (`response.reasoning.*`).
     raw_reasoning: str | None = None
     open_responses_names: bool = False
+    # Optional item fields sent as null (`encrypted_content`, `content`, `phase`), as some
+    # servers do.
+    nulls: bool = False
     web_search: bool = False
     status: str = "completed"  # or "incomplete", "failed"
     delay: float = 0.0
@@ -221,6 +224,8 @@ class FakeResponses:
                 item["encrypted_content"] = f"gAAAA-encrypted-{n}"
             if answer.raw_reasoning is not None:
                 item["content"] = [{"type": "reasoning_text", "text": answer.raw_reasoning}]
+            elif answer.nulls:
+                item.update(content=None, encrypted_content=None)
             output.append(item)
         if answer.web_search:
             output.append(
@@ -243,6 +248,8 @@ class FakeResponses:
                 ],
             }
         )
+        if answer.nulls:
+            output[-1]["phase"] = None
         return output
 
     @staticmethod

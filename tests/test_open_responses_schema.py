@@ -576,6 +576,18 @@ def test_native_raw_reasoning(gw: Stack, native: NativeStack, open_responses_nam
 
 
 @NATIVE
+def test_native_null_item_fields(gw: Stack, native: NativeStack) -> None:
+    """`encrypted_content: null`, `content: null`, `phase: null` from an upstream: left out, so
+    the items are valid Open Responses (which has no null there) and read the same by the SDK."""
+    answer = Answer(text="Hi.", reasoning=True, nulls=True)
+    native.fake.enqueue(answer, answer)
+    body = {"model": "vllm/qwen3", "input": "hi"}
+    data = native_post(native, body)
+    assert "encrypted_content" not in data["output"][0] and "phase" not in data["output"][1]
+    check_stream(stream_raw(native.gateway.url, body))
+
+
+@NATIVE
 def test_native_hosted_tool(gw: Stack, native: NativeStack) -> None:
     answer = Answer(text="Sunny.", web_search=True)
     native.fake.enqueue(answer, answer)

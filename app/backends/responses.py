@@ -147,8 +147,21 @@ def _incomplete_reason(data: dict[str, Any]) -> Any:
     return reason if reason in _INCOMPLETE else None
 
 
+# Optional item fields some upstreams send as null where Open Responses has no null (a string,
+# a list or an enum): left out, which every SDK reads as the same absent value.
+_NO_NULL = {"reasoning": ("encrypted_content", "content"), "message": ("phase",)}
+
+
+def tidy_item(item: dict[str, Any]) -> dict[str, Any]:
+    keys = _NO_NULL.get(str(item.get("type")), ())
+    if any(key in item and item[key] is None for key in keys):
+        return {key: value for key, value in item.items() if value is not None or key not in keys}
+    return item
+
+
 def _with_id(item: dict[str, Any]) -> dict[str, Any]:
     # Some local servers leave ids out; every stored item needs one.
+    item = tidy_item(item)
     return item if item.get("id") else {**item, "id": new_item_id(str(item.get("type")))}
 
 
@@ -223,6 +236,8 @@ class ResponsesBackend(Backend):
                     raise self._failed(event.get("message") or message)
                 event.pop("sequence_number", None)
                 event.pop("obfuscation", None)
+                if isinstance(event.get("item"), dict):
+                    event["item"] = tidy_item(event["item"])
                 yield NativeEvent(event)
         raise UpstreamUnavailableError(
             f"{self._upstream.where.capitalize()} closed the stream before finishing."
