@@ -164,6 +164,10 @@ _SDK_EVENTS = {
 }
 
 
+def sdk_event_types() -> list[str]:
+    return list(_SDK_EVENTS)
+
+
 def in_open_responses(response: dict[str, Any]) -> bool:
     return all(item["type"] in OPEN_RESPONSES_ITEMS for item in response["output"]) and all(
         tool["type"] == "function" for tool in response["tools"]
