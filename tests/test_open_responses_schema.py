@@ -814,3 +814,24 @@ def test_open_responses_input_items_with_nulls(gw: Stack) -> None:
     listed = get(gw, f"/responses/{data['id']}/input_items?order=asc")
     check_item_list(listed, "ResponseItemList")
     assert len(listed["data"]) == len(items)
+
+
+def test_background_stream_failed(gw: Stack) -> None:
+    gw.upstream.enqueue(Fail(500))
+    result = stream(gw, {"model": "local-llama", "input": "x", "background": True})
+    assert result.types[-2:] == ["error", "response.failed"]
+    again = check_stream(restream_raw(gw.gateway.url, result.terminal["response"]["id"]))
+    assert again.events == result.events
+
+
+def test_unstored_stream(gw: Stack) -> None:
+    result = stream(gw, {"model": "local-llama", "input": "x", "store": False})
+    assert result.terminal["response"]["store"] is False
+
+
+def test_context_window_error(gw: Stack) -> None:
+    body = {"model": "tiny-window", "input": [user("word " * 30) for _ in range(8)]}
+    response = httpx.post(f"{gw.gateway.url}/v1/responses", json=body, timeout=30)
+    assert check_error(response, 400)["code"] == "context_length_exceeded"
+    truncated = post(gw, {**body, "truncation": "auto"})
+    assert truncated["truncation"] == "auto"
