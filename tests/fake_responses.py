@@ -41,6 +41,8 @@ class Answer:
     # Optional item fields sent as null (`encrypted_content`, `content`, `phase`), as some
     # servers do.
     nulls: bool = False
+    # Streaming: OpenAI's undocumented `{"type": "keepalive"}` event before every delta.
+    keepalive: bool = False
     web_search: bool = False
     status: str = "completed"  # or "incomplete", "failed"
     delay: float = 0.0
@@ -291,6 +293,9 @@ class FakeResponses:
                 return stream
             if answer.token_delay and event["type"].endswith(".delta"):
                 await asyncio.sleep(answer.token_delay)
+            if answer.keepalive and event["type"].endswith(".delta"):
+                keepalive = {"type": "keepalive", "sequence_number": 100 + number}
+                await stream.write(f"event: keepalive\ndata: {json.dumps(keepalive)}\n\n".encode())
             # The upstream's own numbering starts at 100 here, so a relay that forgot to
             # renumber is caught.
             event = {**event, "sequence_number": 100 + number}

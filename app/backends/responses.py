@@ -41,7 +41,10 @@ ENCRYPTED_REASONING = "reasoning.encrypted_content"
 REASONING_FAMILIES = ("o1", "o3", "o4", "gpt-5", "codex")
 _INCOMPLETE = {"max_output_tokens", "content_filter"}
 # Our own stream frames these; the upstream's copies carry the upstream's response id.
-_SKIPPED = {"response.created", "response.in_progress", "response.queued"}
+# OpenAI also sends undocumented `keepalive` events on long streams, which neither the SDKs'
+# event unions nor Open Responses know (they broke openai-node's and openai-java's readers);
+# our own SSE comments keep the client's connection alive instead.
+_SKIPPED = {"response.created", "response.in_progress", "response.queued", "keepalive"}
 # Open Responses names raw reasoning events differently from OpenAI; an upstream that follows
 # it is relayed under OpenAI's names, the ones the SDKs know (the fields are the same).
 _OPENAI_EVENT_NAMES = {
