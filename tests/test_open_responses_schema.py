@@ -31,6 +31,7 @@ from tests.fake_responses import Answer
 from tests.fake_upstream import Fail, Reply, tool_call
 from tests.schemas import (
     OPEN_RESPONSES_ITEMS,
+    check_event_schemas,
     open_responses,
     open_responses_events,
     openai_components,
@@ -588,6 +589,14 @@ def test_native_null_item_fields(gw: Stack, native: NativeStack) -> None:
 
 
 @NATIVE
+def test_native_keepalive_events_are_not_relayed(gw: Stack, native: NativeStack) -> None:
+    native.fake.enqueue(Answer(text="a b c d", keepalive=True))
+    result = check_stream(stream_raw(native.gateway.url, {"model": "gpt-5-mini", "input": "x"}))
+    assert "keepalive" not in result.types
+    assert result.terminal["response"]["output_text"] == "a b c d"
+
+
+@NATIVE
 def test_native_hosted_tool(gw: Stack, native: NativeStack) -> None:
     answer = Answer(text="Sunny.", web_search=True)
     native.fake.enqueue(answer, answer)
@@ -835,3 +844,28 @@ def test_context_window_error(gw: Stack) -> None:
     assert check_error(response, 400)["code"] == "context_length_exceeded"
     truncated = post(gw, {**body, "truncation": "auto"})
     assert truncated["truncation"] == "auto"
+
+
+def test_cancelled_background_stream(gw: Stack) -> None:
+    gw.upstream.enqueue(Reply(content=" ".join(f"w{i}" for i in range(60)), token_delay=0.05))
+    body = {"model": "local-llama", "input": "x", "stream": True, "background": True}
+    with httpx.stream("POST", f"{gw.gateway.url}/v1/responses", json=body, timeout=30) as r:
+        lines = r.iter_lines()
+        created = json.loads(next(line for line in lines if line.startswith("data: "))[6:])
+        next(line for line in lines if '"response.output_text.delta"' in line)
+        response_id = created["response"]["id"]
+        cancel = httpx.post(f"{gw.gateway.url}/v1/responses/{response_id}/cancel", timeout=30)
+        rest = [json.loads(line[6:]) for line in lines if line.startswith("data: ")]
+    assert check_response(cancel.json())["status"] == "cancelled"
+    replay = restream_raw(gw.gateway.url, response_id)
+    assert replay.events[-len(rest) :] == rest  # the followed stream ended the same way
+    check_event_schemas(replay.events)
+    # Every item and part opened was closed, incomplete, as the stored response has it.
+    assert replay.types[-3:] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+    ]
+    stored = get(gw, f"/responses/{response_id}")
+    assert replay.events[-1]["item"] == stored["output"][0]
+    assert stored["output"][0]["status"] == "incomplete"
