@@ -1,18 +1,27 @@
 """Every body the gateway sends, validated against the published schemas over real HTTP: the
-Open Responses spec (the compliance suite parses each Response as `ResponseResource` and every
+Open Responses spec (its compliance suite parses each Response as `ResponseResource` and every
 stream event against its union of 24 event schemas) and OpenAI's openapi.yaml components, on
-top of the openai SDK's own models (`tests/wire.py`).
+top of the openai SDK's own models. The checks live in `tests/wire.py` (`strict_response`,
+`strict_stream`) and `tests/schemas.py`, so every test module that reads a Response or a stream
+validates it the same way.
 
-The compliance suite's scenarios come first, under their ids (basic-response,
+The compliance suite's scenarios come first, under its ids (basic-response,
 streaming-response, system-prompt, tool-calling, tool-calling-streaming,
 function-call-roundtrip, image-input, file-input, multi-turn, previous-response-id); then ours:
-parallel tool calls, reasoning, refusal, logprobs, incomplete, failed, background, cancelled,
-input items, conversations and the error envelope. Where Open Responses and OpenAI name a
-thing differently the gateway keeps what the SDK parses; `tests/schemas.py` lists those cases
-(`OPENAI_ONLY_EVENTS`) and the places where a spec is wrong about the live API (errata).
+parallel tool calls, reasoning, refusal, logprobs, formats, incomplete, failed, background,
+cancelled, input items, conversations, the error envelope, Open Responses request shapes, and
+a backend that speaks Responses natively.
 
-The checks themselves live in `tests/wire.py` (`strict_response`, `strict_stream`), so every
-other test module that reads a Response or a stream validates it the same way.
+Where Open Responses and OpenAI disagree, the gateway sends what OpenAI sends and the openai
+SDK parses; the schema is corrected for that case (`tests/schemas.py`, errata) or the event is
+listed (`OPENAI_ONLY_EVENTS`):
+- raw reasoning streams as `response.reasoning_text.*` (Open Responses: `response.reasoning.*`);
+- a stream ends without `data: [DONE]` (Open Responses: MUST; OpenAI sends none, and the SDKs
+  and Codex would skip it);
+- `usage` is null until a response finishes (OpenAI's schema: always an object);
+- a json_schema text format echoes `description: null` (OpenAI's schema: a string if present);
+- an empty page has null `first_id`/`last_id` (OpenAI's schema: strings);
+- error `type`s are OpenAI's (`invalid_request_error`), not Open Responses' (`invalid_request`).
 """
 
 from __future__ import annotations
@@ -869,3 +878,18 @@ def test_cancelled_background_stream(gw: Stack) -> None:
     stored = get(gw, f"/responses/{response_id}")
     assert replay.events[-1]["item"] == stored["output"][0]
     assert stored["output"][0]["status"] == "incomplete"
+
+
+def test_minimal_function_tool_echo(gw: Stack) -> None:
+    data = post(
+        gw, {"model": "local-llama", "input": "x", "tools": [{"type": "function", "name": "ping"}]}
+    )
+    assert data["tools"] == [
+        {
+            "type": "function",
+            "name": "ping",
+            "description": None,
+            "parameters": None,
+            "strict": False,
+        }
+    ]
