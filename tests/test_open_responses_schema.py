@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -608,10 +609,14 @@ def test_native_keepalive_events_are_not_relayed(gw: Stack, native: NativeStack)
 @NATIVE
 def test_native_hosted_tool(gw: Stack, native: NativeStack) -> None:
     answer = Answer(text="Sunny.", web_search=True)
-    native.fake.enqueue(answer, answer)
+    native.fake.enqueue(answer, answer, answer)
     body = {"model": "gpt-5-mini", "input": "Weather?", "tools": [{"type": "web_search"}]}
-    native_post(native, body)
+    first = native_post(native, body)
     check_stream(stream_raw(native.gateway.url, body))
+    second = native_post(native, {**body, "previous_response_id": first["id"], "input": "More?"})
+    listed = httpx.get(f"{native.gateway.url}/v1/responses/{second['id']}/input_items")
+    check_item_list(listed.json(), "ResponseItemList")
+    assert "web_search_call" in [item["type"] for item in listed.json()["data"]]
 
 
 @NATIVE
@@ -893,3 +898,12 @@ def test_minimal_function_tool_echo(gw: Stack) -> None:
             "strict": False,
         }
     ]
+
+
+def test_codex_request(gw: Stack) -> None:
+    """A request `codex exec` sent (namespace tools, a hosted tool, encrypted reasoning): the
+    stream it gets back is valid against OpenAI's schemas and the SDK's models."""
+    body = json.loads((Path(__file__).parent / "fixtures" / "codex_request.json").read_text())
+    gw.upstream.enqueue(Reply(content="Done.", reasoning="Looking at the repo."))
+    result = stream(gw, {**body, "model": "local-agent"})
+    assert result.terminal["response"]["status"] == "completed"
