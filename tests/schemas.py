@@ -16,6 +16,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import httpx
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 from openai.types.responses import ResponseStreamEvent
@@ -209,3 +210,27 @@ def check_event_schemas(events: list[dict[str, Any]]) -> None:
             check_response_schemas(event["response"])
         if "item" in event and event["item"]["type"] in OPEN_RESPONSES_ITEMS:
             open_responses().check("ItemField", event["item"])
+
+
+def check_item(item: dict[str, Any]) -> None:
+    """A stored item (input items, conversation items): OpenAI's `ConversationItem` union, and
+    Open Responses' `ItemField` for the types it has."""
+    openai_components().check("ConversationItem", item)
+    if item["type"] in OPEN_RESPONSES_ITEMS:
+        open_responses().check("ItemField", item)
+
+
+def check_item_list(data: dict[str, Any], schema: str) -> None:
+    assert data["data"], "an empty list has no items to check"
+    openai_components().check(schema, data)
+    for item in data["data"]:
+        check_item(item)
+
+
+def check_error(response: httpx.Response, status: int) -> dict[str, Any]:
+    """The error envelope: OpenAI's `ErrorResponse`, its `error` Open Responses' `ErrorPayload`."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    openai_components().check("ErrorResponse", body)
+    open_responses().check("ErrorPayload", body["error"])
+    return body["error"]  # type: ignore[no-any-return]

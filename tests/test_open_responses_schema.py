@@ -9,8 +9,9 @@ The compliance suite's scenarios come first, under its ids (basic-response,
 streaming-response, system-prompt, tool-calling, tool-calling-streaming,
 function-call-roundtrip, image-input, file-input, multi-turn, previous-response-id); then ours:
 parallel tool calls, reasoning, refusal, logprobs, formats, incomplete, failed, background,
-cancelled, input items, conversations, the error envelope, Open Responses request shapes, and
-a backend that speaks Responses natively.
+cancelled, input items, conversations and the error envelope. What Open Responses lets a client
+send is in `test_open_responses_requests.py`; what a backend speaking Responses natively relays,
+in `test_native_wire.py`.
 
 Where Open Responses and OpenAI disagree, the gateway sends what OpenAI sends and the openai
 SDK parses; the schema is corrected for that case (`tests/schemas.py`, errata) or the event is
@@ -36,17 +37,24 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import NativeStack, Stack
-from tests.fake_responses import Answer
+from tests.conftest import Stack
 from tests.fake_upstream import Fail, Reply, tool_call
 from tests.schemas import (
-    OPEN_RESPONSES_ITEMS,
+    check_error,
     check_event_schemas,
-    open_responses,
-    open_responses_events,
+    check_item,
+    check_item_list,
     openai_components,
 )
-from tests.wire import SSEStream, restream_raw, stream_raw, strict_response, strict_stream
+from tests.wire import (
+    SSEStream,
+    create_raw,
+    get_raw,
+    restream_raw,
+    stream_raw,
+    strict_response,
+    strict_stream,
+)
 
 # The SQLite half is enough: the wire shape does not depend on the database.
 pytestmark = pytest.mark.parametrize("stack", ["sqlite"], indirect=True)
@@ -85,37 +93,12 @@ def check_stream(stream: SSEStream) -> SSEStream:
     return stream
 
 
-def check_item(item: dict[str, Any]) -> None:
-    openai_components().check("ConversationItem", item)
-    if item["type"] in OPEN_RESPONSES_ITEMS:
-        open_responses().check("ItemField", item)
-
-
-def check_item_list(data: dict[str, Any], schema: str) -> None:
-    assert data["data"], "an empty list has no ids to check"
-    openai_components().check(schema, data)
-    for item in data["data"]:
-        check_item(item)
-
-
-def check_error(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body = response.json()
-    openai_components().check("ErrorResponse", body)
-    open_responses().check("ErrorPayload", body["error"])
-    return body["error"]
-
-
 def post(gw: Stack, body: dict[str, Any]) -> dict[str, Any]:
-    response = httpx.post(f"{gw.gateway.url}/v1/responses", json=body, timeout=30)
-    assert response.status_code == 200, response.text
-    return check_response(response.json())
+    return create_raw(gw.gateway.url, body)
 
 
 def get(gw: Stack, path: str) -> dict[str, Any]:
-    response = httpx.get(f"{gw.gateway.url}/v1{path}", timeout=30)
-    assert response.status_code == 200, response.text
-    return response.json()  # type: ignore[no-any-return]
+    return get_raw(gw.gateway.url, path)
 
 
 def stream(gw: Stack, body: dict[str, Any]) -> SSEStream:
@@ -480,8 +463,7 @@ def test_restream_starting_after(gw: Stack) -> None:
     response_id = result.terminal["response"]["id"]
     tail = restream_raw(gw.gateway.url, response_id, starting_after=3)
     assert tail.events == result.events[4:]
-    for event in tail.events:
-        open_responses().check(open_responses_events()[event["type"]], event)
+    check_event_schemas(tail.events)
 
 
 def test_foreground_stream_cut_by_the_client_is_stored_cancelled(gw: Stack) -> None:
@@ -542,107 +524,6 @@ def test_echo_model(gw: Stack) -> None:
     data = post(gw, {"model": "echo", "input": "ping"})
     assert data["status"] == "completed"
     stream(gw, {"model": "echo", "input": "ping"})
-
-
-# --- a backend that speaks Responses natively: its events and items are relayed ------------
-
-
-def native_post(native: NativeStack, body: dict[str, Any]) -> dict[str, Any]:
-    response = httpx.post(f"{native.gateway.url}/v1/responses", json=body, timeout=30)
-    assert response.status_code == 200, response.text
-    return check_response(response.json())
-
-
-NATIVE = pytest.mark.parametrize("native_stack", ["sqlite"], indirect=True)
-
-
-@NATIVE
-def test_native_reasoning_summary_and_text(gw: Stack, native: NativeStack) -> None:
-    native.fake.enqueue(Answer(text="Four.", reasoning=True), Answer(text="Four.", reasoning=True))
-    body = {"model": "gpt-5-mini", "input": "2+2?", "reasoning": {"effort": "low"}}
-    data = native_post(native, body)
-    assert [item["type"] for item in data["output"]] == ["reasoning", "message"]
-    result = check_stream(stream_raw(native.gateway.url, body))
-    assert result.of("response.reasoning_summary_text.delta")
-
-
-@NATIVE
-@pytest.mark.parametrize("open_responses_names", [False, True])
-def test_native_raw_reasoning(gw: Stack, native: NativeStack, open_responses_names: bool) -> None:
-    """An upstream speaking Open Responses names raw reasoning `response.reasoning.*`: relayed
-    under OpenAI's names, the ones the SDK knows, and kept in the stored item."""
-    answer = Answer(
-        text="Four.",
-        reasoning=True,
-        raw_reasoning="Two and two make four.",
-        open_responses_names=open_responses_names,
-    )
-    native.fake.enqueue(answer)
-    result = check_stream(stream_raw(native.gateway.url, {"model": "gpt-5-mini", "input": "2+2"}))
-    deltas = result.of("response.reasoning_text.delta")
-    assert "".join(d["delta"] for d in deltas) == "Two and two make four."
-    assert result.of("response.reasoning_text.done")[0]["text"] == "Two and two make four."
-    reasoning = result.terminal["response"]["output"][0]
-    assert reasoning["content"] == [{"type": "reasoning_text", "text": "Two and two make four."}]
-
-
-@NATIVE
-def test_native_null_item_fields(gw: Stack, native: NativeStack) -> None:
-    """`encrypted_content: null`, `content: null`, `phase: null` from an upstream: left out, so
-    the items are valid Open Responses (which has no null there) and read the same by the SDK."""
-    answer = Answer(text="Hi.", reasoning=True, nulls=True)
-    native.fake.enqueue(answer, answer)
-    body = {"model": "vllm/qwen3", "input": "hi"}
-    data = native_post(native, body)
-    assert "encrypted_content" not in data["output"][0] and "phase" not in data["output"][1]
-    check_stream(stream_raw(native.gateway.url, body))
-
-
-@NATIVE
-def test_native_keepalive_events_are_not_relayed(gw: Stack, native: NativeStack) -> None:
-    native.fake.enqueue(Answer(text="a b c d", keepalive=True))
-    result = check_stream(stream_raw(native.gateway.url, {"model": "gpt-5-mini", "input": "x"}))
-    assert "keepalive" not in result.types
-    assert result.terminal["response"]["output_text"] == "a b c d"
-
-
-@NATIVE
-def test_native_hosted_tool(gw: Stack, native: NativeStack) -> None:
-    answer = Answer(text="Sunny.", web_search=True)
-    native.fake.enqueue(answer, answer, answer)
-    body = {"model": "gpt-5-mini", "input": "Weather?", "tools": [{"type": "web_search"}]}
-    first = native_post(native, body)
-    check_stream(stream_raw(native.gateway.url, body))
-    second = native_post(native, {**body, "previous_response_id": first["id"], "input": "More?"})
-    listed = httpx.get(f"{native.gateway.url}/v1/responses/{second['id']}/input_items")
-    check_item_list(listed.json(), "ResponseItemList")
-    assert "web_search_call" in [item["type"] for item in listed.json()["data"]]
-
-
-@NATIVE
-@pytest.mark.parametrize("status", ["incomplete", "failed"])
-def test_native_unfinished(gw: Stack, native: NativeStack, status: str) -> None:
-    native.fake.enqueue(Answer(status=status), Answer(status=status))
-    body = {"model": "gpt-5-mini", "input": "hi"}
-    if status == "incomplete":
-        assert native_post(native, body)["status"] == "incomplete"
-    else:
-        response = httpx.post(f"{native.gateway.url}/v1/responses", json=body, timeout=30)
-        check_error(response, 500 if response.status_code == 500 else 502)
-    result = check_stream(stream_raw(native.gateway.url, body))
-    assert result.terminal["type"] == f"response.{status}"
-
-
-@NATIVE
-def test_native_stream_cut_short(gw: Stack, native: NativeStack) -> None:
-    native.fake.enqueue(Answer(text="one two three four five six", drop_after=6))
-    result = check_stream(stream_raw(native.gateway.url, {"model": "gpt-5-mini", "input": "n"}))
-    assert result.types[-2:] == ["error", "response.failed"]
-    check_response(
-        httpx.get(
-            f"{native.gateway.url}/v1/responses/{result.terminal['response']['id']}", timeout=30
-        ).json()
-    )
 
 
 def test_input_items_of_every_shape(gw: Stack) -> None:
@@ -709,134 +590,6 @@ def test_request_parameters_echo(gw: Stack) -> None:
     data = post(gw, body)
     assert data["reasoning"] == {"effort": "high", "summary": "auto"}
     assert data["user"] == "someone" and data["store"] is False
-
-
-def or_request(body: dict[str, Any]) -> dict[str, Any]:
-    """A create body that is valid Open Responses input (checked), as the suite may send it."""
-    open_responses().check("CreateResponseBody", body)
-    return body
-
-
-NULLS = {
-    "previous_response_id": None,
-    "tools": None,
-    "tool_choice": None,
-    "text": None,
-    "temperature": None,
-    "top_p": None,
-    "presence_penalty": None,
-    "frequency_penalty": None,
-    "parallel_tool_calls": None,
-    "max_output_tokens": None,
-    "max_tool_calls": None,
-    "reasoning": None,
-    "safety_identifier": None,
-    "prompt_cache_key": None,
-    "instructions": None,
-    "top_logprobs": None,
-    "metadata": None,
-    "stream_options": None,
-}
-
-
-def test_open_responses_request_with_every_nullable_field_null(gw: Stack) -> None:
-    data = post(gw, or_request({"model": "local-llama", "input": "hi", **NULLS}))
-    assert data["tools"] == [] and data["tool_choice"] == "auto"
-
-
-def test_open_responses_optional_defaults(gw: Stack) -> None:
-    """Fields Open Responses lets a client leave out or null, which OpenAI's types require."""
-    allowed = {"type": "allowed_tools", "tools": [{"type": "function", "name": "get_weather"}]}
-    body = {"model": "local-llama", "input": "hi", "tools": [WEATHER_TOOL], "tool_choice": allowed}
-    data = post(gw, or_request({**body, "text": {"format": None, "verbosity": "high"}}))
-    assert data["tool_choice"] == {**allowed, "mode": "auto"}
-    assert data["text"] == {"format": {"type": "text"}, "verbosity": "high"}
-
-
-def test_open_responses_request_fields(gw: Stack) -> None:
-    body = {
-        "model": "local-llama",
-        "input": "hi",
-        "include": ["message.output_text.logprobs", "reasoning.encrypted_content"],
-        "tools": [WEATHER_TOOL],
-        "tool_choice": {
-            "type": "allowed_tools",
-            "tools": [{"type": "function", "name": "get_weather"}],
-            "mode": "auto",
-        },
-        "text": {"format": {"type": "text"}, "verbosity": "low"},
-        "temperature": 0.2,
-        "top_p": 0.5,
-        "presence_penalty": 0.1,
-        "frequency_penalty": 0.1,
-        "parallel_tool_calls": False,
-        "stream": False,
-        "background": False,
-        "max_output_tokens": 64,
-        "max_tool_calls": 2,
-        "reasoning": {"effort": "low", "summary": "concise"},
-        "truncation": "disabled",
-        "store": True,
-        "service_tier": "auto",
-        "top_logprobs": 2,
-        "metadata": {"k": "v"},
-    }
-    post(gw, or_request(body))
-    stream(
-        gw, or_request({**body, "stream": True, "stream_options": {"include_obfuscation": False}})
-    )
-
-
-def test_open_responses_input_items_with_nulls(gw: Stack) -> None:
-    first = post(gw, {"model": "local-llama", "input": "remember me"})
-    items = [
-        {"type": "message", "role": "system", "content": "Be brief.", "id": None},
-        {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "x"}]},
-        {
-            "type": "message",
-            "role": "user",
-            "content": [
-                {"type": "input_text", "text": "look"},
-                {"type": "input_image", "image_url": RED_HEART_PNG, "detail": None},
-                {"type": "input_file", "filename": "a.pdf", "file_data": PDF, "file_url": None},
-            ],
-        },
-        {
-            "type": "message",
-            "role": "assistant",
-            "id": None,
-            "status": None,
-            "content": [{"type": "output_text", "text": "Hello.", "annotations": []}],
-        },
-        {
-            "type": "reasoning",
-            "id": None,
-            "summary": [{"type": "summary_text", "text": "."}],
-            "content": None,
-            "encrypted_content": None,
-        },
-        {
-            "type": "function_call",
-            "id": None,
-            "call_id": "call_n",
-            "name": "get_weather",
-            "arguments": "{}",
-            "status": None,
-        },
-        {
-            "type": "function_call_output",
-            "id": None,
-            "call_id": "call_n",
-            "output": [{"type": "input_text", "text": "sunny"}],
-            "status": None,
-        },
-        {"type": None, "id": first["output"][0]["id"]},
-        {"type": "message", "role": "user", "content": "and now?"},
-    ]
-    data = post(gw, or_request({"model": "local-llama", "input": items, "tools": [WEATHER_TOOL]}))
-    listed = get(gw, f"/responses/{data['id']}/input_items?order=asc")
-    check_item_list(listed, "ResponseItemList")
-    assert len(listed["data"]) == len(items)
 
 
 def test_background_stream_failed(gw: Stack) -> None:

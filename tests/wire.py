@@ -114,6 +114,23 @@ def strict_stream(stream: SSEStream) -> list[Any]:
     return parsed
 
 
+def create_raw(base_url: str, body: dict[str, Any]) -> dict[str, Any]:
+    """POST /v1/responses without the SDK, checked strictly: the Response as sent."""
+    r = httpx.post(f"{base_url}/v1/responses", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/json"  # Open Responses: MUST
+    data: dict[str, Any] = r.json()
+    strict_response(data)
+    return data
+
+
+def get_raw(base_url: str, path: str) -> dict[str, Any]:
+    """GET /v1{path}, expecting a 200: the JSON as sent."""
+    r = httpx.get(f"{base_url}/v1{path}", timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
 def stream_raw(base_url: str, body: dict[str, Any]) -> SSEStream:
     with httpx.stream(
         "POST", f"{base_url}/v1/responses", json={**body, "stream": True}, timeout=30
