@@ -33,7 +33,16 @@ from tests.fake_upstream import Disconnect, Fail, FakeTokenizer
 class Answer:
     text: str | None = None
     reasoning: bool = False
-    raw_reasoning: str | None = None  # with `reasoning`: its plain-text content, as vLLM sends
+    # Raw reasoning text on the reasoning item, streamed under the event names OpenAI uses
+    # (`response.reasoning_text.*`) or, with `open_responses_names`, Open Responses'
+    # (`response.reasoning.*`).
+    raw_reasoning: str | None = None
+    open_responses_names: bool = False
+    # Optional item fields sent as null (`encrypted_content`, `content`, `phase`), as some
+    # servers do.
+    nulls: bool = False
+    # Streaming: OpenAI's undocumented `{"type": "keepalive"}` event before every delta.
+    keepalive: bool = False
     web_search: bool = False
     status: str = "completed"  # or "incomplete", "failed"
     delay: float = 0.0
@@ -220,6 +229,8 @@ class FakeResponses:
                 item["encrypted_content"] = f"gAAAA-encrypted-{n}"
             if answer.raw_reasoning is not None:
                 item["content"] = [{"type": "reasoning_text", "text": answer.raw_reasoning}]
+            elif answer.nulls:
+                item.update(content=None, encrypted_content=None)
             output.append(item)
         if answer.web_search:
             output.append(
@@ -242,6 +253,8 @@ class FakeResponses:
                 ],
             }
         )
+        if answer.nulls:
+            output[-1]["phase"] = None
         return output
 
     @staticmethod
@@ -283,6 +296,9 @@ class FakeResponses:
                 return stream
             if answer.token_delay and event["type"].endswith(".delta"):
                 await asyncio.sleep(answer.token_delay)
+            if answer.keepalive and event["type"].endswith(".delta"):
+                keepalive = {"type": "keepalive", "sequence_number": 100 + number}
+                await stream.write(f"event: keepalive\ndata: {json.dumps(keepalive)}\n\n".encode())
             # The upstream's own numbering starts at 100 here, so a relay that forgot to
             # renumber is caught.
             event = {**event, "sequence_number": 100 + number}
@@ -334,6 +350,8 @@ class FakeResponses:
                         "part": {**part, "text": text},
                     },
                 ]
+                if answer.raw_reasoning is not None:
+                    events += _raw_reasoning_events(where, answer)
             elif item["type"] == "web_search_call":
                 added = {**item, "status": "in_progress"}
                 events.append(
@@ -372,3 +390,19 @@ class FakeResponses:
             {"type": terminal.get(answer.status, "response.failed"), "response": response}
         )
         return events
+
+
+def _raw_reasoning_events(where: dict[str, Any], answer: Answer) -> list[dict[str, Any]]:
+    text = answer.raw_reasoning or ""
+    name = "reasoning" if answer.open_responses_names else "reasoning_text"
+    at = {**where, "content_index": 0}
+    part = {"type": "reasoning_text", "text": ""}
+    return [
+        {"type": "response.content_part.added", **at, "part": part},
+        *(
+            {"type": f"response.{name}.delta", **at, "delta": piece}
+            for piece in re.findall(r"\S+\s*", text)
+        ),
+        {"type": f"response.{name}.done", **at, "text": text},
+        {"type": "response.content_part.done", **at, "part": {**part, "text": text}},
+    ]

@@ -1,5 +1,6 @@
 """Strict wire checks: every body must validate as the official SDK's typed model (a missing
-required field or a wrong type fails), and carry the fields Open Responses requires."""
+required field or a wrong type fails), and against the Open Responses and OpenAI JSON schemas
+(`tests/schemas.py`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import httpx
 import openai
 from openai.types.responses import Response, ResponseItem, ResponseStreamEvent
 from pydantic import TypeAdapter
+
+from tests.schemas import check_event_schemas, check_response_schemas
 
 # Open Responses: present and non-null / present and possibly null.
 REQUIRED_NON_NULL = (
@@ -40,6 +43,7 @@ def strict_response(data: dict[str, Any]) -> Response:
         assert item.get("id"), item
         if item["type"] in ("message", "function_call"):
             assert item.get("status"), item
+    check_response_schemas(data)
     return Response.model_validate(data)
 
 
@@ -98,6 +102,7 @@ def strict_stream(stream: SSEStream) -> list[Any]:
     """Every event parses as the SDK's typed union (no unknown type, no missing field); sequence
     numbers start at 0 and increase by one; exactly one terminal event, last."""
     parsed = [_events.validate_python(event) for event in stream.events]
+    check_event_schemas(stream.events)
     assert [event["sequence_number"] for event in stream.events] == list(range(len(stream.events)))
     terminal = {"response.completed", "response.incomplete", "response.failed"}
     assert [t for t in stream.types if t in terminal] == [stream.types[-1]]
@@ -107,6 +112,23 @@ def strict_stream(stream: SSEStream) -> list[Any]:
     assert stream.types[: len(opening)] == opening, stream.types[:3]
     strict_response(stream.terminal["response"])
     return parsed
+
+
+def create_raw(base_url: str, body: dict[str, Any]) -> dict[str, Any]:
+    """POST /v1/responses without the SDK, checked strictly: the Response as sent."""
+    r = httpx.post(f"{base_url}/v1/responses", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/json"  # Open Responses: MUST
+    data: dict[str, Any] = r.json()
+    strict_response(data)
+    return data
+
+
+def get_raw(base_url: str, path: str) -> dict[str, Any]:
+    """GET /v1{path}, expecting a 200: the JSON as sent."""
+    r = httpx.get(f"{base_url}/v1{path}", timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
 
 
 def stream_raw(base_url: str, body: dict[str, Any]) -> SSEStream:

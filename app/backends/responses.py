@@ -44,7 +44,16 @@ ENCRYPTED_REASONING = "reasoning.encrypted_content"
 REASONING_FAMILIES = ("o1", "o3", "o4", "gpt-5", "codex")
 _INCOMPLETE = {"max_output_tokens", "content_filter"}
 # Our own stream frames these; the upstream's copies carry the upstream's response id.
-_SKIPPED = {"response.created", "response.in_progress", "response.queued"}
+# OpenAI also sends undocumented `keepalive` events on long streams, which neither the SDKs'
+# event unions nor Open Responses know (they broke openai-node's and openai-java's readers);
+# our own SSE comments keep the client's connection alive instead.
+_SKIPPED = {"response.created", "response.in_progress", "response.queued", "keepalive"}
+# Open Responses names raw reasoning events differently from OpenAI; an upstream that follows
+# it is relayed under OpenAI's names, the ones the SDKs know (the fields are the same).
+_OPENAI_EVENT_NAMES = {
+    "response.reasoning.delta": "response.reasoning_text.delta",
+    "response.reasoning.done": "response.reasoning_text.done",
+}
 _TERMINAL = {"response.completed", "response.incomplete"}
 
 
@@ -157,8 +166,21 @@ def _incomplete_reason(data: dict[str, Any]) -> Any:
     return reason if reason in _INCOMPLETE else None
 
 
+# Optional item fields some upstreams send as null where Open Responses has no null (a string,
+# a list or an enum): left out, which every SDK reads as the same absent value.
+_NO_NULL = {"reasoning": ("encrypted_content", "content"), "message": ("phase",)}
+
+
+def tidy_item(item: dict[str, Any]) -> dict[str, Any]:
+    keys = _NO_NULL.get(str(item.get("type")), ())
+    if any(key in item and item[key] is None for key in keys):
+        return {key: value for key, value in item.items() if value is not None or key not in keys}
+    return item
+
+
 def _with_id(item: dict[str, Any]) -> dict[str, Any]:
     # Some local servers leave ids out; every stored item needs one.
+    item = tidy_item(item)
     return item if item.get("id") else {**item, "id": new_item_id(str(item.get("type")))}
 
 
@@ -239,7 +261,7 @@ class ResponsesBackend(Backend):
                 if not line.startswith("data:") or line[5:].strip() == "[DONE]":
                     continue  # `event:` lines repeat the data's type; blank lines separate
                 event = self._parse_event(line[5:].strip())
-                kind = event.get("type")
+                kind = event["type"] = _OPENAI_EVENT_NAMES.get(event["type"], event["type"])
                 if kind in _SKIPPED:
                     continue
                 if kind in _TERMINAL:
@@ -254,6 +276,8 @@ class ResponsesBackend(Backend):
                     raise self._failed(event.get("message") or message)
                 event.pop("sequence_number", None)
                 event.pop("obfuscation", None)
+                if isinstance(event.get("item"), dict):
+                    event["item"] = tidy_item(event["item"])
                 yield NativeEvent(event)
         raise UpstreamUnavailableError(
             f"{self._upstream.where.capitalize()} closed the stream before finishing."

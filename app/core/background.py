@@ -400,5 +400,8 @@ class _BackgroundSink:
             return
         if reason == "lost":
             return
-        body = response_body(self._prepared, "cancelled")
-        await self.finish(body, ladder.snapshot_output(), [])
+        # A stream that was followed closes what it opened: each item and content part gets
+        # its done event, as incomplete (no terminal event: neither the SDK nor Open Responses
+        # has one for `cancelled`; the stream ends once the status is stored).
+        closing = ladder.close_all("incomplete")
+        await self.finish(response_body(self._prepared, "cancelled"), ladder.output, closing)

@@ -19,7 +19,7 @@ import anyio
 from app.backends.base import Finish, GenerationRequest, Usage
 from app.backends.registry import Route
 from app.core.events import Event, EventLadder
-from app.core.requests import echo_tools
+from app.core.requests import echo_text, echo_tools
 from app.errors import GatewayError, StorageError, UpstreamError
 from app.ids import new_id
 from app.schemas.requests import CreateResponseRequest
@@ -73,10 +73,6 @@ def response_body(
     """Every Response field but `output`, in OpenAI's order. `model` is the model that
     answered, when a fallback did."""
     request = prepared.request
-    text: dict[str, Any] = {"format": {"type": "text"}}
-    if request.text is not None:
-        text = request.text.model_dump(mode="json", by_alias=True, exclude_none=True)
-    text.setdefault("verbosity", "medium")
     reasoning: dict[str, str | None] = {"effort": None, "summary": None}
     if request.reasoning is not None:
         reasoning = {
@@ -86,7 +82,7 @@ def response_body(
     tool_choice: Any = request.tool_choice or "auto"
     if not isinstance(tool_choice, str):
         tool_choice = tool_choice.model_dump(mode="json", exclude_none=True)
-    return {
+    body = {
         "id": prepared.id,
         "object": "response",
         "created_at": prepared.created_at,
@@ -114,7 +110,7 @@ def response_body(
         "service_tier": "default",
         "store": request.store is not False,
         "temperature": 1.0 if request.temperature is None else request.temperature,
-        "text": text,
+        "text": echo_text(request),
         "tool_choice": tool_choice,
         "tools": echo_tools(request),
         "top_logprobs": request.top_logprobs or 0,
@@ -130,8 +126,10 @@ def response_body(
             if usage is not None
             else None
         ),
-        "user": request.user,
     }
+    if request.user is not None:  # deprecated; OpenAI's schema has it as a string, not null
+        body["user"] = request.user
+    return body
 
 
 def failure_events(

@@ -267,6 +267,19 @@ def echo_tools(request: CreateResponseRequest) -> list[dict[str, Any]]:
     ]
 
 
+def echo_text(request: CreateResponseRequest) -> dict[str, Any]:
+    """The Response's `text`, every field present: a `json_schema` format keeps `description`
+    (null when unset) and `strict` (false when unset, OpenAI's default), which Open Responses
+    requires and the SDK reads as optional."""
+    if request.text is None:
+        return {"format": {"type": "text"}, "verbosity": "medium"}
+    text = request.text.model_dump(mode="json", by_alias=True, exclude_none=True)
+    if text["format"]["type"] == "json_schema":
+        text["format"] = {"description": None, "strict": False, **text["format"]}
+    text.setdefault("verbosity", "medium")
+    return text
+
+
 # Responses fields that only a backend speaking Responses natively can use; passed on verbatim.
 _NATIVE_FIELDS = (
     "max_tool_calls",

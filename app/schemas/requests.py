@@ -9,11 +9,25 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+)
 
 
 class WireModel(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+def null_means(default: Any) -> BeforeValidator:
+    """Open Responses lets a client send null for a field that has a default (`detail: null`);
+    we store and echo the default, which OpenAI's types require."""
+    return BeforeValidator(lambda value: default if value is None else value)
 
 
 # --- content parts ---------------------------------------------------------------------------
@@ -28,7 +42,7 @@ class InputImage(WireModel):
     type: Literal["input_image"]
     image_url: str | None = None
     file_id: str | None = None
-    detail: Literal["low", "high", "auto", "original"] = "auto"
+    detail: Annotated[Literal["low", "high", "auto", "original"], null_means("auto")] = "auto"
 
 
 class InputFile(WireModel):
@@ -121,7 +135,7 @@ class ReasoningItem(WireModel):
 
 
 class ItemReference(WireModel):
-    type: Literal["item_reference"] = "item_reference"
+    type: Annotated[Literal["item_reference"], null_means("item_reference")] = "item_reference"
     id: str
 
 
@@ -266,7 +280,8 @@ class ToolChoiceFunction(WireModel):
 
 class ToolChoiceAllowed(WireModel):
     type: Literal["allowed_tools"]
-    mode: Literal["auto", "required"]
+    # OpenAI requires `mode`; Open Responses makes it optional, and its default is auto.
+    mode: Literal["auto", "required"] = "auto"
     tools: list[dict[str, Any]]
 
 
@@ -308,7 +323,9 @@ class FormatJsonObject(WireModel):
 
 class TextConfig(WireModel):
     format: Annotated[
-        FormatText | FormatJsonSchema | FormatJsonObject, Field(discriminator="type")
+        FormatText | FormatJsonSchema | FormatJsonObject,
+        Field(discriminator="type"),
+        null_means({"type": "text"}),
     ] = Field(default_factory=lambda: FormatText(type="text"))
     verbosity: Literal["low", "medium", "high"] | None = None
 
