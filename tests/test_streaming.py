@@ -370,3 +370,24 @@ def test_streamed_logprobs(gw: Stack) -> None:
     assert [lp["token"] for lp in done["logprobs"]] == ["a ", "b ", "c"]
     part = result.terminal["response"]["output"][0]["content"][0]
     assert len(part["logprobs"]) == 3 and len(part["logprobs"][0]["top_logprobs"]) == 1
+
+
+@pytest.mark.parametrize("obfuscation", [True, False])
+def test_stream_options_include_obfuscation_is_accepted(
+    gw: Stack, client: openai.OpenAI, obfuscation: bool
+) -> None:
+    events = list(
+        client.responses.create(
+            model="local-llama",
+            input="hide me",
+            stream=True,
+            stream_options={"include_obfuscation": obfuscation},
+        )
+    )
+    assert events[-1].type == "response.completed"
+    assert events[-1].response.output_text == "echo: hide me"
+    # No padding is added either way (documented): the SDK's typed deltas carry none.
+    deltas = [e for e in events if e.type == "response.output_text.delta"]
+    assert deltas and all(getattr(e, "obfuscation", None) is None for e in deltas)
+    # Chat Completions has no such option: the upstream is asked for usage only.
+    assert gw.upstream.last.body["stream_options"] == {"include_usage": True}
