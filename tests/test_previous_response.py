@@ -208,3 +208,33 @@ def test_deleting_a_turn_in_the_middle_of_a_chain(client: openai.OpenAI, gw: Sta
     assert texts == ["three", "echo: one"] and rest.has_more
     with pytest.raises(openai.NotFoundError):
         client.responses.create(model="local-llama", input="x", previous_response_id=second.id)
+
+
+def test_replaying_items_of_the_previous_turn_is_refused(client: openai.OpenAI, gw: Stack) -> None:
+    """As OpenAI does: with `previous_response_id` the previous turns are already the context,
+    so an input item repeating one of them (replayed with its id, or an item_reference), or
+    repeating another input item, is a 400 before any upstream call."""
+    first = client.responses.create(model="local-llama", input="one")
+    (user,) = client.responses.input_items.list(first.id).data
+    replayed = first.output[0].model_dump(exclude_none=True)
+    fresh = {"type": "message", "id": f"msg_{uuid.uuid4()}", "role": "user", "content": "x"}
+    calls = len(gw.upstream.requests)
+    for previous, items, duplicate in (
+        (first.id, [replayed, {"role": "user", "content": "two"}], first.output[0].id),
+        (first.id, [{"type": "item_reference", "id": user.id}], user.id),
+        (None, [fresh, fresh], fresh["id"]),
+    ):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.responses.create(
+                model="local-llama",
+                input=items,  # type: ignore[arg-type]
+                previous_response_id=previous,
+            )
+        assert caught.value.body == {  # type: ignore[comparison-overlap]
+            "message": f"Duplicate item found with id {duplicate}. Remove duplicate items from "
+            "your input and try again.",
+            "type": "invalid_request_error",
+            "param": "input",
+            "code": None,
+        }
+    assert len(gw.upstream.requests) == calls

@@ -24,7 +24,7 @@ from app.core.generation import (
     response_body,
     run_generation,
 )
-from app.core.items import resolve_items
+from app.core.items import check_unique_ids, resolve_items
 from app.core.requests import (
     check_context_source,
     check_file_urls,
@@ -241,6 +241,7 @@ class ResponsesService:
         entries = await resolve_items(
             self._store, parsed, project, reuse=request.store is not False, param="input"
         )
+        check_unique_ids((entry.data["id"] for entry in history), entries, "input")
         items: list[dict[str, Any]] = [entry.data for entry in history]
         items += [entry.data if isinstance(entry, StoredItem) else entry for entry in entries]
         return Context(
