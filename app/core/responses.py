@@ -382,9 +382,17 @@ class ResponsesService:
     async def list_input_items(
         self, response_id: str, *, limit: int, order: str, after: str | None, project: str = ""
     ) -> dict[str, Any]:
-        items = await self._store.list_input_items(response_id, project)
-        if items is None:
+        listed = await self._store.list_input_items(response_id, project)
+        if listed is None:
             raise _response_not_found(response_id)
+        # Each id once, where it first appears: a context stored before repeats were refused
+        # (`check_unique_ids`) may hold one twice, and `after` must name a single position.
+        seen: set[str] = set()
+        items = []
+        for item in listed:
+            if item["id"] not in seen:
+                seen.add(item["id"])
+                items.append(item)
         if order == "desc":
             items.reverse()
         start = 0
