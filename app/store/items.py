@@ -66,8 +66,9 @@ async def append_to_conversation(
     seen = await conversation_ids(tx, conversation_id, set(ids.values()))
     appended = []
     for pk in pks:
-        if ids[pk] not in seen:
-            seen.add(ids[pk])
+        item_id = ids.get(pk)  # None: a reused item deleted meanwhile; nothing to list
+        if item_id is not None and item_id not in seen:
+            seen.add(item_id)
             appended.append(pk)
     if appended:
         # Positions only order items: the ones skipped leave a gap, never a collision.
