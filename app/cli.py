@@ -17,7 +17,14 @@ import orjson
 from alembic import command
 from pydantic import ValidationError
 
-from app.config import ConfigError, ModelsFile, Settings, describe_routes, load_routing
+from app.config import (
+    ConfigError,
+    ModelsFile,
+    Settings,
+    describe_routes,
+    load_routing,
+    quick_start_warnings,
+)
 from app.errors import GatewayError
 
 
@@ -41,6 +48,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"models file: {settings.gateway_config or '(none: GATEWAY_CONFIG is not set)'}")
     for line in describe_routes(models):
         print(line)
+    for warning in quick_start_warnings(settings):
+        print(f"WARNING: {warning}", file=sys.stderr)
     return 0
 
 

@@ -394,6 +394,29 @@ def quick_start(settings: Settings) -> list[ModelConfig]:
     return models
 
 
+def quick_start_warnings(settings: Settings) -> list[str]:
+    """What in the quick-start environment routes nothing, said with what to set; `serve` logs
+    each as a warning and `check-config` prints them. Without these, an Azure endpoint with no
+    deployment named would leave the gateway up with no Azure model, and no word why."""
+    if settings.gateway_config is not None:
+        return []
+    deployments = settings.azure_openai_deployments.strip(" ,")
+    if settings.azure_openai_endpoint and not deployments:
+        return [
+            "AZURE_OPENAI_ENDPOINT is set but AZURE_OPENAI_DEPLOYMENTS is empty, so no Azure "
+            "model is routed: set AZURE_OPENAI_DEPLOYMENTS to the deployment names to serve, "
+            "comma-separated (e.g. AZURE_OPENAI_DEPLOYMENTS=gpt-4o-prod,o4-mini), or use a "
+            "models file (GATEWAY_CONFIG)."
+        ]
+    if deployments and not settings.azure_openai_endpoint:
+        return [
+            "AZURE_OPENAI_DEPLOYMENTS is set but AZURE_OPENAI_ENDPOINT is not, so no Azure model "
+            "is routed: set AZURE_OPENAI_ENDPOINT to the resource "
+            "(https://<resource>.openai.azure.com)."
+        ]
+    return []
+
+
 def load_routing(settings: Settings) -> ModelsFile:
     """The routing table `serve` and `check-config` use: the models file (or, without one, the
     quick-start environment), plus the built-in echo model unless switched off or taken."""

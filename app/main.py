@@ -18,7 +18,7 @@ from app.api import responses as responses_routes
 from app.api.errors import install_error_handlers
 from app.api.middleware import ObservabilityMiddleware
 from app.backends.registry import Registry
-from app.config import ModelsFile, Settings, describe_routes, load_routing
+from app.config import ModelsFile, Settings, describe_routes, load_routing, quick_start_warnings
 from app.core.background import BackgroundRunner, WorkerSettings
 from app.core.conversations import ConversationsService
 from app.core.keys import KeyService
@@ -89,6 +89,8 @@ def create_app(settings: Settings, models: ModelsFile) -> FastAPI:
             registry = Registry(models)
             stack.push_async_callback(registry.aclose)
             log_routes(models)
+            for warning in quick_start_warnings(settings):
+                log.warning("%s", warning)
             limits = RateLimiter(database)
             usage = UsageMeter(database, limits, metrics, settings.gateway_usage_flush_seconds)
             await usage.start()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import sqlite3
 import threading
 import time
 import uuid
@@ -90,6 +91,27 @@ def new_database(kind: str, tmp_path: Path) -> Iterator[Database]:
         yield Database("postgres", f"{base}/{name}")
     finally:
         _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def run_sql(database: Database, query: str) -> list[tuple]:
+    """One statement straight on the gateway's database, committed: for tests that need rows
+    as an older version of the gateway wrote them."""
+    if database.kind == "sqlite":
+        connection = sqlite3.connect(database.url.split("///", 1)[1])
+        try:
+            with connection:
+                return connection.execute(query).fetchall()
+        finally:
+            connection.close()
+
+    async def run() -> list[tuple]:
+        connection = await asyncpg.connect(database.url.replace("+asyncpg", "", 1))
+        try:
+            return [tuple(row) for row in await connection.fetch(query)]
+        finally:
+            await connection.close()
+
+    return asyncio.run(run())
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -6,6 +6,7 @@ refreshed before they expire."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ import pytest
 from app.backends.azure import REFRESH_MARGIN, azure_backend, azure_url
 from app.backends.base import GenerationRequest
 from app.config import ModelConfig
+from app.errors import UpstreamError
 from tests.conftest import AZURE_SECRET, NativeStack
 from tests.fake_responses import FakeResponses
 from tests.fake_upstream import Fail
@@ -93,28 +95,40 @@ class FakeCredential:
     def __init__(self, lifetime: float) -> None:
         self.lifetime = lifetime
         self.calls: list[tuple[str, ...]] = []
+        self.claims: list[str | None] = []
         self.closed = False
 
-    async def get_token(self, *scopes: str) -> Token:
+    async def get_token(self, *scopes: str, claims: str | None = None) -> Token:
         self.calls.append(scopes)
+        self.claims.append(claims)
         return Token(f"injected-{len(self.calls)}", int(time.time() + self.lifetime))
 
     async def close(self) -> None:
         self.closed = True
 
 
-def run_twice(fake: FakeResponses, credential: FakeCredential) -> list[str]:
+def run_twice(
+    fake: FakeResponses, credential: FakeCredential, *script: Fail, stream: bool = False
+) -> list[str]:
+    """Two generations with an injected credential (after `script` is queued upstream); the
+    Authorization header of every upstream request, in order."""
     config = ModelConfig(name="entra", backend="azure", endpoint=fake.root, auth="entra_id")
 
     async def go() -> None:
         backend = azure_backend(config, credential)
         try:
             for _ in range(2):
-                await backend.generate(GenerationRequest(model="dep", items=USER))
+                request = GenerationRequest(model="dep", items=USER)
+                if stream:
+                    async for _event in backend.stream(request):
+                        pass
+                else:
+                    await backend.generate(request)
         finally:
             await backend.aclose()
 
     fake.reset()
+    fake.enqueue(*script)
     asyncio.run(go())
     return [seen.headers["Authorization"] for seen in fake.seen]
 
@@ -135,3 +149,46 @@ def test_entra_token_never_echoed(native: NativeStack, nclient: openai.OpenAI) -
     with pytest.raises(openai.AuthenticationError) as caught:
         nclient.responses.create(model="azure-entra", input="hi")
     assert token not in str(caught.value.body) and "[redacted]" in str(caught.value.body)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_entra_token_fetched_again_after_a_401(
+    responses_upstream: FakeResponses, stream: bool
+) -> None:
+    """A token the upstream refuses before its expiry (revoked, clock skew): a new one, once,
+    and the request retried once; the next request reuses the new token."""
+    credential = FakeCredential(lifetime=3600)
+    seen = run_twice(responses_upstream, credential, Fail(401), stream=stream)
+    assert seen == ["Bearer injected-1", "Bearer injected-2", "Bearer injected-2"]
+    assert len(credential.calls) == 2 and credential.claims == [None, None]
+
+
+def test_entra_retry_is_once_and_every_token_stays_redacted(
+    responses_upstream: FakeResponses,
+) -> None:
+    credential = FakeCredential(lifetime=3600)
+    echo = {"error": {"message": "tokens injected-1 and injected-2 are both unwelcome"}}
+    with pytest.raises(UpstreamError) as caught:
+        run_twice(responses_upstream, credential, Fail(401), Fail(401, echo))
+    assert caught.value.status == 401
+    assert "injected-" not in caught.value.message
+    assert caught.value.message.count("[redacted]") == 2  # the refreshed one and the one before
+    assert len(responses_upstream.seen) == 2 and len(credential.calls) == 2
+
+
+def test_entra_claims_challenge_refreshes_managed_identity_token(
+    native: NativeStack, nclient: openai.OpenAI
+) -> None:
+    """A CAE challenge's claims make azure-identity skip its cache: DefaultAzureCredential
+    fetches a new token from the managed-identity endpoint, and the retry succeeds."""
+    nclient.responses.create(model="azure-entra", input="hi")
+    before, issued = native.fake.last.headers["Authorization"], native.fake.tokens_issued
+    claims = base64.b64encode(b'{"access_token":{"nbf":{"essential":true}}}').decode()
+    challenge = f'Bearer error="insufficient_claims", claims="{claims.rstrip("=")}"'
+    native.fake.enqueue(Fail(401, headers={"WWW-Authenticate": challenge}))
+    response = nclient.responses.create(model="azure-entra", input="again")
+    assert response.output_text == "native: again"
+    refused, retried = native.fake.seen[-2:]
+    assert refused.headers["Authorization"] == before
+    assert retried.headers["Authorization"] != before
+    assert native.fake.tokens_issued == issued + 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import httpx
 import openai
@@ -254,3 +255,101 @@ def test_deleted_conversation_items_leave_later_continuations(
     client.conversations.delete(other.id)
     client.responses.create(model="local-llama", input="four", previous_response_id=made.id)
     assert "another note" not in str(gw.upstream.last.body["messages"])
+
+
+def duplicate_error(item_id: str, param: str) -> dict:
+    return {
+        "message": f"Duplicate item found with id {item_id}. Remove duplicate items from your "
+        "input and try again.",
+        "type": "invalid_request_error",
+        "param": param,
+        "code": None,
+    }
+
+
+def walk(pages: object, cap: int = 50) -> list[str]:
+    """The ids the SDK's auto-pagination yields, stopped after `cap` (a loop would never end)."""
+    return [item.id for item in itertools.islice(pages, cap)]  # type: ignore[call-overload]
+
+
+def test_an_item_already_in_the_conversation_is_refused(client: openai.OpenAI, gw: Stack) -> None:
+    """As OpenAI does: an item_reference or a replayed item with the id of an item already in
+    the conversation (or twice in one request) is a 400, by the items API and by a response
+    created in the conversation; nothing is added, and paging lists every item once."""
+    conversation = client.conversations.create(items=[{"role": "user", "content": "note"}])
+    first = client.responses.create(model="local-llama", input="one", conversation=conversation.id)
+    ids = walk(client.conversations.items.list(conversation.id, order="asc"))
+    assert len(ids) == 3 and ids[2] == first.output[0].id
+    replayed = first.output[0].model_dump(exclude_none=True)
+    fresh = {"type": "message", "id": "msg_client_1", "role": "user", "content": "x"}
+    for items, duplicate in (
+        ([{"type": "item_reference", "id": first.output[0].id}], first.output[0].id),
+        ([{"role": "user", "content": "new"}, replayed], first.output[0].id),
+        ([{"type": "item_reference", "id": ids[0]}], ids[0]),
+        ([fresh, fresh], "msg_client_1"),
+    ):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.conversations.items.create(conversation.id, items=items)  # type: ignore[arg-type]
+        assert caught.value.body == duplicate_error(duplicate, "items")  # type: ignore[comparison-overlap]
+    calls = len(gw.upstream.requests)
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(
+            model="local-llama",
+            input=[replayed, {"role": "user", "content": "two"}],  # type: ignore[list-item]
+            conversation=conversation.id,
+        )
+    assert caught.value.body == duplicate_error(first.output[0].id, "input")  # type: ignore[comparison-overlap]
+    with pytest.raises(openai.BadRequestError):
+        client.responses.create(
+            model="local-llama",
+            input=[{"type": "item_reference", "id": ids[0]}],
+            conversation=conversation.id,
+        )
+    assert len(gw.upstream.requests) == calls  # refused before the upstream
+    # An item of another response, not yet in the conversation, is welcome — once.
+    other = client.responses.create(model="local-llama", input="elsewhere")
+    client.conversations.items.create(
+        conversation.id, items=[{"type": "item_reference", "id": other.output[0].id}]
+    )
+    expected = [*ids, other.output[0].id]
+    for limit in (1, 2, 100):
+        assert walk(client.conversations.items.list(conversation.id, order="asc", limit=limit)) == (
+            expected
+        )
+        assert walk(client.conversations.items.list(conversation.id, limit=limit)) == list(
+            reversed(expected)
+        )
+
+
+def test_racing_requests_add_an_item_once(gw: Stack) -> None:
+    """Responses that each bring the same stored item into one conversation, all checked before
+    any of them appended (the upstream answers slowly): the conversation still holds it once,
+    and each turn's own items all land."""
+    from tests.fake_upstream import Reply
+
+    async def run() -> list[str]:
+        async with openai.AsyncOpenAI(
+            base_url=f"{gw.gateway.url}/v1", api_key="x", max_retries=0
+        ) as client:
+            shared = (await client.responses.create(model="local-llama", input="shared")).output[0]
+            conversation = await client.conversations.create()
+            gw.upstream.enqueue(*(Reply(content=f"a{i}", delay=0.5) for i in range(4)))
+            await asyncio.gather(
+                *(
+                    client.responses.create(
+                        model="local-llama",
+                        input=[
+                            {"type": "item_reference", "id": shared.id},
+                            {"role": "user", "content": f"q{i}"},
+                        ],
+                        conversation=conversation.id,
+                    )
+                    for i in range(4)
+                )
+            )
+            return [
+                item.id async for item in client.conversations.items.list(conversation.id, limit=3)
+            ]
+
+    ids = asyncio.run(run())
+    assert len(ids) == len(set(ids)) == 1 + 4 * 2

@@ -11,7 +11,7 @@ from alembic.runtime.migration import MigrationContext
 
 from app.store.engine import create_engine, head_revision
 from app.store.rows import Base
-from tests.conftest import Database, migrate
+from tests.conftest import Database, migrate, run_sql
 
 
 def inspect(url: str) -> tuple[set[str], list[object], str | None]:
@@ -46,3 +46,36 @@ def test_upgrade_downgrade_round_trip(empty_database: Database) -> None:
 
     migrate(empty_database.url)
     assert inspect(empty_database.url)[2] == head_revision()
+
+
+def test_upgrade_drops_repeated_conversation_items(empty_database: Database) -> None:
+    """Older versions let a conversation hold an item twice; the upgrade keeps each id's first
+    position, so listing and `after` pagination see every item once."""
+    migrate(empty_database.url, to="0004")
+    statements = [
+        "INSERT INTO conversations (id, project, created_at, metadata, next_position) "
+        "VALUES ('conv_a', '', 0, '{}', 6), ('conv_b', '', 0, '{}', 1)",
+        "INSERT INTO items (pk, id, response_id, project, type, data) VALUES "
+        + ", ".join(
+            f"({pk}, '{item_id}', 'resp_x', '', 'message', '{{}}')"
+            for pk, item_id in [(1, "msg_1"), (2, "msg_2"), (3, "msg_1"), (4, "msg_3")]
+        ),
+        # conv_a: msg_1, msg_2, msg_1 again (same row), msg_3, msg_1 (another row, same id)
+        "INSERT INTO conversation_items (conversation_id, position, item_pk) VALUES "
+        "('conv_a', 0, 1), ('conv_a', 1, 2), ('conv_a', 2, 1), ('conv_a', 4, 4), "
+        "('conv_a', 5, 3), ('conv_b', 0, 1)",
+    ]
+    for statement in statements:
+        run_sql(empty_database, statement)
+    migrate(empty_database.url)
+    rows = run_sql(
+        empty_database,
+        "SELECT conversation_id, position, item_pk FROM conversation_items "
+        "ORDER BY conversation_id, position",
+    )
+    assert [tuple(row) for row in rows] == [
+        ("conv_a", 0, 1),
+        ("conv_a", 1, 2),
+        ("conv_a", 4, 4),
+        ("conv_b", 0, 1),
+    ]

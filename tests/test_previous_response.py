@@ -3,12 +3,14 @@ items, and what is (not) inherited."""
 
 from __future__ import annotations
 
+import itertools
+import json
 import uuid
 
 import openai
 import pytest
 
-from tests.conftest import Stack
+from tests.conftest import Stack, run_sql
 from tests.wire import strict_items
 
 
@@ -208,3 +210,70 @@ def test_deleting_a_turn_in_the_middle_of_a_chain(client: openai.OpenAI, gw: Sta
     assert texts == ["three", "echo: one"] and rest.has_more
     with pytest.raises(openai.NotFoundError):
         client.responses.create(model="local-llama", input="x", previous_response_id=second.id)
+
+
+def walk(pages: object, cap: int = 50) -> list[str]:
+    """The ids the SDK's auto-pagination yields, stopped after `cap` (a loop would never end)."""
+    return [item.id for item in itertools.islice(pages, cap)]  # type: ignore[call-overload]
+
+
+def test_replaying_items_of_the_previous_turn_is_refused(client: openai.OpenAI, gw: Stack) -> None:
+    """As OpenAI does: with `previous_response_id` the previous turns are already the context,
+    so an input item repeating one of them (replayed with its id, or an item_reference), or
+    repeating another input item, is a 400 before any upstream call."""
+    first = client.responses.create(model="local-llama", input="one")
+    (user,) = client.responses.input_items.list(first.id).data
+    replayed = first.output[0].model_dump(exclude_none=True)
+    fresh = {"type": "message", "id": f"msg_{uuid.uuid4()}", "role": "user", "content": "x"}
+    calls = len(gw.upstream.requests)
+    for previous, items, duplicate in (
+        (first.id, [replayed, {"role": "user", "content": "two"}], first.output[0].id),
+        (first.id, [{"type": "item_reference", "id": user.id}], user.id),
+        (None, [fresh, fresh], fresh["id"]),
+    ):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.responses.create(
+                model="local-llama",
+                input=items,  # type: ignore[arg-type]
+                previous_response_id=previous,
+            )
+        assert caught.value.body == {  # type: ignore[comparison-overlap]
+            "message": f"Duplicate item found with id {duplicate}. Remove duplicate items from "
+            "your input and try again.",
+            "type": "invalid_request_error",
+            "param": "input",
+            "code": None,
+        }
+    assert len(gw.upstream.requests) == calls
+
+
+def test_input_items_pages_list_each_item_once(client: openai.OpenAI, gw: Stack) -> None:
+    """`after` pagination is exact, also over a context an older version stored with an item
+    twice (the previous turn replayed with `previous_response_id`): each id is listed once, at
+    its first place, so the SDK's auto-pagination neither repeats nor loops."""
+    first = client.responses.create(model="local-llama", input="one")
+    second = client.responses.create(
+        model="local-llama", input="two", previous_response_id=first.id
+    )
+    third = client.responses.create(
+        model="local-llama", input="three", previous_response_id=second.id
+    )
+    expected = [item.id for item in client.responses.input_items.list(third.id, order="asc")]
+    assert len(expected) == 5 == len(set(expected))
+    for limit in (1, 2, 100):
+        assert walk(client.responses.input_items.list(third.id, order="asc", limit=limit)) == (
+            expected
+        )
+        assert walk(client.responses.input_items.list(third.id, limit=limit)) == expected[::-1]
+    # As stored before such input was refused: turn 2's input repeats turn 1's output.
+    ((history, inputs),) = run_sql(
+        gw.database, f"SELECT history_pks, input_pks FROM responses WHERE id = '{second.id}'"
+    )
+    repeated = json.dumps([json.loads(history)[-1], *json.loads(inputs)])
+    run_sql(gw.database, f"UPDATE responses SET input_pks = '{repeated}' WHERE id = '{second.id}'")
+    listed = [item.id for item in client.responses.input_items.list(second.id, order="asc")]
+    assert listed == expected[:3]
+    for limit in (1, 2):
+        for order, ids in (("asc", expected[:3]), ("desc", expected[:3][::-1])):
+            pages = client.responses.input_items.list(second.id, order=order, limit=limit)  # type: ignore[arg-type]
+            assert walk(pages) == ids, (order, limit)

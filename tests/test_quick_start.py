@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from app.config import ConfigError, Settings, describe_routes, load_routing, parse_models_file
+from tests.conftest import GatewayServer, migrate
 from tests.test_config import run_cli
 
 QUICK_ENV = {
@@ -114,3 +115,32 @@ def test_routing_errors_name_line_and_field(change: tuple[str, str], expected: s
     with pytest.raises(ConfigError) as caught:
         parse_models_file(ROUTING.replace(*change), "m.yaml", env={})
     assert expected in str(caught.value)
+
+
+def test_azure_endpoint_without_deployments_warns(
+    tmp_path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An endpoint alone routes nothing: `check-config` and `serve` both say what to set."""
+    env = {**QUICK_ENV, "AZURE_OPENAI_DEPLOYMENTS": ""}
+    result = run_cli("check-config", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "azure" not in result.stdout
+    assert "WARNING: AZURE_OPENAI_ENDPOINT is set but AZURE_OPENAI_DEPLOYMENTS is empty" in (
+        result.stderr
+    )
+    assert "set AZURE_OPENAI_DEPLOYMENTS to the deployment names" in result.stderr
+    assert "WARNING" not in run_cli("check-config", env=QUICK_ENV).stderr
+    url = f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}"
+    migrate(url)
+    settings = Settings(
+        database_url=url,
+        gateway_config=None,
+        openai_api_key="",
+        azure_openai_endpoint="https://res.openai.azure.com",
+        azure_openai_deployments=" , ",
+    )
+    caplog.set_level("WARNING")
+    server = GatewayServer(settings).start()
+    server.stop()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("set AZURE_OPENAI_DEPLOYMENTS to the deployment names" in w for w in warnings)

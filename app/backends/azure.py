@@ -18,15 +18,20 @@ translation (no hosted tools there).
 
 Auth: the `api-key` header, or a Microsoft Entra ID bearer token from an `azure-identity` async
 credential (`DefaultAzureCredential` unless one is injected), cached and refreshed five minutes
-before it expires, by one request at a time.
+before it expires, by one request at a time. An upstream 401 means the token expired early or
+was revoked: it is fetched again once (with the claims of a CAE challenge, if the 401 carries
+one, which makes azure-identity skip its own cache) and the request is retried once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
 import re
 import time
+from collections import deque
 from collections.abc import AsyncGenerator
 from typing import Any, Protocol
 
@@ -43,19 +48,34 @@ log = logging.getLogger(__name__)
 
 # Refresh this many seconds before expiry, so that no request leaves with a token about to lapse.
 REFRESH_MARGIN = 300.0
+# Tokens replaced by a refresh are still redacted: a request that left with one may fail after.
+RETIRED_TOKENS = 4
 _V1_VERSIONS = {None, "v1", "preview", "latest"}
 
 
 class TokenCredential(Protocol):
     """What we need of an `azure.identity.aio` credential."""
 
-    async def get_token(self, *scopes: str) -> Any: ...
+    async def get_token(self, *scopes: str, **kwargs: Any) -> Any: ...
 
     async def close(self) -> None: ...
 
 
+def challenge_claims(header: str) -> str | None:
+    """The claims of a CAE challenge (`WWW-Authenticate: Bearer …, claims="<base64 JSON>"`),
+    decoded as azure-core's BearerTokenCredentialPolicy decodes them; None without one."""
+    found = re.search(r'claims="([^"]+)"', header)
+    if found is None:
+        return None
+    encoded = found.group(1)
+    try:
+        return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+
+
 class EntraAuth(httpx.Auth):
-    """Bearer auth with a cached Entra ID token."""
+    """Bearer auth with a cached Entra ID token, fetched again once on an upstream 401."""
 
     def __init__(self, credential: TokenCredential, scope: str, where: str) -> None:
         self._credential = credential
@@ -63,37 +83,56 @@ class EntraAuth(httpx.Auth):
         self._where = where
         self._token = ""
         self._expires_on = 0.0
+        self._retired: deque[str] = deque(maxlen=RETIRED_TOKENS)
         self._lock = asyncio.Lock()
 
     def _fresh(self) -> bool:
         return time.time() < self._expires_on - REFRESH_MARGIN
 
-    async def token(self) -> str:
-        if self._fresh():
+    async def token(self, rejected: str | None = None, claims: str | None = None) -> str:
+        """The current token; with `rejected` (a token the upstream refused), a new one unless
+        another request already replaced it."""
+        if rejected is None and self._fresh():
             return self._token
         async with self._lock:  # one refresh at a time; the others reuse its token
-            if not self._fresh():
-                try:
-                    access = await self._credential.get_token(self._scope)
-                except Exception as exc:  # any credential's failure: azure-identity has many
-                    log.warning(
-                        "Entra ID token for %s: %s: %s", self._where, type(exc).__name__, exc
-                    )
-                    raise UpstreamError(
-                        f"Could not get a Microsoft Entra ID token for {self._where} "
-                        f"({type(exc).__name__}; see the gateway log)."
-                    ) from None
-                self._token, self._expires_on = access.token, float(access.expires_on)
+            stale = self._token == rejected if rejected is not None else not self._fresh()
+            if stale:
+                await self._fetch(claims)
         return self._token
+
+    async def _fetch(self, claims: str | None) -> None:
+        options = {"claims": claims} if claims else {}
+        try:
+            access = await self._credential.get_token(self._scope, **options)
+        except Exception as exc:  # any credential's failure: azure-identity has many
+            log.warning("Entra ID token for %s: %s: %s", self._where, type(exc).__name__, exc)
+            raise UpstreamError(
+                f"Could not get a Microsoft Entra ID token for {self._where} "
+                f"({type(exc).__name__}; see the gateway log)."
+            ) from None
+        if self._token and self._token != access.token:
+            self._retired.append(self._token)
+        self._token, self._expires_on = access.token, float(access.expires_on)
 
     async def async_auth_flow(
         self, request: httpx.Request
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        request.headers["authorization"] = f"Bearer {await self.token()}"
-        yield request
+        token = await self.token()
+        request.headers["authorization"] = f"Bearer {token}"
+        response = yield request
+        if response.status_code != 401:
+            return
+        # Expired before its `expires_on` (clock skew) or revoked: once more with a new token.
+        # httpx reads and closes the 401 before sending the retry; its body was bytes, so it
+        # is sent again as is.
+        claims = challenge_claims(response.headers.get("www-authenticate", ""))
+        fresh = await self.token(rejected=token, claims=claims)
+        if fresh != token:  # the same token again (a credential's own cache) would fail again
+            request.headers["authorization"] = f"Bearer {fresh}"
+            yield request
 
     def secrets(self) -> list[str]:
-        return [self._token]
+        return [self._token, *self._retired]
 
     async def aclose(self) -> None:
         await self._credential.close()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from app.core.items import resolve_items
+from app.core.items import check_unique_ids, resolve_items
 from app.errors import NotFoundError
 from app.ids import new_id
 from app.schemas.requests import ConcreteInput, CreateResponseRequest
@@ -47,9 +47,13 @@ class ConversationsService:
         self._items = ResponseStore(database)
 
     async def _entries(
-        self, items: list[ConcreteInput], project: str
+        self, items: list[ConcreteInput], project: str, conversation_id: str | None = None
     ) -> list[StoredItem | dict[str, Any]]:
-        return await resolve_items(self._items, items, project, reuse=True, param="items")
+        entries = await resolve_items(self._items, items, project, reuse=True, param="items")
+        ids = {(e.data if isinstance(e, StoredItem) else e)["id"] for e in entries}
+        present = await self._store.present_ids(conversation_id, ids) if conversation_id else ()
+        check_unique_ids(present, entries, "items")
+        return entries
 
     async def create(
         self, project: str, metadata: dict[str, str] | None, items: list[ConcreteInput]
@@ -87,7 +91,7 @@ class ConversationsService:
     ) -> dict[str, Any]:
         if await self._store.get(conversation_id, project) is None:
             raise conversation_not_found(conversation_id)
-        entries = await self._entries(items, project)
+        entries = await self._entries(items, project, conversation_id)
         added = await self._store.add_items(
             conversation_id,
             project,

@@ -7,6 +7,7 @@ and extra keys a client sent (`phase`, `namespace`…) are kept.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from app.errors import BadRequestError, NotFoundError
@@ -168,3 +169,23 @@ async def resolve_items(
         same = next((c for c in reversed(stored.get(entry["id"], [])) if c.data == entry), None)
         resolved.append(same if same is not None else entry)
     return resolved
+
+
+def check_unique_ids(
+    context: Iterable[str], entries: list[StoredItem | dict[str, Any]], param: str
+) -> None:
+    """Refuse, as OpenAI does, input that repeats an item already in the context it joins
+    (the previous response's turns, the conversation) or in itself: a replayed output item
+    with `previous_response_id`, an `item_reference` to a conversation's own item. Item ids are
+    then unique within a context and a conversation, so an `after=<id>` cursor names one
+    position. Repeats already inside a stored context are not the client's doing: not checked."""
+    seen = set(context)
+    for entry in entries:
+        item_id = (entry.data if isinstance(entry, StoredItem) else entry)["id"]
+        if item_id in seen:
+            raise BadRequestError(
+                f"Duplicate item found with id {item_id}. Remove duplicate items from your "
+                "input and try again.",
+                param=param,
+            )
+        seen.add(item_id)

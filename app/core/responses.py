@@ -24,7 +24,7 @@ from app.core.generation import (
     response_body,
     run_generation,
 )
-from app.core.items import resolve_items
+from app.core.items import check_unique_ids, resolve_items
 from app.core.requests import (
     check_context_source,
     check_file_urls,
@@ -241,6 +241,7 @@ class ResponsesService:
         entries = await resolve_items(
             self._store, parsed, project, reuse=request.store is not False, param="input"
         )
+        check_unique_ids((entry.data["id"] for entry in history), entries, "input")
         items: list[dict[str, Any]] = [entry.data for entry in history]
         items += [entry.data if isinstance(entry, StoredItem) else entry for entry in entries]
         return Context(
@@ -381,9 +382,17 @@ class ResponsesService:
     async def list_input_items(
         self, response_id: str, *, limit: int, order: str, after: str | None, project: str = ""
     ) -> dict[str, Any]:
-        items = await self._store.list_input_items(response_id, project)
-        if items is None:
+        listed = await self._store.list_input_items(response_id, project)
+        if listed is None:
             raise _response_not_found(response_id)
+        # Each id once, where it first appears: a context stored before repeats were refused
+        # (`check_unique_ids`) may hold one twice, and `after` must name a single position.
+        seen: set[str] = set()
+        items = []
+        for item in listed:
+            if item["id"] not in seen:
+                seen.add(item["id"])
+                items.append(item)
         if order == "desc":
             items.reverse()
         start = 0

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 
 from app.store.database import Database, Transaction
-from app.store.items import append_to_conversation, insert_items
+from app.store.items import append_to_conversation, conversation_ids, insert_items
 from app.store.responses import InputEntry, StoredItem
 from app.store.rows import conversation_items_table, conversations_table, items_table
 
@@ -58,9 +58,9 @@ class ConversationStore:
         new = [entry for entry in entries if isinstance(entry, dict)]
         fresh = iter(await insert_items(tx, conversation_id, project, new))
         pks = [entry if isinstance(entry, int) else next(fresh) for entry in entries]
-        await append_to_conversation(tx, conversation_id, pks)
-        data = await self._items(tx, pks)
-        return [data[pk] for pk in pks]
+        appended = await append_to_conversation(tx, conversation_id, pks) or []
+        data = await self._items(tx, appended)
+        return [data[pk] for pk in appended]
 
     async def add_items(
         self, conversation_id: str, project: str, entries: list[InputEntry]
@@ -69,6 +69,12 @@ class ConversationStore:
             if await self._get(tx, conversation_id, project) is None:
                 return None
             return await self._add(tx, conversation_id, project, entries)
+
+    async def present_ids(self, conversation_id: str, ids: set[str]) -> set[str]:
+        """Which of `ids` are already items of the conversation (each id is there at most
+        once; see `append_to_conversation`)."""
+        async with self._db.transaction() as tx:
+            return await conversation_ids(tx, conversation_id, ids)
 
     @staticmethod
     async def _items(tx: Transaction, pks: list[int]) -> dict[int, dict[str, Any]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import insert, update
+from sqlalchemy import insert, select, update
 
 from app.store.database import Transaction
 from app.store.rows import conversation_items_table, conversations_table, items_table
@@ -38,11 +38,18 @@ async def insert_items(
     return [pk for (pk,) in result.all()]
 
 
-async def append_to_conversation(tx: Transaction, conversation_id: str, pks: list[int]) -> bool:
-    """Append items (by pk) to a conversation, atomically and contiguously. Returns False if
-    the conversation no longer exists (nothing is written then)."""
+async def append_to_conversation(
+    tx: Transaction, conversation_id: str, pks: list[int]
+) -> list[int] | None:
+    """Append items (by pk) to a conversation, atomically and contiguously; returns the pks
+    appended, or None if the conversation no longer exists (nothing is written then).
+
+    A conversation holds each item id once, so that `after=<id>` names one position and a
+    listing never repeats. Callers refuse duplicates with a 400 before they get here; this is
+    the backstop for two requests racing to add the same id: under the row lock the reservation
+    takes, an item whose id is already in the conversation (or earlier in `pks`) is skipped."""
     if not pks:
-        return True
+        return []
     reserved = await tx.execute(
         update(conversations_table)
         .where(conversations_table.c.id == conversation_id)
@@ -51,13 +58,41 @@ async def append_to_conversation(tx: Transaction, conversation_id: str, pks: lis
     )
     end = reserved.scalar_one_or_none()
     if end is None:
-        return False
-    start = end - len(pks)
-    await tx.execute(
-        insert(conversation_items_table),
-        [
-            {"conversation_id": conversation_id, "position": start + offset, "item_pk": pk}
-            for offset, pk in enumerate(pks)
-        ],
+        return None
+    rows = await tx.execute(
+        select(items_table.c.pk, items_table.c.id).where(items_table.c.pk.in_(set(pks)))
     )
-    return True
+    ids: dict[int, str] = dict(rows.all())
+    seen = await conversation_ids(tx, conversation_id, set(ids.values()))
+    appended = []
+    for pk in pks:
+        item_id = ids.get(pk)  # None: a reused item deleted meanwhile; nothing to list
+        if item_id is not None and item_id not in seen:
+            seen.add(item_id)
+            appended.append(pk)
+    if appended:
+        # Positions only order items: the ones skipped leave a gap, never a collision.
+        start = end - len(pks)
+        await tx.execute(
+            insert(conversation_items_table),
+            [
+                {"conversation_id": conversation_id, "position": start + offset, "item_pk": pk}
+                for offset, pk in enumerate(appended)
+            ],
+        )
+    return appended
+
+
+async def conversation_ids(tx: Transaction, conversation_id: str, ids: set[str]) -> set[str]:
+    """Which of `ids` are ids of items in the conversation."""
+    if not ids:
+        return set()
+    rows = await tx.execute(
+        select(items_table.c.id)
+        .join(conversation_items_table, conversation_items_table.c.item_pk == items_table.c.pk)
+        .where(
+            conversation_items_table.c.conversation_id == conversation_id,
+            items_table.c.id.in_(sorted(ids)),
+        )
+    )
+    return {item_id for (item_id,) in rows.all()}
