@@ -38,7 +38,12 @@ REQUIRE_POSTGRES = os.environ.get("REQUIRE_POSTGRES") == "1"
 _postgres_notice_given = False
 
 
+_postgres_problem = ""
+
+
 def _postgres_available() -> bool:
+    global _postgres_problem
+
     async def probe() -> None:
         connection = await asyncpg.connect(POSTGRES_URL, timeout=3)
         await connection.close()
@@ -46,7 +51,9 @@ def _postgres_available() -> bool:
     try:
         asyncio.run(probe())
         return True
-    except (TimeoutError, OSError, asyncpg.PostgresError):
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+        # Kept for the message: "too many clients" is not the same trouble as no server at all.
+        _postgres_problem = f"{type(exc).__name__}: {exc}"
         return False
 
 
@@ -63,7 +70,7 @@ def _admin(sql: str) -> None:
 
 def _skip_or_fail_postgres() -> None:
     global _postgres_notice_given
-    message = f"PostgreSQL is not reachable at {POSTGRES_URL}"
+    message = f"PostgreSQL is not reachable at {POSTGRES_URL} ({_postgres_problem})"
     if REQUIRE_POSTGRES:
         pytest.fail(f"{message}, and REQUIRE_POSTGRES=1 forbids skipping the Postgres half.")
     if not _postgres_notice_given:
