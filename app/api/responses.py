@@ -45,7 +45,7 @@ async def create_response(
     reply: Response
     if create.stream:
         events = usage.stream(responses.stream(prepared), prepared, caller.key_id)
-        reply = event_stream(events, request.app.state.sse_keepalive)
+        reply = event_stream(events, request.app.state.sse_keepalive, request.state.streams)
     else:
         reply = json_response(await usage.create(responses, prepared, caller.key_id))
     if prepared.dropped_tools:
@@ -77,7 +77,9 @@ async def retrieve_response(
 ) -> Response:
     if stream:
         events = await responses.replay(response_id, caller.project, starting_after)
-        return event_stream(usage.stream(events), request.app.state.sse_keepalive)
+        return event_stream(
+            usage.stream(events), request.app.state.sse_keepalive, request.state.streams
+        )
     return json_response(await responses.retrieve(response_id, caller.project))
 
 
