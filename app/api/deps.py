@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar, cast
 
 import orjson
@@ -24,7 +25,7 @@ M = TypeVar("M", bound=BaseModel)
 
 # Every dependency is `async def` on purpose: FastAPI runs a plain `def` dependency in the thread
 # pool, a thread hop (and GIL hand-off) per request for what is an attribute read. (Two of them
-# on `POST /v1/responses`, `Limits` and `Usage`, cost 18% of the instructions of a request.)
+# on `POST /v1/responses` cost 18% of the instructions of a request.)
 async def _responses(request: Request) -> ResponsesService:
     return cast(ResponsesService, request.state.responses)
 
@@ -43,10 +44,6 @@ def _keys(request: Request) -> KeyService:
 
 async def _key_service(request: Request) -> KeyService:
     return _keys(request)
-
-
-async def _limits(request: Request) -> RateLimiter:
-    return cast(RateLimiter, request.state.limits)
 
 
 async def _usage(request: Request) -> UsageMeter:
@@ -69,7 +66,25 @@ async def _admin(request: Request) -> None:
     _keys(request).authenticate_admin(request.headers.get("authorization"))
 
 
+@dataclass(frozen=True, slots=True)
+class CreateServices:
+    """What `POST /v1/responses` needs, as one dependency: FastAPI's cost is per dependency
+    (each is solved, cached and awaited on its own, its parameters extracted), and this is the
+    hot path."""
+
+    caller: Principal
+    responses: ResponsesService
+    limits: RateLimiter
+    usage: UsageMeter
+
+
+async def _create_services(request: Request) -> CreateServices:
+    state = request.state
+    return CreateServices(await _principal(request), state.responses, state.limits, state.usage)
+
+
 Responses = Annotated[ResponsesService, Depends(_responses)]
+CreateDeps = Annotated[CreateServices, Depends(_create_services)]
 Routes = Annotated[Registry, Depends(_registry)]
 Conversations = Annotated[ConversationsService, Depends(_conversations)]
 
@@ -99,7 +114,6 @@ async def read_body(request: Request, model: type[M]) -> M:
 
 
 Keys = Annotated[KeyService, Depends(_key_service)]
-Limits = Annotated[RateLimiter, Depends(_limits)]
 Usage = Annotated[UsageMeter, Depends(_usage)]
 DatabaseDep = Annotated[Database, Depends(_database)]
 Caller = Annotated[Principal, Depends(_principal)]

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from app.api.deps import Caller, Limits, Responses, Usage, json_response, read_body
+from app.api.deps import Caller, CreateDeps, Responses, Usage, json_response, read_body
 from app.api.sse import event_stream
 from app.core.limits import check_input_size
 from app.schemas.requests import CreateResponseRequest
@@ -28,10 +28,9 @@ DROPPED_TOOLS_HEADER = "x-gateway-dropped-tools"
         }
     },
 )
-async def create_response(
-    request: Request, responses: Responses, caller: Caller, limits: Limits, usage: Usage
-) -> Response:
-    request.state.ratelimit_headers = await limits.admit(caller)
+async def create_response(request: Request, deps: CreateDeps) -> Response:
+    caller, responses, usage = deps.caller, deps.responses, deps.usage
+    request.state.ratelimit_headers = await deps.limits.admit(caller)
     create = await read_body(request, CreateResponseRequest)
     request.state.model = create.model
     check_input_size(create, request.app.state.max_input_items)
