@@ -14,6 +14,7 @@ import email.utils
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from http.cookiejar import Cookie, CookieJar
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -58,6 +59,18 @@ def retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+class _NoCookies(CookieJar):
+    """A cookie jar that keeps nothing. One client serves every tenant's requests, so a cookie
+    an upstream sets must not ride along on the next caller's request; and not parsing
+    `Set-Cookie` saves work on every answer."""
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        pass
+
+    def set_cookie(self, cookie: Cookie) -> None:
+        pass
+
+
 class UpstreamClient:
     """POSTs JSON to one URL of one upstream. Created with its backend, closed by `aclose`."""
 
@@ -77,6 +90,8 @@ class UpstreamClient:
         if parts.username and auth is None and not headers:
             auth = httpx.BasicAuth(unquote(parts.username), unquote(parts.password or ""))
         self.url = public_url(url)
+        # Parsed once: httpx would parse a string URL again on every request.
+        self._target = httpx.URL(self.url)
         self._auth = auth
         self.where = f"the upstream of model {config.name!r} ({self.url})"
         self._secrets = secrets or (lambda: [])
@@ -93,6 +108,7 @@ class UpstreamClient:
             },
             params=params,
             auth=auth,
+            cookies=_NoCookies(),
             timeout=httpx.Timeout(
                 config.timeout, connect=config.connect_timeout, pool=config.connect_timeout
             ),
@@ -144,7 +160,7 @@ class UpstreamClient:
     async def post_json(self, payload: dict[str, Any]) -> Any:
         """The decoded JSON answer; raises our errors for transport faults and HTTP errors."""
         try:
-            response = await self._client.post(self.url, content=orjson.dumps(payload))
+            response = await self._client.post(self._target, content=orjson.dumps(payload))
         except httpx.HTTPError as exc:
             raise self.transport_error(exc) from exc
         if response.status_code >= 400:
@@ -160,7 +176,7 @@ class UpstreamClient:
         the block closes the upstream request at once."""
         try:
             async with self._client.stream(
-                "POST", self.url, content=orjson.dumps(payload)
+                "POST", self._target, content=orjson.dumps(payload)
             ) as response:
                 if response.status_code >= 400:
                     raise self.status_error(response, await response.aread())
