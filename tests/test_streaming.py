@@ -3,13 +3,16 @@ tool calls, reasoning, truncation and every failure path; disconnects and no buf
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
 
 import httpx
 import openai
 import pytest
 
+from app.backends.upstream import sse_lines
 from tests.conftest import Stack
 from tests.fake_upstream import Reply, tool_call
 from tests.wire import SSEStream, parse_sse, stream_raw, strict_stream
@@ -370,3 +373,19 @@ def test_streamed_logprobs(gw: Stack) -> None:
     assert [lp["token"] for lp in done["logprobs"]] == ["a ", "b ", "c"]
     part = result.terminal["response"]["output"][0]["content"][0]
     assert len(part["logprobs"]) == 3 and len(part["logprobs"][0]["top_logprobs"]) == 1
+
+
+def test_upstream_sse_lines_split_only_on_line_ends() -> None:
+    async def lines(*chunks: bytes) -> list[str]:
+        async def source() -> AsyncIterator[bytes]:
+            for chunk in chunks:
+                yield chunk
+
+        return [line async for line in sse_lines(source())]
+
+    text = 'data: {"t":"a\u2028b"}'.encode()  # U+2028 raw inside a JSON string
+    assert asyncio.run(lines(text + b"\n\n")) == [text.decode(), ""]
+    # A multi-byte character and a CRLF cut across chunks; CR alone; no final line end.
+    euro = "data: €".encode()
+    got = asyncio.run(lines(euro[:-1], euro[-1:] + b"\r", b"\ndata: x\rdata: y"))
+    assert [line for line in got if line] == ["data: €", "data: x", "data: y"]

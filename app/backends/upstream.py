@@ -10,6 +10,7 @@ line or a stored `failed` response.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import email.utils
 import time
 from collections.abc import AsyncIterator, Callable
@@ -57,6 +58,26 @@ def retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+async def sse_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
+    """The lines of an SSE body, from its (decompressed) chunks. One generator instead of
+    httpx's `aiter_text` + `aiter_lines` (two more per chunk). SSE ends a line with LF, CR or
+    CRLF and nothing else: unlike `str.splitlines` (what `aiter_lines` follows), a U+2028 inside
+    a JSON string does not cut its line in two. A CRLF split across two chunks yields one extra
+    blank line, which SSE readers skip anyway."""
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    rest = ""
+    async for chunk in chunks:
+        text = rest + decoder.decode(chunk)
+        if "\r" in text:
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        *lines, rest = text.split("\n")
+        for line in lines:
+            yield line
+    rest += decoder.decode(b"", final=True)
+    if rest:
+        yield rest
 
 
 class _NoCookies(CookieJar):
@@ -180,7 +201,7 @@ class UpstreamClient:
             ) as response:
                 if response.status_code >= 400:
                     raise self.status_error(response, await response.aread())
-                yield response.aiter_lines()
+                yield sse_lines(response.aiter_bytes())
         except httpx.HTTPError as exc:
             raise self.transport_error(exc) from exc
 
