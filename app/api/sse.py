@@ -133,8 +133,10 @@ class EventStream(Response):
         if scope.get("method") == "HEAD":
             await self._events.aclose()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-            return
-        await _Writer(self._events, self._keepalive, self._streams).run(receive, send)
+        else:
+            await _Writer(self._events, self._keepalive, self._streams).run(receive, send)
+        if self.background is not None:
+            await self.background()
 
 
 class _Writer:
