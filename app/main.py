@@ -17,6 +17,7 @@ from app.api import models as models_routes
 from app.api import responses as responses_routes
 from app.api.errors import install_error_handlers
 from app.api.middleware import ObservabilityMiddleware
+from app.api.sse import OpenStreams
 from app.backends.registry import Registry
 from app.config import ModelsFile, Settings, describe_routes, load_routing, quick_start_warnings
 from app.core.background import BackgroundRunner, WorkerSettings
@@ -76,7 +77,8 @@ def create_app(settings: Settings, models: ModelsFile) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        # Opened in order, closed in reverse: engine, notifications, backends, usage, worker.
+        # Opened in order, closed in reverse: engine, notifications, backends, usage, worker,
+        # the watch that ends open event streams when the server shuts down.
         async with AsyncExitStack() as stack:
             if tracer_provider is not None:
                 stack.callback(tracer_provider.shutdown)
@@ -99,6 +101,9 @@ def create_app(settings: Settings, models: ModelsFile) -> FastAPI:
             if settings.gateway_worker_concurrency > 0:
                 await runner.start()
                 stack.push_async_callback(runner.stop)
+            streams = OpenStreams()
+            await streams.start()
+            stack.push_async_callback(streams.stop)
             keys = KeyService(
                 database,
                 admin_key=admin_key.get_secret_value() if admin_key is not None else None,
@@ -112,6 +117,7 @@ def create_app(settings: Settings, models: ModelsFile) -> FastAPI:
                 "limits": limits,
                 "usage": usage,
                 "database": database,
+                "streams": streams,
             }
 
     app = FastAPI(title="responses-gateway", version="0.1.0", lifespan=lifespan)

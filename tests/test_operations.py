@@ -4,6 +4,7 @@ never carry prompts or upstream secrets, OpenTelemetry spans, retention, the `ke
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import signal
@@ -411,3 +412,33 @@ def test_serve_flags_override_the_environment(
             assert "local-llama" not in [model.id for model in client.models.list()]
     finally:
         served.stop()
+
+
+def test_no_route_dependency_runs_in_the_thread_pool() -> None:
+    """FastAPI runs a plain `def` dependency in the thread pool: a thread hop per request."""
+    from fastapi.dependencies.models import Dependant
+    from fastapi.routing import APIRoute
+
+    from app.api import admin, conversations, health, models, responses
+
+    def sync_calls(dependant: Dependant) -> list[str]:
+        call = dependant.call
+        asynchronous = inspect.iscoroutinefunction(call) or inspect.isasyncgenfunction(call)
+        found = [] if call is None or asynchronous else [getattr(call, "__name__", repr(call))]
+        for sub in dependant.dependencies:
+            found += sync_calls(sub)
+        return found
+
+    routes = [
+        route
+        for module in (admin, conversations, health, models, responses)
+        for route in module.router.routes
+        if isinstance(route, APIRoute)
+    ]
+    assert len(routes) > 10
+    offending = {
+        route.path: calls
+        for route in routes
+        if (calls := [c for sub in route.dependant.dependencies for c in sync_calls(sub)])
+    }
+    assert offending == {}

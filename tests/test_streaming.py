@@ -3,13 +3,18 @@ tool calls, reasoning, truncation and every failure path; disconnects and no buf
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
 import time
+from collections.abc import AsyncIterator
 
 import httpx
 import openai
 import pytest
 
+from app.api.sse import OpenStreams
+from app.backends.upstream import sse_lines
 from tests.conftest import Stack
 from tests.fake_upstream import Reply, tool_call
 from tests.wire import SSEStream, parse_sse, stream_raw, strict_stream
@@ -391,3 +396,49 @@ def test_stream_options_include_obfuscation_is_accepted(
     assert deltas and all(getattr(e, "obfuscation", None) is None for e in deltas)
     # Chat Completions has no such option: the upstream is asked for usage only.
     assert gw.upstream.last.body["stream_options"] == {"include_usage": True}
+
+
+def test_upstream_sse_lines_split_only_on_line_ends() -> None:
+    async def lines(*chunks: bytes) -> list[str]:
+        async def source() -> AsyncIterator[bytes]:
+            for chunk in chunks:
+                yield chunk
+
+        return [line async for line in sse_lines(source())]
+
+    text = 'data: {"t":"a\u2028b"}'.encode()  # U+2028 raw inside a JSON string
+    assert asyncio.run(lines(text + b"\n\n")) == [text.decode(), ""]
+    # A multi-byte character and a CRLF cut across chunks; CR alone; no final line end.
+    euro = "data: €".encode()
+    got = asyncio.run(lines(euro[:-1], euro[-1:] + b"\r", b"\ndata: x\rdata: y"))
+    assert [line for line in got if line] == ["data: €", "data: x", "data: y"]
+
+
+def test_open_streams_end_when_the_server_starts_exiting() -> None:
+    """What SIGTERM does to uvicorn (`should_exit`) ends every open stream, and later ones."""
+
+    class Server:  # uvicorn's handler is a bound method of its server, as here
+        should_exit = False
+
+        def handle_exit(self, *_args: object) -> None:
+            self.should_exit = True
+
+    server = Server()
+    previous = signal.signal(signal.SIGTERM, server.handle_exit)
+
+    async def run() -> list[int]:
+        streams, ended = OpenStreams(), []  # a stream's stop may be called more than once
+        await streams.start()
+        streams.add(lambda: ended.append(1))
+        await asyncio.sleep(0.6)
+        assert ended == []
+        server.should_exit = True
+        await asyncio.sleep(0.7)
+        streams.add(lambda: ended.append(2))
+        await streams.stop()
+        return sorted(set(ended))
+
+    try:
+        assert asyncio.run(run()) == [1, 2]
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -79,8 +79,9 @@ class ObservabilityMiddleware:
         template = getattr(route, "path", None) or "(unmatched)"
         model = str(state.get("model") or "")
         labels = (template, scope["method"], model, str(status))
-        self.metrics.requests.labels(*labels).inc()
-        self.metrics.request_seconds.labels(*labels).observe(seconds)
+        metrics = self.metrics
+        metrics.child(metrics.requests, *labels).inc()
+        metrics.child(metrics.request_seconds, *labels).observe(seconds)
         access_log.info(
             "request",
             extra={

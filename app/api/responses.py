@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 from app.api.deps import (
     Caller,
-    Limits,
+    CreateDeps,
     Responses,
     Usage,
     checked_include,
@@ -36,10 +36,9 @@ DROPPED_TOOLS_HEADER = "x-gateway-dropped-tools"
         }
     },
 )
-async def create_response(
-    request: Request, responses: Responses, caller: Caller, limits: Limits, usage: Usage
-) -> Response:
-    request.state.ratelimit_headers = await limits.admit(caller)
+async def create_response(request: Request, deps: CreateDeps) -> Response:
+    caller, responses, usage = deps.caller, deps.responses, deps.usage
+    request.state.ratelimit_headers = await deps.limits.admit(caller)
     create = await read_body(request, CreateResponseRequest)
     request.state.model = create.model
     check_input_size(create, request.app.state.max_input_items)
@@ -53,7 +52,7 @@ async def create_response(
     reply: Response
     if create.stream:
         events = usage.stream(responses.stream(prepared), prepared, caller.key_id)
-        reply = event_stream(events, request.app.state.sse_keepalive)
+        reply = event_stream(events, request.app.state.sse_keepalive, request.state.streams)
     else:
         reply = json_response(await usage.create(responses, prepared, caller.key_id))
     if prepared.dropped_tools:
@@ -85,7 +84,9 @@ async def retrieve_response(
 ) -> Response:
     if stream:
         events = await responses.replay(response_id, caller.project, starting_after)
-        return event_stream(usage.stream(events), request.app.state.sse_keepalive)
+        return event_stream(
+            usage.stream(events), request.app.state.sse_keepalive, request.state.streams
+        )
     return json_response(await responses.retrieve(response_id, caller.project))
 
 

@@ -10,11 +10,13 @@ line or a stored `failed` response.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import email.utils
 import math
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from http.cookiejar import Cookie, CookieJar
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -59,6 +61,38 @@ def retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+async def sse_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
+    """The lines of an SSE body, from its (decompressed) chunks. One generator instead of
+    httpx's `aiter_text` + `aiter_lines` (two more per chunk). SSE ends a line with LF, CR or
+    CRLF and nothing else: unlike `str.splitlines` (what `aiter_lines` follows), a U+2028 inside
+    a JSON string does not cut its line in two. A CRLF split across two chunks yields one extra
+    blank line, which SSE readers skip anyway."""
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    rest = ""
+    async for chunk in chunks:
+        text = rest + decoder.decode(chunk)
+        if "\r" in text:
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        *lines, rest = text.split("\n")
+        for line in lines:
+            yield line
+    rest += decoder.decode(b"", final=True)
+    if rest:
+        yield rest
+
+
+class _NoCookies(CookieJar):
+    """A cookie jar that keeps nothing. One client serves every tenant's requests, so a cookie
+    an upstream sets must not ride along on the next caller's request; and not parsing
+    `Set-Cookie` saves work on every answer."""
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        pass
+
+    def set_cookie(self, cookie: Cookie) -> None:
+        pass
+
+
 class UpstreamClient:
     """POSTs JSON to one URL of one upstream. Created with its backend, closed by `aclose`."""
 
@@ -78,6 +112,8 @@ class UpstreamClient:
         if parts.username and auth is None and not headers:
             auth = httpx.BasicAuth(unquote(parts.username), unquote(parts.password or ""))
         self.url = public_url(url)
+        # Parsed once: httpx would parse a string URL again on every request.
+        self._target = httpx.URL(self.url)
         self._auth = auth
         self.where = f"the upstream of model {config.name!r} ({self.url})"
         self._secrets = secrets or (lambda: [])
@@ -94,6 +130,7 @@ class UpstreamClient:
             },
             params=params,
             auth=auth,
+            cookies=_NoCookies(),
             timeout=httpx.Timeout(
                 config.timeout, connect=config.connect_timeout, pool=config.connect_timeout
             ),
@@ -154,7 +191,7 @@ class UpstreamClient:
         the client's for this call."""
         try:
             response = await self._client.post(
-                url or self.url,
+                self._target if url is None else url,
                 content=orjson.dumps(payload),
                 timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
             )
@@ -173,11 +210,11 @@ class UpstreamClient:
         the block closes the upstream request at once."""
         try:
             async with self._client.stream(
-                "POST", self.url, content=orjson.dumps(payload)
+                "POST", self._target, content=orjson.dumps(payload)
             ) as response:
                 if response.status_code >= 400:
                     raise self.status_error(response, await response.aread())
-                yield response.aiter_lines()
+                yield sse_lines(response.aiter_bytes())
         except httpx.HTTPError as exc:
             raise self.transport_error(exc) from exc
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -157,11 +157,15 @@ class Sink(Protocol):
 
 
 async def run_generation(
-    prepared: Prepared, ladder: EventLadder, sink: Sink
+    prepared: Prepared, ladder: EventLadder, sink: Sink, opening: Sequence[Event] = ()
 ) -> AsyncGenerator[Event, None]:
-    """Stream the upstream's answer as events. Exactly one terminal event ends it, yielded after
-    `sink.finish` committed; an upstream fault ends it with `error` + `response.failed` (the
-    partial output kept, open items closed as incomplete)."""
+    """Stream the upstream's answer as events, after the `opening` ones (already numbered by
+    `ladder`). Exactly one terminal event ends it, yielded after `sink.finish` committed; an
+    upstream fault ends it with `error` + `response.failed` (the partial output kept, open
+    items closed as incomplete). A consumer gone during `opening` leaves nothing to store: the
+    upstream was not called yet."""
+    for event in opening:
+        yield event
     deltas = prepared.route.backend.stream(prepared.generation)
     try:
         async for delta in deltas:

@@ -137,25 +137,31 @@ class ResponsesService:
         await self._insert(prepared, body, result.output)
         return render_response(body, result.output)
 
-    async def stream(self, prepared: Prepared) -> AsyncGenerator[Event, None]:
+    def stream(self, prepared: Prepared) -> AsyncGenerator[Event, None]:
         """The event stream of a create request. In the foreground the generation runs inside
         this generator; if its consumer goes away (client disconnect) the upstream request is
         closed and the response stored `cancelled` with its partial output. A background
-        stream only follows the events a worker persists, so a disconnect stops nothing."""
+        stream only follows the events a worker persists, so a disconnect stops nothing.
+
+        The foreground stream is `run_generation` itself, opening events and all, not a
+        generator re-yielding it: every layer costs every event a hop."""
         if prepared.request.background:
-            _, events = await self._enqueue(prepared)
-            for event in events:
-                yield event
-            async for event in self.follow(
-                prepared.id, prepared.project, events[-1]["sequence_number"]
-            ):
-                yield event
-            return
+            return self._background_stream(prepared)
         ladder = EventLadder()
         body = response_body(prepared, "in_progress")
-        yield ladder.event("response.created", response=render_response(body, []))
-        yield ladder.event("response.in_progress", response=render_response(body, []))
-        async for event in run_generation(prepared, ladder, _ForegroundSink(self, prepared)):
+        opening = [
+            ladder.event("response.created", response=render_response(body, [])),
+            ladder.event("response.in_progress", response=render_response(body, [])),
+        ]
+        return run_generation(prepared, ladder, _ForegroundSink(self, prepared), opening)
+
+    async def _background_stream(self, prepared: Prepared) -> AsyncGenerator[Event, None]:
+        _, events = await self._enqueue(prepared)
+        for event in events:
+            yield event
+        async for event in self.follow(
+            prepared.id, prepared.project, events[-1]["sequence_number"]
+        ):
             yield event
 
     async def _enqueue(self, prepared: Prepared) -> tuple[dict[str, Any], list[Event]]:

@@ -130,9 +130,9 @@ class UsageMeter:
         if key_id is not None and input_tokens + output_tokens:
             self._tokens[key_id] += input_tokens + output_tokens
         metrics = self.metrics
-        metrics.upstream_seconds.labels(model, backend, status).observe(latency)
+        metrics.child(metrics.upstream_seconds, model, backend, status).observe(latency)
         if ttft is not None:
-            metrics.ttft_seconds.labels(model, backend).observe(ttft)
+            metrics.child(metrics.ttft_seconds, model, backend).observe(ttft)
         for kind, count in (
             ("input", input_tokens),
             ("output", output_tokens),
@@ -140,7 +140,7 @@ class UsageMeter:
             ("cached", cached),
         ):
             if count:
-                metrics.tokens.labels(model, kind).inc(count)
+                metrics.child(metrics.tokens, model, kind).inc(count)
 
     def record_response(
         self,

@@ -122,13 +122,15 @@ SELECT r.history_pks::text, r.input_pks::text, r.output_pks::text,
 # committed when it returns). New items are inserted in their order, which assigns their pks
 # in that order: PostgreSQL numbers the rows of INSERT … SELECT … ORDER BY as they come (the
 # guarantee SQLAlchemy's `sort_by_parameter_order` relies on too), so ranking the returned pks
-# gives each new item its position. $14 lists the input entries: a stored pk, or -k for the
-# k-th new item; the new items after the first $15 are the output.
+# gives each new item its position. $12 lists the input entries: a stored pk, or -k for the
+# k-th new item; the new items after the first $13 are the output. The new items travel as one
+# JSON array ($3), encoded once, rather than as three text arrays (ids, types, data) built and
+# encoded item by item; `json_array_elements` keeps each element's text as it was sent.
 _INSERT_RESPONSE_SQL = """
 WITH new_items AS (
     INSERT INTO items (id, response_id, project, type, data)
-    SELECT i.id, $1::text, $2::text, i.type, i.data::json
-      FROM unnest($3::text[], $4::text[], $5::text[]) WITH ORDINALITY AS i(id, type, data, n)
+    SELECT i.value->>'id', $1::text, $2::text, i.value->>'type', i.value
+      FROM json_array_elements($3::text::json) WITH ORDINALITY AS i(value, n)
      ORDER BY i.n
     RETURNING pk
 ), numbered AS (
@@ -136,12 +138,12 @@ WITH new_items AS (
 )
 INSERT INTO responses (id, project, background, stream, created_at, status, model,
                        previous_response_id, body, history_pks, input_pks, output_pks)
-SELECT $1::text, $2::text, $6::boolean, $7::boolean, $8::bigint, $9::text, $10::text,
-       $11::text, $12::text::json, $13::text::json,
+SELECT $1::text, $2::text, $4::boolean, $5::boolean, $6::bigint, $7::text, $8::text,
+       $9::text, $10::text::json, $11::text::json,
        (SELECT coalesce(json_agg(coalesce(numbered.pk, t.v) ORDER BY t.o), '[]'::json)
-          FROM unnest($14::bigint[]) WITH ORDINALITY AS t(v, o)
+          FROM unnest($12::bigint[]) WITH ORDINALITY AS t(v, o)
           LEFT JOIN numbered ON numbered.n = -t.v),
-       (SELECT coalesce(json_agg(pk ORDER BY n), '[]'::json) FROM numbered WHERE n > $15::bigint)
+       (SELECT coalesce(json_agg(pk ORDER BY n), '[]'::json) FROM numbered WHERE n > $13::bigint)
 RETURNING input_pks::text, output_pks::text
 """
 
@@ -313,9 +315,7 @@ class ResponseStore:
                 _INSERT_RESPONSE_SQL,
                 response.id,
                 response.project,
-                [item["id"] for item in new_items],
-                [item["type"] for item in new_items],
-                [orjson.dumps(item).decode() for item in new_items],
+                orjson.dumps(new_items).decode(),
                 response.background,
                 response.stream,
                 response.created_at,
