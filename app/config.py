@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     # every replica within this many seconds.
     gateway_key_cache_seconds: float = Field(default=5.0, ge=0)
     gateway_max_input_items: int = Field(default=2048, ge=1)
+    # Item references the per-process cache of recent contexts holds (0 turns it off). An item
+    # costs about 1–2 KB of memory, so the default keeps the cache within some 30 MB however
+    # many requests a process serves; depth-1000 chains (2,000 references a turn) still hit,
+    # and only the newest turn of a chain is worth keeping.
+    gateway_context_cache_items: int = Field(default=20_000, ge=0)
     # Retention: stored responses older than this are purged by the workers (0 keeps them).
     gateway_response_ttl_seconds: float = Field(default=0.0, ge=0)
     gateway_prune_seconds: float = Field(default=60.0, gt=0)

@@ -85,7 +85,11 @@ def create_app(settings: Settings, models: ModelsFile) -> FastAPI:
             engine = create_engine(settings.database_url, settings.gateway_db_pool_size)
             stack.push_async_callback(engine.dispose)
             await require_head(engine)
-            database = Database(engine, listen_url=asyncpg_url(settings.database_url))
+            database = Database(
+                engine,
+                listen_url=asyncpg_url(settings.database_url),
+                context_cache_items=settings.gateway_context_cache_items,
+            )
             await database.start()
             stack.push_async_callback(database.stop)
             registry = Registry(models)

@@ -6,11 +6,13 @@ from __future__ import annotations
 import itertools
 import json
 import uuid
+from pathlib import Path
 
 import openai
 import pytest
 
-from tests.conftest import Stack, run_sql
+from app.config import Settings
+from tests.conftest import GatewayServer, Stack, models_yaml, run_sql
 from tests.wire import strict_items
 
 
@@ -277,3 +279,41 @@ def test_input_items_pages_list_each_item_once(client: openai.OpenAI, gw: Stack)
         for order, ids in (("asc", expected[:3]), ("desc", expected[:3][::-1])):
             pages = client.responses.input_items.list(second.id, order=order, limit=limit)  # type: ignore[arg-type]
             assert walk(pages) == ids, (order, limit)
+
+
+@pytest.mark.parametrize("cache_items", [0, 5])
+def test_chains_are_right_whatever_the_context_cache_holds(
+    gw: Stack, tmp_path: Path, cache_items: int
+) -> None:
+    """GATEWAY_CONTEXT_CACHE_ITEMS bounds the per-process context cache (0: off). Two chains
+    interleaved through a gateway whose cache holds none, or only a few items (so entries are
+    evicted, and contexts past the bound are never cached): every turn still sends its whole
+    context upstream, loaded from the database where the cache has nothing."""
+    config = tmp_path / "models.yaml"
+    config.write_text(models_yaml(gw.upstream))
+    settings = Settings(
+        database_url=gw.database.url,
+        gateway_config=config,
+        gateway_context_cache_items=cache_items,
+    )
+    server = GatewayServer(settings).start()
+    try:
+        with openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0) as client:
+            last: dict[str, str | None] = {"a": None, "b": None}
+            for turn in range(4):
+                for chain in ("a", "b"):
+                    response = client.responses.create(
+                        model="local-llama",
+                        input=f"{chain}{turn}",
+                        previous_response_id=last[chain],
+                    )
+                    last[chain] = response.id
+                    expected = []
+                    for earlier in range(turn):
+                        expected += [f"{chain}{earlier}", f"echo: {chain}{earlier}"]
+                    assert user_texts(gw.upstream.last.body["messages"]) == [
+                        *expected,
+                        f"{chain}{turn}",
+                    ]
+    finally:
+        server.stop()

@@ -16,9 +16,10 @@ from app.errors import NotFoundError
 from app.ids import new_id
 from app.schemas.requests import ConcreteInput, CreateResponseRequest
 from app.schemas.responses import list_object
+from app.store.contexts import StoredItem
 from app.store.conversations import ConversationStore, StoredConversation
 from app.store.database import Database
-from app.store.responses import ResponseStore, StoredItem
+from app.store.responses import ResponseStore
 
 
 def conversation_id_of(request: CreateResponseRequest) -> str | None:

@@ -24,7 +24,8 @@ from app.errors import GatewayError, StorageError, UpstreamError
 from app.ids import new_id
 from app.schemas.requests import CreateResponseRequest
 from app.schemas.responses import error_object, render_response, usage_object
-from app.store.responses import InputEntry, StoredItem
+from app.store.contexts import StoredItem
+from app.store.responses import InputEntry
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,8 @@ from app.schemas.requests import (
     MessageItem,
     ReasoningItem,
 )
-from app.store.responses import ResponseStore, StoredItem
+from app.store.contexts import StoredItem
+from app.store.responses import ResponseStore
 
 
 def _check_parts(parts: list[Any], role: str, where: str) -> None:

@@ -36,11 +36,12 @@ from app.core.tokens import count_tokens, fit_generation
 from app.errors import BadRequestError, NotFoundError, UpstreamError
 from app.schemas.requests import ConcreteInput, ConcreteItem, CreateResponseRequest, MessageItem
 from app.schemas.responses import error_object, list_object, render_response
+from app.store.contexts import StoredItem
 from app.store.conversations import ConversationStore
 from app.store.database import Database
 from app.store.events import EventStore
 from app.store.jobs import RUNNING, JobStore, new_job
-from app.store.responses import NewResponse, ResponseStore, StoredItem, StoredResponse
+from app.store.responses import NewResponse, ResponseStore, StoredResponse
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,10 @@ from typing import Any
 
 from sqlalchemy import delete, insert, select, update
 
+from app.store.contexts import StoredItem
 from app.store.database import Database, Transaction
 from app.store.items import append_to_conversation, conversation_ids, insert_items
-from app.store.responses import InputEntry, StoredItem
+from app.store.responses import InputEntry
 from app.store.rows import conversation_items_table, conversations_table, items_table
 
 members = conversation_items_table

@@ -25,6 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.errors import StorageError
+from app.store.contexts import ContextCache
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,14 @@ class Transaction:
 
 
 class Database:
-    def __init__(self, engine: AsyncEngine, listen_url: str | None = None) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        listen_url: str | None = None,
+        context_cache_items: int = 0,
+    ) -> None:
         self.engine = engine
+        self.contexts = ContextCache(context_cache_items)
         self.postgres = engine.dialect.name == "postgresql"
         self._listen_url = listen_url
         self._listeners: dict[str, list[Listener]] = defaultdict(list)

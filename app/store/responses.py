@@ -7,7 +7,6 @@ Driver errors are turned into `StorageError` here, once.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +16,7 @@ from sqlalchemy import ColumnElement, any_, bindparam, delete, func, insert, sel
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.types import BigInteger
 
+from app.store.contexts import StoredItem
 from app.store.database import Database, Transaction
 from app.store.events import append_events
 from app.store.items import APPENDED_STATUSES, append_to_conversation, insert_items
@@ -24,12 +24,6 @@ from app.store.rows import events_table, items_table, jobs_table, responses_tabl
 
 # An input entry is either the pk of an item stored earlier (reused) or a new item to insert.
 InputEntry = int | dict[str, Any]
-
-
-@dataclass(slots=True)
-class StoredItem:
-    pk: int
-    data: dict[str, Any]
 
 
 @dataclass(slots=True)
@@ -64,44 +58,6 @@ class NewResponse:
     # For the context cache: the inherited items, and the data of each input entry in order.
     history: list[StoredItem] = field(default_factory=list)
     input_data: list[dict[str, Any]] = field(default_factory=list)
-
-
-class ContextCache:
-    """Recently stored or loaded contexts (response id → the items a continuation starts from),
-    so that the next turn of a chain — usually served by the process that stored the last one —
-    neither queries nor decodes its history. Items never change once stored, so an entry stays
-    right as long as its response exists (checked with one primary-key lookup on every hit) and
-    no earlier turn was deleted (a DELETE or retention purge on any replica clears every
-    replica's cache through the `rg_deletes` notification; one missed while a LISTEN connection
-    was down is seen here once the entry is evicted). Bounded by the item references it holds;
-    the item dicts themselves are shared by the entries of one chain."""
-
-    def __init__(self, max_refs: int = 200_000) -> None:
-        self._entries: OrderedDict[str, tuple[str, list[StoredItem]]] = OrderedDict()
-        self._refs = 0
-        self._max_refs = max_refs
-
-    def get(self, response_id: str, project: str) -> list[StoredItem] | None:
-        entry = self._entries.get(response_id)
-        if entry is None or entry[0] != project:
-            return None
-        self._entries.move_to_end(response_id)
-        return list(entry[1])
-
-    def put(self, response_id: str, project: str, items: list[StoredItem]) -> None:
-        if len(items) > self._max_refs:
-            return
-        old = self._entries.pop(response_id, None)
-        self._refs -= len(old[1]) if old else 0
-        self._entries[response_id] = (project, items)
-        self._refs += len(items)
-        while self._refs > self._max_refs:
-            _, (_, evicted) = self._entries.popitem(last=False)
-            self._refs -= len(evicted)
-
-    def clear(self) -> None:
-        self._entries.clear()
-        self._refs = 0
 
 
 # PostgreSQL: the context a continuation starts from, in one statement. The pk lists come back
@@ -152,7 +108,7 @@ class ResponseStore:
     def __init__(self, database: Database) -> None:
         self._db = database
         self._postgres = database.postgres
-        self._contexts = ContextCache()
+        self._contexts = database.contexts  # one per process, shared by every store
         # A delete or purge on any replica may remove items that cached contexts of later turns
         # hold; without this, another replica would keep sending them upstream until eviction.
         database.listen("rg_deletes", lambda _payload: self._contexts.clear())
