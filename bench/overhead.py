@@ -308,18 +308,20 @@ def measure_background(rig: Rig, system: System, load: Load) -> dict[str, Any]:
     assert system.database_url is not None
     dsn = system.database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
-    async def unfinished() -> int:
+    async def drain(interval: float) -> None:
+        """Wait until every job is done, on one connection (a connection per poll fails
+        when the server is near `max_connections`)."""
         connection = await asyncpg.connect(dsn)
         try:
-            return int(
-                await connection.fetchval("SELECT count(*) FROM jobs WHERE status <> 'done'")
-            )
+            while time.monotonic() < deadline and await connection.fetchval(
+                "SELECT count(*) FROM jobs WHERE status <> 'done'"
+            ):
+                await asyncio.sleep(interval)
         finally:
             await connection.close()
 
     deadline = time.monotonic() + 300
-    while asyncio.run(unfinished()) and time.monotonic() < deadline:
-        time.sleep(0.2)  # the enqueue test's own jobs finish first
+    asyncio.run(drain(0.2))  # the enqueue test's own jobs finish first
     cpu0, t0 = cpu_seconds([system.pid]), time.perf_counter()
     run = closed_loop(
         rig,
@@ -331,8 +333,7 @@ def measure_background(rig: Rig, system: System, load: Load) -> dict[str, Any]:
         duration=120,
         warmup=0,
     )
-    while asyncio.run(unfinished()) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    asyncio.run(drain(0.05))
     wall, cpu = time.perf_counter() - t0, cpu_seconds([system.pid]) - cpu0
     jobs = run["ok"]
     return {
@@ -344,10 +345,18 @@ def measure_background(rig: Rig, system: System, load: Load) -> dict[str, Any]:
     }
 
 
-def measure(rig: Rig, system: System, load: Load, say: Callable[[str], None]) -> dict[str, Any]:
-    """Every measurement for one system. The keys are what `report` prints."""
+def measure(
+    rig: Rig, system: System, load: Load, say: Callable[[str], None], only: str | None = None
+) -> dict[str, Any]:
+    """Every measurement for one system (or only the background phase). The keys are what
+    `report` prints."""
     out: dict[str, Any] = {"name": system.name}
     system.note_rss()
+    if only == "background":
+        say(f"[{system.name}] background: enqueue latency, {load.background_jobs} jobs")
+        out["background"] = measure_background(rig, system, load)
+        out["rss"], out["served"] = list(system.rss), system.served
+        return out
     say(f"[{system.name}] non-streaming: c=1 interleaved, then c={load.conc}")
     out["ab"] = ab(rig, system, load, label="ab nonstream")
     system.note_rss()
@@ -847,6 +856,8 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> None:
     load = SMOKE if args.smoke else FULL
     if args.memory_requests is not None:
         load = _with(load, memory_requests=args.memory_requests)
+    if args.background_jobs is not None:
+        load = _with(load, background_jobs=args.background_jobs)
     workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rg-overhead-")))
     json_out = Path(args.json_out) if args.json_out else workdir / "results.jsonl"
     rig = Rig(sys.executable, args.rig_cpu, workdir, json_out)
@@ -858,12 +869,12 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> None:
     database_url = stack.enter_context(postgres_database(args.admin_url))
     migrate(database_url, workdir / "migrate.log")
     commit = git_commit()
-    direct = measure_direct(rig, load, say)
+    direct = measure_direct(rig, load, say) if args.only is None else {}
     results = []
     with contextlib.ExitStack() as ours_stack:
         system, server = start_ours(rig, ours_stack, database_url, args.gw_cpu)
         try:
-            results.append({**measure(rig, system, load, say), **direct})
+            results.append({**measure(rig, system, load, say, args.only), **direct})
         except (RuntimeError, httpx.HTTPError) as exc:
             raise RuntimeError(f"{exc}\n--- gateway log (tail) ---\n{server.log_tail()}") from exc
     if args.compare:
@@ -921,6 +932,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra non-stream requests (in 5 steps, RSS sampled after each) for the memory row",
     )
     parser.add_argument("--json-out", help="append every loadgen result here (JSON lines)")
+    parser.add_argument(
+        "--only",
+        choices=["background"],
+        help="measure just this phase of our gateway (~1 minute for background)",
+    )
+    parser.add_argument(
+        "--background-jobs", type=int, default=None, help="jobs in the background phase"
+    )
     return parser
 
 
