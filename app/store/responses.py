@@ -103,6 +103,75 @@ SELECT $1::text, $2::text, $4::boolean, $5::boolean, $6::bigint, $7::text, $8::t
 RETURNING input_pks::text, output_pks::text
 """
 
+# PostgreSQL: a background response enqueued in one statement — its new items and row as in
+# `_INSERT_RESPONSE_SQL` (the same first 13 parameters), its job, its first stream events, and
+# the notifications that wake the workers (and followers) of every replica. Autocommitted, so
+# the job is durable before the caller acknowledges it, and the notifications go out exactly
+# when it is visible. Referenced from the final SELECT, pg_notify runs once per inserted row.
+_ENQUEUE_SQL = """
+WITH new_items AS (
+    INSERT INTO items (id, response_id, project, type, data)
+    SELECT i.value->>'id', $1::text, $2::text, i.value->>'type', i.value
+      FROM json_array_elements($3::text::json) WITH ORDINALITY AS i(value, n)
+     ORDER BY i.n
+    RETURNING pk
+), numbered AS (
+    SELECT pk, row_number() OVER (ORDER BY pk) AS n FROM new_items
+), response AS (
+    INSERT INTO responses (id, project, background, stream, created_at, status, model,
+                           previous_response_id, body, history_pks, input_pks, output_pks)
+    SELECT $1::text, $2::text, $4::boolean, $5::boolean, $6::bigint, $7::text, $8::text,
+           $9::text, $10::text::json, $11::text::json,
+           (SELECT coalesce(json_agg(coalesce(numbered.pk, t.v) ORDER BY t.o), '[]'::json)
+              FROM unnest($12::bigint[]) WITH ORDINALITY AS t(v, o)
+              LEFT JOIN numbered ON numbered.n = -t.v),
+           (SELECT coalesce(json_agg(pk ORDER BY n), '[]'::json)
+              FROM numbered WHERE n > $13::bigint)
+    RETURNING id
+), job AS (
+    INSERT INTO jobs (response_id, project, key_id, status, attempts, cancel_requested,
+                      created_at, request)
+    VALUES ($1::text, $2::text, $14::text, $15::text, 0, false, $16::float8, $17::text::json)
+), events AS (
+    INSERT INTO response_events (response_id, sequence_number, data)
+    SELECT $1::text, (e.value->>'sequence_number')::int, e.value
+      FROM json_array_elements($18::text::json) AS e(value)
+)
+SELECT pg_notify('rg_jobs', id),
+       CASE WHEN json_array_length($18::text::json) > 0 THEN pg_notify('rg_events', id) END
+  FROM response
+"""
+
+
+def _insert_arguments(response: NewResponse) -> tuple[Any, ...]:
+    """The 13 parameters of `_INSERT_RESPONSE_SQL` (and the first 13 of `_ENQUEUE_SQL`)."""
+    new_items = [entry for entry in response.input if isinstance(entry, dict)]
+    new_items += response.output
+    # The input entries as one array: a stored item's pk, or -k for the k-th new item.
+    template: list[int] = []
+    fresh = 0
+    for entry in response.input:
+        if isinstance(entry, int):
+            template.append(entry)
+        else:
+            fresh += 1
+            template.append(-fresh)
+    return (
+        response.id,
+        response.project,
+        orjson.dumps(new_items).decode(),
+        response.background,
+        response.stream,
+        response.created_at,
+        response.status,
+        response.model,
+        response.previous_response_id,
+        orjson.dumps(response.body).decode(),
+        orjson.dumps(response.history_pks).decode(),
+        template,
+        fresh,
+    )
+
 
 class ResponseStore:
     def __init__(self, database: Database) -> None:
@@ -216,6 +285,9 @@ class ResponseStore:
     ) -> None:
         """Insert the response with its new items — and its background job and first stream
         events, if given — committed when this returns."""
+        if self._postgres and job is not None and response.status not in APPENDED_STATUSES:
+            await self._enqueue_postgres(response, job, events or [])
+            return
         if self._postgres and job is None and not events and conversation_id is None:
             await self._insert_response_postgres(response)
             return
@@ -255,35 +327,25 @@ class ResponseStore:
     async def _insert_response_postgres(self, response: NewResponse) -> None:
         """Items and response row in one statement, committed on return: one round trip
         instead of four (BEGIN, two INSERTs, COMMIT), with no SQLAlchemy work on the way."""
-        new_items = [entry for entry in response.input if isinstance(entry, dict)]
-        new_items += response.output
-        # The input entries as one array: a stored item's pk, or -k for the k-th new item.
-        template: list[int] = []
-        fresh = 0
-        for entry in response.input:
-            if isinstance(entry, int):
-                template.append(entry)
-            else:
-                fresh += 1
-                template.append(-fresh)
         async with self._db.driver() as connection:
-            row = await connection.fetchrow(
-                _INSERT_RESPONSE_SQL,
-                response.id,
-                response.project,
-                orjson.dumps(new_items).decode(),
-                response.background,
-                response.stream,
-                response.created_at,
-                response.status,
-                response.model,
-                response.previous_response_id,
-                orjson.dumps(response.body).decode(),
-                orjson.dumps(response.history_pks).decode(),
-                template,
-                fresh,
-            )
+            row = await connection.fetchrow(_INSERT_RESPONSE_SQL, *_insert_arguments(response))
         self._remember(response, orjson.loads(row[0]), orjson.loads(row[1]))
+
+    async def _enqueue_postgres(
+        self, response: NewResponse, job: dict[str, Any], events: list[dict[str, Any]]
+    ) -> None:
+        """A queued response, its job and its first events in one autocommitted statement
+        (was a BEGIN, four INSERTs, a pg_notify and a COMMIT through SQLAlchemy)."""
+        async with self._db.driver() as connection:
+            await connection.execute(
+                _ENQUEUE_SQL,
+                *_insert_arguments(response),
+                job["key_id"],
+                job["status"],
+                job["created_at"],
+                orjson.dumps(job["request"]).decode(),
+                orjson.dumps(events).decode(),
+            )
 
     def _remember(self, response: NewResponse, input_pks: list[int], output_pks: list[int]) -> None:
         if len(response.input_data) != len(input_pks) or len(response.output) != len(output_pks):
