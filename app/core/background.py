@@ -46,7 +46,7 @@ from app.schemas.responses import error_object, render_response
 from app.store.database import Database
 from app.store.events import EventStore
 from app.store.jobs import ClaimedJob, JobStore
-from app.store.responses import ResponseStore, StoredResponse
+from app.store.responses import ResponseStore
 from app.store.retention import RetentionStore
 
 log = logging.getLogger(__name__)
@@ -218,14 +218,13 @@ class BackgroundRunner:
     # --- one job -----------------------------------------------------------------------------
 
     async def _execute(self, job: ClaimedJob) -> None:
+        # The claim returned the response and its input: no re-read before generating.
+        body = job.body
         try:
-            stored = await self._responses.get_response(
-                job.response_id, job.project, with_input=True
-            )
-            if stored is None:
+            if body is None:
                 return  # deleted while queued
             try:
-                await self._generate(job, stored)
+                await self._generate(job, body)
             except asyncio.CancelledError:
                 # Cancelled before or after the generation loop's own handling: make sure the
                 # job ends as the reason says (both calls are no-ops once the job is done).
@@ -234,17 +233,17 @@ class BackgroundRunner:
                     if reason == "shutdown":
                         await self._jobs.release(self.owner, job.response_id)
                     elif reason == "cancel":
-                        await self._end_without_running(job, stored.body, stored.stream, False)
+                        await self._end_without_running(job, body, job.stream, False)
         except Exception:
             log.exception("background job %s crashed", job.response_id)
 
-    async def _generate(self, job: ClaimedJob, stored: StoredResponse) -> None:
+    async def _generate(self, job: ClaimedJob, stored_body: dict[str, Any]) -> None:
         request = CreateResponseRequest.model_validate(job.request)
         route = self._registry.resolve(request.model)
         if job.cancel_requested or route is None:
-            await self._end_without_running(job, stored.body, stored.stream, route is None)
+            await self._end_without_running(job, stored_body, job.stream, route is None)
             return
-        items = stored.input
+        items = job.input
         hosted_tools = route.config.hosted_tools
         generation = generation_request(
             request,
@@ -257,7 +256,7 @@ class BackgroundRunner:
             fit_generation(route, request, generation)  # checked at enqueue; the window may shrink
         except BadRequestError as exc:
             await self._store_failure(
-                job.response_id, job.project, stored.body, stored.stream, exc, self.owner
+                job.response_id, job.project, stored_body, job.stream, exc, self.owner
             )
             return
         prepared = Prepared(
@@ -268,16 +267,21 @@ class BackgroundRunner:
             project=job.project,
             conversation_id=conversation_id_of(request),
             id=job.response_id,
-            created_at=stored.body["created_at"],
+            created_at=stored_body["created_at"],
         )
         # A retried job continues the numbering of what earlier attempts persisted.
-        last = await self._events.last_sequence(job.response_id) if stored.stream else None
+        last = job.last_sequence
         ladder = EventLadder(0 if last is None else last + 1)
         # The claim already set the status column to in_progress; the event goes out with the
-        # first batch.
-        sink = _BackgroundSink(self, job, prepared, persist=stored.stream)
-        body = response_body(prepared, "in_progress")
-        sink.add(ladder.event("response.in_progress", response=render_response(body, [])))
+        # first batch. Only responses created with `stream: true` keep their events.
+        sink = _BackgroundSink(self, job, prepared, persist=job.stream)
+        if job.stream:
+            body = response_body(prepared, "in_progress")
+            sink.add(ladder.event("response.in_progress", response=render_response(body, [])))
+        if not job.stream:
+            async for event in run_generation(prepared, ladder, sink):
+                sink.add(event)
+            return
         flusher = asyncio.create_task(sink.autoflush())
         try:
             async for event in run_generation(prepared, ladder, sink):

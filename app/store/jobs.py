@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from sqlalchemy import and_, or_, select, update
 
 from app.store.database import Database, Transaction
-from app.store.events import append_events
+from app.store.events import EventStore, append_events
 from app.store.items import APPENDED_STATUSES, append_to_conversation, insert_items
+from app.store.responses import ResponseStore
 from app.store.rows import jobs_table, responses_table
 
 QUEUED, RUNNING, DONE = "queued", "running", "done"
@@ -28,6 +30,8 @@ QUEUED, RUNNING, DONE = "queued", "running", "done"
 
 @dataclass(slots=True)
 class ClaimedJob:
+    """A job a worker now holds, with everything it needs to run it: no re-read."""
+
     response_id: str
     project: str
     attempts: int
@@ -35,6 +39,95 @@ class ClaimedJob:
     cancel_requested: bool
     key_id: str | None = None
     created_at: float = 0.0
+    # The stored response (status `in_progress`); None if it was deleted while queued.
+    body: dict[str, Any] | None = None
+    stream: bool = False
+    # Its input items: inherited history, then its own input.
+    input: list[dict[str, Any]] = field(default_factory=list)
+    # The last persisted stream event of an earlier attempt (stream jobs only).
+    last_sequence: int | None = None
+
+
+# PostgreSQL: claim a batch in one statement, which also flips the responses to `in_progress`
+# and returns each one's body, input items (one JSON document, as in `load_context`) and, for a
+# retried stream job, where its event numbering continues.
+_CLAIM_SQL = """
+WITH claimed AS (
+    UPDATE jobs AS j
+       SET status = 'running', lease_owner = $1, lease_expires_at = $2, attempts = j.attempts + 1
+     WHERE j.response_id IN (
+           SELECT response_id FROM jobs
+            WHERE (status = 'queued' OR (status = 'running' AND lease_expires_at < $3))
+              AND attempts < $4
+            ORDER BY created_at
+            LIMIT $5
+              FOR UPDATE SKIP LOCKED)
+    RETURNING j.response_id, j.project, j.attempts, j.request, j.cancel_requested, j.key_id,
+              j.created_at
+), started AS (
+    UPDATE responses AS r SET status = 'in_progress'
+      FROM claimed AS c
+     WHERE r.id = c.response_id
+    RETURNING r.id, r.body, r.stream, r.history_pks, r.input_pks
+)
+SELECT c.response_id, c.project, c.attempts, c.request::text, c.cancel_requested, c.key_id,
+       c.created_at, s.body::text, s.stream, s.history_pks::text, s.input_pks::text,
+       (SELECT coalesce(json_object_agg(i.pk, i.data), '{}'::json)::text
+          FROM items AS i
+         WHERE s.id IS NOT NULL AND i.pk = ANY(ARRAY(
+                 SELECT value::bigint FROM json_array_elements_text(s.history_pks)
+                 UNION ALL SELECT value::bigint FROM json_array_elements_text(s.input_pks)))),
+       CASE WHEN s.stream THEN (SELECT max(e.sequence_number) FROM response_events AS e
+                                 WHERE e.response_id = c.response_id) END
+  FROM claimed AS c
+  LEFT JOIN started AS s ON s.id = c.response_id
+ ORDER BY c.created_at
+"""
+
+# PostgreSQL: a job's final state in one statement, fenced by its lease: close the job, insert
+# the output items (pks in order, as in `_INSERT_RESPONSE_SQL`), store the response, append the
+# closing stream events and wake the waiters. Every write hangs off `closed`, so a worker that
+# lost its lease writes nothing. `updated` reads `closed` first, so the job row is locked before
+# the response row, in the order a delete takes them.
+_COMPLETE_SQL = """
+WITH closed AS (
+    UPDATE jobs
+       SET status = 'done', finished_at = $3, lease_owner = NULL, lease_expires_at = NULL
+     WHERE response_id = $1 AND status <> 'done' AND ($2::text IS NULL OR lease_owner = $2::text)
+    RETURNING response_id
+), new_items AS (
+    INSERT INTO items (id, response_id, project, type, data)
+    SELECT i.id, $1::text, $4::text, i.type, i.data::json
+      FROM closed,
+           unnest($5::text[], $6::text[], $7::text[]) WITH ORDINALITY AS i(id, type, data, n)
+     ORDER BY i.n
+    RETURNING pk
+), updated AS (
+    UPDATE responses
+       SET status = $8::text, body = $9::text::json,
+           output_pks = (SELECT coalesce(json_agg(pk ORDER BY pk), '[]'::json) FROM new_items)
+     WHERE id = $1 AND EXISTS (SELECT 1 FROM closed)
+    RETURNING id
+), events AS (
+    INSERT INTO response_events (response_id, sequence_number, data)
+    SELECT $1::text, e.n, e.data::json
+      FROM closed, unnest($10::int[], $11::text[]) AS e(n, data)
+)
+SELECT pg_notify('rg_events', response_id) IS NULL FROM closed
+"""
+
+# PostgreSQL: a batch of a running job's stream events, only while the lease is held.
+_RECORD_SQL = """
+WITH held AS (
+    SELECT response_id FROM jobs
+     WHERE response_id = $1 AND lease_owner = $2 AND status = 'running'
+), appended AS (
+    INSERT INTO response_events (response_id, sequence_number, data)
+    SELECT held.response_id, e.n, e.data::json
+      FROM held, unnest($3::int[], $4::text[]) AS e(n, data)
+)
+SELECT pg_notify('rg_events', response_id) IS NULL FROM held
+"""
 
 
 def new_job(
@@ -56,6 +149,8 @@ def new_job(
 class JobStore:
     def __init__(self, database: Database) -> None:
         self._db = database
+        self._responses = ResponseStore(database)
+        self._events = EventStore(database)
 
     async def announce(self) -> None:
         """Wake idle workers on every replica: a job was queued."""
@@ -65,7 +160,15 @@ class JobStore:
     async def claim(
         self, owner: str, limit: int, lease_seconds: float, max_attempts: int
     ) -> list[ClaimedJob]:
+        """Claim up to `limit` jobs (queued, or running with an expired lease, under the
+        attempt limit), oldest first, each with what its worker needs to run it."""
         now = time.time()
+        if self._db.postgres:
+            async with self._db.driver() as connection:
+                rows = await connection.fetch(
+                    _CLAIM_SQL, owner, now + lease_seconds, now, max_attempts, limit
+                )
+            return [_claimed(row) for row in rows]
         claimable = (
             select(jobs_table.c.response_id)
             .where(
@@ -107,7 +210,17 @@ class JobStore:
                     .where(responses_table.c.id.in_([row.response_id for row in rows]))
                     .values(status="in_progress")
                 )
-        return [ClaimedJob(*row) for row in rows]
+        # SQLite: one process, one writer; the reads that follow cost no round trips.
+        jobs = [ClaimedJob(*row) for row in rows]
+        for job in jobs:
+            stored = await self._responses.get_response(
+                job.response_id, job.project, with_input=True
+            )
+            if stored is not None:
+                job.body, job.stream, job.input = stored.body, stored.stream, stored.input
+                if stored.stream:
+                    job.last_sequence = await self._events.last_sequence(job.response_id)
+        return jobs
 
     async def abandoned(self, max_attempts: int) -> list[tuple[str, str, int]]:
         """Running jobs whose lease expired after their last allowed attempt."""
@@ -209,6 +322,12 @@ class JobStore:
     async def record(self, response_id: str, owner: str, events: list[dict[str, Any]]) -> bool:
         """Persist stream events of a running job, fenced by the lease. Returns False, writing
         nothing, if the lease was lost."""
+        if self._db.postgres:
+            async with self._db.driver() as connection:
+                held = await connection.fetchval(
+                    _RECORD_SQL, response_id, owner, *_event_arguments(events)
+                )
+            return held is not None
         async with self._db.transaction() as tx:
             held = await tx.execute(
                 select(jobs_table.c.response_id).where(
@@ -236,6 +355,24 @@ class JobStore:
         turn to its conversation), in one
         transaction fenced by the lease (`owner` None: no lease needed, e.g. a job failed
         after its process died). Returns False, writing nothing, if the lease was lost."""
+        if self._db.postgres and (
+            conversation_id is None or body["status"] not in APPENDED_STATUSES
+        ):
+            async with self._db.driver() as connection:
+                closed = await connection.fetchval(
+                    _COMPLETE_SQL,
+                    response_id,
+                    owner,
+                    time.time(),
+                    project,
+                    [item["id"] for item in output],
+                    [item["type"] for item in output],
+                    [orjson.dumps(item).decode() for item in output],
+                    body["status"],
+                    orjson.dumps(body).decode(),
+                    *_event_arguments(events),
+                )
+            return closed is not None
         async with self._db.transaction() as tx:
             fence = [jobs_table.c.response_id == response_id, jobs_table.c.status != DONE]
             if owner is not None:
@@ -271,3 +408,24 @@ class JobStore:
             if not events:  # waiters (a cancel, a follower) learn of the final state
                 await tx.notify("rg_events", response_id)
         return True
+
+
+def _event_arguments(events: list[dict[str, Any]]) -> tuple[list[int], list[str]]:
+    return (
+        [event["sequence_number"] for event in events],
+        [orjson.dumps(event).decode() for event in events],
+    )
+
+
+def _claimed(row: Any) -> ClaimedJob:
+    (rid, project, attempts, request, cancel, key_id, created_at) = row[:7]
+    body, stream, history_pks, input_pks, items, last_sequence = row[7:]
+    job = ClaimedJob(rid, project, attempts, orjson.loads(request), cancel, key_id, created_at)
+    if body is not None:
+        job.body = {**orjson.loads(body), "status": "in_progress"}
+        job.stream = bool(stream)
+        data: dict[str, dict[str, Any]] = orjson.loads(items)
+        pks = [*orjson.loads(history_pks), *orjson.loads(input_pks)]
+        job.input = [data[str(pk)] for pk in pks if str(pk) in data]
+        job.last_sequence = last_sequence
+    return job
