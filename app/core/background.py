@@ -302,7 +302,9 @@ class BackgroundRunner:
             await self._store_failure(job.response_id, job.project, body, stream, error, self.owner)
         else:
             cancelled = {**body, "status": "cancelled", "completed_at": None}
-            await self._jobs.complete(job.response_id, job.project, self.owner, cancelled, [], [])
+            await self._jobs.complete(
+                job.response_id, job.project, self.owner, cancelled, [], [], stream=stream
+            )
 
     async def _fail_abandoned(self, response_id: str, project: str, attempts: int) -> None:
         stored = await self._responses.get_response(response_id, project)
@@ -334,7 +336,7 @@ class BackgroundRunner:
         if stream:
             last = await self._events.last_sequence(response_id)
             events = failure_events(EventLadder(0 if last is None else last + 1), error, failed, [])
-        await self._jobs.complete(response_id, project, owner, failed, [], events)
+        await self._jobs.complete(response_id, project, owner, failed, [], events, stream=stream)
 
 
 class _BackgroundSink:
@@ -390,6 +392,7 @@ class _BackgroundSink:
                 output,
                 pending,
                 self._prepared.conversation_id,
+                stream=self._persist,
             )
         usage = self._runner._usage
         if completed and usage is not None:

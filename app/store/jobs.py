@@ -88,13 +88,16 @@ SELECT c.response_id, c.project, c.attempts, c.request::text, c.cancel_requested
 # the output items (pks in order, as in `_INSERT_RESPONSE_SQL`), store the response, append the
 # closing stream events and wake the waiters. Every write hangs off `closed`, so a worker that
 # lost its lease writes nothing. `updated` reads `closed` first, so the job row is locked before
-# the response row, in the order a delete takes them.
+# the response row, in the order a delete takes them. Only two kinds of waiter exist: followers
+# of a stream ($12) and a cancel waiting for the final state (the flag is set before the cancel
+# waits, and this UPDATE sees it, since it locks the row the cancel locked); other completions
+# notify nobody, which spares every replica's LISTEN connection a message per job.
 _COMPLETE_SQL = """
 WITH closed AS (
     UPDATE jobs
        SET status = 'done', finished_at = $3, lease_owner = NULL, lease_expires_at = NULL
      WHERE response_id = $1 AND status <> 'done' AND ($2::text IS NULL OR lease_owner = $2::text)
-    RETURNING response_id
+    RETURNING response_id, cancel_requested
 ), new_items AS (
     INSERT INTO items (id, response_id, project, type, data)
     SELECT i.id, $1::text, $4::text, i.type, i.data::json
@@ -113,7 +116,9 @@ WITH closed AS (
     SELECT $1::text, e.n, e.data::json
       FROM closed, unnest($10::int[], $11::text[]) AS e(n, data)
 )
-SELECT pg_notify('rg_events', response_id) IS NULL FROM closed
+SELECT CASE WHEN $12::boolean OR cancel_requested
+            THEN pg_notify('rg_events', response_id) IS NULL ELSE true END
+  FROM closed
 """
 
 # PostgreSQL: a batch of a running job's stream events, only while the lease is held.
@@ -350,11 +355,14 @@ class JobStore:
         output: list[dict[str, Any]],
         events: list[dict[str, Any]],
         conversation_id: str | None = None,
+        *,
+        stream: bool = True,
     ) -> bool:
         """Store the final state of a background response and close its job (and append its
         turn to its conversation), in one
         transaction fenced by the lease (`owner` None: no lease needed, e.g. a job failed
-        after its process died). Returns False, writing nothing, if the lease was lost."""
+        after its process died). Returns False, writing nothing, if the lease was lost.
+        `stream`: the response was created with `stream: true`, so followers may wait."""
         if self._db.postgres and (
             conversation_id is None or body["status"] not in APPENDED_STATUSES
         ):
@@ -371,6 +379,7 @@ class JobStore:
                     body["status"],
                     orjson.dumps(body).decode(),
                     *_event_arguments(events),
+                    stream,
                 )
             return closed is not None
         async with self._db.transaction() as tx:
