@@ -252,6 +252,37 @@ def test_kill_9_of_the_runner_another_replica_finishes(
     assert job is not None and job["status"] == "done" and job["attempts"] == 2
 
 
+def test_kill_9_mid_stream_the_retry_continues_the_numbering(
+    replicas: Cluster, upstream: FakeUpstream
+) -> None:
+    upstream.enqueue(slow(200, 0.05))
+    seen: list[dict] = []
+    with httpx.stream(
+        "POST",
+        f"{replicas.a.url}/v1/responses",
+        json={"model": "local-llama", "input": "again", "stream": True, "background": True},
+        timeout=30,
+    ) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                seen.append(json.loads(line[6:]))
+                if len(seen) == 8:  # persisted: a follower only sees what the worker stored
+                    break
+    response_id = seen[0]["response"]["id"]
+    runner = replicas.runner_of(response_id)
+    runner.kill()
+    survivor = replicas.other(runner)
+    with survivor.client() as client:
+        assert wait_status(client, response_id, timeout=LEASE_SECONDS + 10) == "completed"
+    events = restream_raw(survivor.url, response_id).events
+    # The claim hands the new attempt the last persisted sequence number: no gap, no duplicate.
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert events[: len(seen)] == seen
+    assert [e["type"] for e in events].count("response.in_progress") == 2
+    assert events[-1]["type"] == "response.completed"
+    assert events[-1]["response"]["output_text"] == "echo: again"
+
+
 def test_retry_limit_then_failed(replicas: Cluster, upstream: FakeUpstream) -> None:
     upstream.enqueue(slow(300, 0.05), slow(300, 0.05))
     with replicas.a.client() as a:
