@@ -244,6 +244,18 @@ class JobStore:
         lease was lost (the worker must stop those)."""
         if not response_ids:
             return set()
+        if self._db.postgres:  # one statement for every job this process runs
+            async with self._db.driver() as connection:
+                renewed = await connection.fetch(
+                    "UPDATE jobs SET lease_expires_at = $3"
+                    " WHERE response_id = ANY($1::text[]) AND lease_owner = $2"
+                    " AND status = 'running' RETURNING response_id, cancel_requested",
+                    response_ids,
+                    owner,
+                    time.time() + lease_seconds,
+                )
+            held = {response_id: cancel for response_id, cancel in renewed}
+            return {rid for rid in response_ids if rid not in held or held[rid]}
         async with self._db.transaction() as tx:
             rows = await tx.execute(
                 update(jobs_table)
