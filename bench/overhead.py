@@ -311,7 +311,14 @@ def measure_background(rig: Rig, system: System, load: Load) -> dict[str, Any]:
     async def drain(interval: float) -> None:
         """Wait until every job is done, on one connection (a connection per poll fails
         when the server is near `max_connections`)."""
-        connection = await asyncpg.connect(dsn)
+        for _ in range(300):  # the server may be full for a moment (other clients)
+            try:
+                connection = await asyncpg.connect(dsn)
+                break
+            except asyncpg.TooManyConnectionsError:
+                await asyncio.sleep(0.1)
+        else:
+            raise RuntimeError("PostgreSQL refused a connection for 30 s: too many clients")
         try:
             while time.monotonic() < deadline and await connection.fetchval(
                 "SELECT count(*) FROM jobs WHERE status <> 'done'"
