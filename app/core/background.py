@@ -272,16 +272,15 @@ class BackgroundRunner:
         # A retried job continues the numbering of what earlier attempts persisted.
         last = job.last_sequence
         ladder = EventLadder(0 if last is None else last + 1)
-        # The claim already set the status column to in_progress; the event goes out with the
-        # first batch. Only responses created with `stream: true` keep their events.
         sink = _BackgroundSink(self, job, prepared, persist=job.stream)
-        if job.stream:
-            body = response_body(prepared, "in_progress")
-            sink.add(ladder.event("response.in_progress", response=render_response(body, [])))
-        if not job.stream:
+        if not job.stream:  # its events are never read: no in_progress event, no flush task
             async for event in run_generation(prepared, ladder, sink):
                 sink.add(event)
             return
+        # The claim already set the status column to in_progress; the event goes out with the
+        # first batch.
+        body = response_body(prepared, "in_progress")
+        sink.add(ladder.event("response.in_progress", response=render_response(body, [])))
         flusher = asyncio.create_task(sink.autoflush())
         try:
             async for event in run_generation(prepared, ladder, sink):
