@@ -4,16 +4,18 @@ tool calls, reasoning, truncation and every failure path; disconnects and no buf
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from app.api.sse import OpenStreams
+from app.api.sse import MAX_PENDING_FRAMES, OpenStreams, event_stream
 from app.backends.upstream import sse_lines
 from tests.conftest import Stack
 from tests.fake_upstream import Reply, tool_call
@@ -442,3 +444,43 @@ def test_open_streams_end_when_the_server_starts_exiting() -> None:
         assert asyncio.run(run()) == [1, 2]
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_reader_that_accepts_nothing_pauses_the_producer() -> None:
+    """Backpressure: while the client takes no bytes (its send never returns), the stream stops
+    pulling events — so the upstream is not read ahead — once a bounded number of frames wait.
+    Driven through the ASGI interface, as uvicorn drives it."""
+    pulled = 0
+
+    async def endless() -> AsyncGenerator[dict[str, Any], None]:
+        nonlocal pulled
+        while True:
+            pulled += 1
+            yield {"type": "response.output_text.delta", "delta": "x" * 100}
+            await asyncio.sleep(0)
+
+    async def run() -> tuple[int, int]:
+        stuck = asyncio.Event()
+        sent: list[Any] = []
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+            if message["type"] == "http.response.body":
+                await stuck.wait()  # a reader that accepts nothing more
+
+        async def receive() -> Any:
+            await asyncio.Event().wait()  # no disconnect
+
+        task = asyncio.create_task(event_stream(endless(), keepalive=30)({}, receive, send))
+        await asyncio.sleep(0.5)
+        first = pulled
+        await asyncio.sleep(0.5)
+        second = pulled
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return first, second
+
+    first, second = asyncio.run(run())
+    assert first == second, "the producer kept pulling events while the reader was stuck"
+    assert first <= MAX_PENDING_FRAMES + 2
