@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import openai
@@ -13,6 +15,7 @@ import pytest
 
 from app.config import Settings
 from tests.conftest import GatewayServer, Stack, models_yaml, run_sql
+from tests.fake_upstream import Reply
 from tests.wire import strict_items
 
 
@@ -317,3 +320,36 @@ def test_chains_are_right_whatever_the_context_cache_holds(
                     ]
     finally:
         server.stop()
+
+
+def test_a_turn_deleted_during_a_generation_stays_out_of_later_turns(
+    gw: Stack, client: openai.OpenAI
+) -> None:
+    """Turn 3 loads its context (turns 1–2), then turn 1 is deleted while turn 3 is still
+    generating. Turn 3 is stored with the context it was made from, but the items it read
+    before the delete must not come back through the context cache: a continuation of turn 3
+    sends turn 2, turn 3 and itself — never the deleted turn — right after the delete, with no
+    wait for a notification."""
+    first = client.responses.create(model="local-llama", input="one")
+    second = client.responses.create(
+        model="local-llama", input="two", previous_response_id=first.id
+    )
+    gw.upstream.enqueue(Reply(content="slow three", delay=1.0))
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        third_call = pool.submit(
+            client.responses.create,
+            model="local-llama",
+            input="three",
+            previous_response_id=second.id,
+        )
+        time.sleep(0.4)  # turn 3 has read its context and waits for the upstream
+        client.responses.delete(first.id)
+        third = third_call.result()
+    client.responses.create(model="local-llama", input="four", previous_response_id=third.id)
+    assert user_texts(gw.upstream.last.body["messages"]) == [
+        "two",
+        "echo: two",
+        "three",
+        "slow three",
+        "four",
+    ]

@@ -39,6 +39,7 @@ class Context:
     history: list[StoredItem]
     entries: list[InputEntry]
     items: list[dict[str, Any]]  # what the backend sees: history + input, in order
+    cache_epoch: int | None = None  # the context cache's, before any of this was read
 
 
 @dataclass(slots=True)

@@ -205,6 +205,7 @@ class ResponsesService:
             stream=bool(prepared.request.stream),
             history=prepared.context.history,
             input_data=prepared.context.items[len(prepared.context.history) :],
+            cache_epoch=prepared.context.cache_epoch,
         )
 
     async def _insert(
@@ -227,6 +228,7 @@ class ResponsesService:
         return route
 
     async def _assemble(self, request: CreateResponseRequest, project: str) -> Context:
+        epoch = self._store.cache_epoch()
         history: list[StoredItem] = []
         if request.previous_response_id is not None:
             loaded = await self._store.load_context(request.previous_response_id, project)
@@ -255,6 +257,7 @@ class ResponsesService:
             history,
             [entry.pk if isinstance(entry, StoredItem) else entry for entry in entries],
             items,
+            epoch,
         )
 
     # --- retrieve, delete, list, cancel, follow -------------------------------------------------

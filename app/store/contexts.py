@@ -30,6 +30,11 @@ class ContextCache:
         self._entries: OrderedDict[str, tuple[str, list[StoredItem]]] = OrderedDict()
         self._refs = 0
         self._max_refs = max_items
+        # Moved on by every `clear`. A context read from the database (or cache) before a clear
+        # may hold items deleted since, so `put` takes the epoch its items were read in and
+        # drops them if a clear came in between: a delete during a generation must not put the
+        # deleted turn back under the new response's id.
+        self.epoch = 0
 
     @property
     def size(self) -> int:
@@ -43,8 +48,8 @@ class ContextCache:
         self._entries.move_to_end(response_id)
         return list(entry[1])
 
-    def put(self, response_id: str, project: str, items: list[StoredItem]) -> None:
-        if len(items) > self._max_refs:
+    def put(self, response_id: str, project: str, items: list[StoredItem], epoch: int) -> None:
+        if epoch != self.epoch or len(items) > self._max_refs:
             return
         old = self._entries.pop(response_id, None)
         self._refs -= len(old[1]) if old else 0
@@ -57,3 +62,4 @@ class ContextCache:
     def clear(self) -> None:
         self._entries.clear()
         self._refs = 0
+        self.epoch += 1

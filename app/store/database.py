@@ -47,13 +47,17 @@ class Transaction:
         return await self.connection.execute(statement, parameters)
 
     async def notify(self, channel: str, payload: str) -> None:
+        """Announce `payload` on `channel` when the transaction commits: to this process's
+        listeners at once, and on PostgreSQL to every replica's (this one's again, later — the
+        listeners are idempotent). At once matters for `rg_deletes`: a continuation served
+        here right after a delete must not find the deleted turn in the context cache while
+        the notification is still on its way back."""
         if self._database.postgres:
             await self.connection.execute(
                 text("SELECT pg_notify(:channel, :payload)"),
                 {"channel": channel, "payload": payload},
             )
-        else:
-            self.pending.append((channel, payload))
+        self.pending.append((channel, payload))
 
 
 class Database:
@@ -65,9 +69,13 @@ class Database:
     ) -> None:
         self.engine = engine
         self.contexts = ContextCache(context_cache_items)
+        self._listeners: dict[str, list[Listener]] = defaultdict(list)
+        # A delete or purge on any replica may remove items that cached contexts of later turns
+        # hold: every one of them empties this process's cache (this process's own deletes too,
+        # delivered locally after their commit).
+        self.listen("rg_deletes", lambda _payload: self.contexts.clear())
         self.postgres = engine.dialect.name == "postgresql"
         self._listen_url = listen_url
-        self._listeners: dict[str, list[Listener]] = defaultdict(list)
         self._connection: asyncpg.Connection | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._pool: asyncpg.Pool | None = None

@@ -58,6 +58,9 @@ class NewResponse:
     # For the context cache: the inherited items, and the data of each input entry in order.
     history: list[StoredItem] = field(default_factory=list)
     input_data: list[dict[str, Any]] = field(default_factory=list)
+    # The cache's epoch when the request began reading (`ResponseStore.cache_epoch`); None
+    # leaves the response out of the cache.
+    cache_epoch: int | None = None
 
 
 # PostgreSQL: the context a continuation starts from, in one statement. The pk lists come back
@@ -178,9 +181,6 @@ class ResponseStore:
         self._db = database
         self._postgres = database.postgres
         self._contexts = database.contexts  # one per process, shared by every store
-        # A delete or purge on any replica may remove items that cached contexts of later turns
-        # hold; without this, another replica would keep sending them upstream until eviction.
-        database.listen("rg_deletes", lambda _payload: self._contexts.clear())
 
     def _pk_in(self, pks: Sequence[int]) -> ColumnElement[bool]:
         """`items.pk IN (pks)` as one bound parameter, however long the list (no 32k-parameter
@@ -200,17 +200,24 @@ class ResponseStore:
         query = select(items_table.c.pk, items_table.c.data).where(self._pk_in(pks))
         return {pk: data for pk, data in (await connection.execute(query)).all()}
 
+    def cache_epoch(self) -> int:
+        """Where the context cache stands: taken before a create reads anything, and handed
+        back with the response to insert (`NewResponse.cache_epoch`), so that a delete that
+        lands meanwhile keeps what was read out of the cache."""
+        return self._contexts.epoch
+
     async def load_context(self, response_id: str, project: str) -> list[StoredItem] | None:
         """The full ordered context a continuation of `response_id` starts from (its history,
         input and output), in two queries whatever the chain depth (one on PostgreSQL); None if
         it does not exist."""
+        epoch = self._contexts.epoch
         cached = self._contexts.get(response_id, project)
         if cached is not None and await self._exists(response_id, project):
             return cached
         if self._postgres:
             loaded = await self._load_context_postgres(response_id, project)
             if loaded is not None:
-                self._contexts.put(response_id, project, list(loaded))
+                self._contexts.put(response_id, project, list(loaded), epoch)
             return loaded
         async with self._db.transaction() as connection:
             row = (
@@ -229,7 +236,7 @@ class ResponseStore:
             pks = [*row.history_pks, *row.input_pks, *row.output_pks]
             data = await self._items_by_pk(connection, pks)
         loaded = [StoredItem(pk, data[pk]) for pk in pks if pk in data]
-        self._contexts.put(response_id, project, list(loaded))
+        self._contexts.put(response_id, project, list(loaded), epoch)
         return loaded
 
     async def _exists(self, response_id: str, project: str) -> bool:
@@ -348,12 +355,14 @@ class ResponseStore:
             )
 
     def _remember(self, response: NewResponse, input_pks: list[int], output_pks: list[int]) -> None:
+        if response.cache_epoch is None:
+            return
         if len(response.input_data) != len(input_pks) or len(response.output) != len(output_pks):
             return
         items = list(response.history)
         items += map(StoredItem, input_pks, response.input_data)
         items += map(StoredItem, output_pks, response.output)
-        self._contexts.put(response.id, response.project, items)
+        self._contexts.put(response.id, response.project, items, response.cache_epoch)
 
     async def get_response(
         self, response_id: str, project: str, *, with_input: bool = False
@@ -417,7 +426,6 @@ class ResponseStore:
         The job row is locked first, as a background worker completing the job locks it
         (then the response): the same order, so a delete racing a completion waits instead of
         deadlocking."""
-        self._contexts.clear()  # contexts of later turns may hold this response's items
         async with self._db.transaction() as tx:
             owned = (
                 await tx.execute(
