@@ -28,7 +28,7 @@ import orjson
 from sqlalchemy import and_, or_, select, update
 
 from app.store.database import Database, Transaction
-from app.store.events import EventStore, append_events
+from app.store.events import EventStore, append_events, event_arguments
 from app.store.items import APPENDED_STATUSES, append_to_conversation, insert_items
 from app.store.responses import ResponseStore
 from app.store.rows import jobs_table, responses_table
@@ -350,7 +350,7 @@ class JobStore:
         if self._db.postgres:
             async with self._db.driver() as connection:
                 held = await connection.fetchval(
-                    _RECORD_SQL, response_id, owner, *_event_arguments(events)
+                    _RECORD_SQL, response_id, owner, *event_arguments(events)
                 )
             return held is not None
         async with self._db.transaction() as tx:
@@ -398,7 +398,7 @@ class JobStore:
                     [orjson.dumps(item).decode() for item in output],
                     body["status"],
                     orjson.dumps(body).decode(),
-                    *_event_arguments(events),
+                    *event_arguments(events),
                     stream,
                 )
             return closed is not None
@@ -437,13 +437,6 @@ class JobStore:
             if not events:  # waiters (a cancel, a follower) learn of the final state
                 await tx.notify("rg_events", response_id)
         return True
-
-
-def _event_arguments(events: list[dict[str, Any]]) -> tuple[list[int], list[str]]:
-    return (
-        [event["sequence_number"] for event in events],
-        [orjson.dumps(event).decode() for event in events],
-    )
 
 
 def _claimed(row: Any) -> ClaimedJob:
