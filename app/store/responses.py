@@ -74,20 +74,19 @@ SELECT r.history_pks::text, r.input_pks::text, r.output_pks::text,
  WHERE r.id = $1 AND r.project = $2
 """
 
-# PostgreSQL: a response and its new items in one statement (so one implicit transaction,
-# committed when it returns). New items are inserted in their order, which assigns their pks
-# in that order: PostgreSQL numbers the rows of INSERT … SELECT … ORDER BY as they come (the
-# guarantee SQLAlchemy's `sort_by_parameter_order` relies on too), so ranking the returned pks
-# gives each new item its position. $14 lists the input entries: a stored pk, or -k for the
-# k-th new item; the new items after the first $15 are the output.
+# PostgreSQL: a response and its new items, the part `_INSERT_RESPONSE_SQL` and `_ENQUEUE_SQL`
+# share (parameters $1-$15, `_insert_arguments`). New items are inserted in their order, which
+# assigns their pks in that order: PostgreSQL numbers the rows of INSERT … SELECT … ORDER BY as
+# they come (the guarantee SQLAlchemy's `sort_by_parameter_order` relies on too), so ranking the
+# returned pks gives each new item its position. $14 lists the input entries: a stored pk, or -k
+# for the k-th new item; the new items after the first $15 are the output.
 #
 # The items' data travel as one JSON array ($5), encoded once; `json_array_elements` keeps each
 # element's text as it was sent, and the `json` column stores that text as is. Their ids and
 # types come separately ($3, $4), taken in Python, joined to the data by position: no operator
 # may extract text from client content here (`->>`, `->`), since PostgreSQL cannot turn a JSON
 # `\u0000` into text and fails the whole statement — JSON allows U+0000, and clients send it.
-_INSERT_RESPONSE_SQL = """
-WITH
+_RESPONSE_CTES = """
 new_items AS (
     INSERT INTO items (id, response_id, project, type, data)
     SELECT i.id, $1::text, $2::text, i.type, d.value
@@ -108,39 +107,23 @@ new_items AS (
            (SELECT coalesce(json_agg(pk ORDER BY n), '[]'::json)
               FROM numbered WHERE n > $15::bigint)
     RETURNING id, input_pks, output_pks
-)
+)"""
+
+# PostgreSQL: a response and its new items in one statement (so one implicit transaction,
+# committed when it returns).
+_INSERT_RESPONSE_SQL = f"""
+WITH {_RESPONSE_CTES}
 SELECT input_pks::text, output_pks::text FROM response
 """
 
 # PostgreSQL: a background response enqueued in one statement — its new items and row as in
-# `_INSERT_RESPONSE_SQL` (the same first 15 parameters), its job, its first stream events
-# (sequence numbers and data as two arrays, as `event_arguments` builds them) and the
-# notifications that wake the workers (and followers) of every replica. Autocommitted, so the
-# job is durable before the caller acknowledges it, and the notifications go out exactly when it
-# is visible. Referenced from the final SELECT, pg_notify runs once per inserted row.
-_ENQUEUE_SQL = """
-WITH
-new_items AS (
-    INSERT INTO items (id, response_id, project, type, data)
-    SELECT i.id, $1::text, $2::text, i.type, d.value
-      FROM unnest($3::text[], $4::text[]) WITH ORDINALITY AS i(id, type, n)
-      JOIN json_array_elements($5::text::json) WITH ORDINALITY AS d(value, n) ON d.n = i.n
-     ORDER BY i.n
-    RETURNING pk
-), numbered AS (
-    SELECT pk, row_number() OVER (ORDER BY pk) AS n FROM new_items
-), response AS (
-    INSERT INTO responses (id, project, background, stream, created_at, status, model,
-                           previous_response_id, body, history_pks, input_pks, output_pks)
-    SELECT $1::text, $2::text, $6::boolean, $7::boolean, $8::bigint, $9::text, $10::text,
-           $11::text, $12::text::json, $13::text::json,
-           (SELECT coalesce(json_agg(coalesce(numbered.pk, t.v) ORDER BY t.o), '[]'::json)
-              FROM unnest($14::bigint[]) WITH ORDINALITY AS t(v, o)
-              LEFT JOIN numbered ON numbered.n = -t.v),
-           (SELECT coalesce(json_agg(pk ORDER BY n), '[]'::json)
-              FROM numbered WHERE n > $15::bigint)
-    RETURNING id, input_pks, output_pks
-), job AS (
+# `_INSERT_RESPONSE_SQL`, its job, its first stream events (sequence numbers and data as two
+# arrays, as `event_arguments` builds them) and the notifications that wake the workers
+# (and followers) of every replica. Autocommitted, so the job is durable before the caller
+# acknowledges it, and the notifications go out exactly when it is visible. Referenced from the
+# final SELECT, pg_notify runs once per inserted row.
+_ENQUEUE_SQL = f"""
+WITH {_RESPONSE_CTES}, job AS (
     INSERT INTO jobs (response_id, project, key_id, status, attempts, cancel_requested,
                       created_at, request)
     VALUES ($1::text, $2::text, $16::text, $17::text, 0, false, $18::float8, $19::text::json)
@@ -156,7 +139,7 @@ SELECT pg_notify('rg_jobs', id),
 
 
 def _insert_arguments(response: NewResponse) -> tuple[Any, ...]:
-    """The 15 parameters of `_INSERT_RESPONSE_SQL` (and the first 15 of `_ENQUEUE_SQL`)."""
+    """The 15 parameters of `_RESPONSE_CTES`."""
     new_items = [entry for entry in response.input if isinstance(entry, dict)]
     new_items += response.output
     # The input entries as one array: a stored item's pk, or -k for the k-th new item.
