@@ -20,6 +20,9 @@ import httpx
 import openai
 import pytest
 
+from app.store.database import Database
+from app.store.engine import create_engine
+from app.store.jobs import _RECORD_SQL, JobStore
 from tests.conftest import migrate, models_yaml, new_database
 from tests.fake_upstream import FakeUpstream, Reply
 from tests.wire import restream_raw
@@ -414,3 +417,48 @@ def test_cancel_of_a_job_whose_runner_died_still_cancels(
         finally:
             runner.stop()
             asked.stop()
+
+
+def test_a_takeover_waits_for_the_events_a_stale_worker_is_writing(tmp_path: Path) -> None:
+    # Two workers, as the job store sees them: "stale" held the lease, which expired while its
+    # batch of stream events was being written; "fresh" claims the job at that moment. The
+    # stale batch is held uncommitted in a transaction, so the interleaving is exact.
+    for database in new_database("postgres", tmp_path):
+        migrate(database.url)
+        asyncio.run(_takeover_during_a_stale_write(database.url))
+
+
+async def _takeover_during_a_stale_write(url: str) -> None:
+    raw_url = url.replace("+asyncpg", "", 1)
+    setup = await asyncpg.connect(raw_url)
+    stale = await asyncpg.connect(raw_url)
+    engine = create_engine(url, pool_size=2)
+    jobs = JobStore(Database(engine))
+    try:
+        await setup.execute(
+            "INSERT INTO responses (id, project, background, stream, created_at, status, model,"
+            " body, history_pks, input_pks, output_pks)"
+            " VALUES ('resp_1', '', true, true, 0, 'in_progress', 'm',"
+            " '{\"status\": \"in_progress\"}', '[]', '[]', '[]');"
+            "INSERT INTO jobs (response_id, project, status, attempts, lease_owner,"
+            " lease_expires_at, cancel_requested, created_at, request)"
+            " VALUES ('resp_1', '', 'running', 1, 'stale', 0, false, 0, '{}');"
+            "INSERT INTO response_events (response_id, sequence_number, data)"
+            " SELECT 'resp_1', n, json_build_object('sequence_number', n)"
+            " FROM generate_series(0, 2) AS n"
+        )
+        batch = [json.dumps({"sequence_number": n}) for n in (3, 4)]
+        async with stale.transaction():
+            held = await stale.fetchval(_RECORD_SQL, "resp_1", "stale", [3, 4], batch)
+            assert held is not None
+            # The row is locked by the write in flight: skipped, not claimed with stale numbers.
+            assert await jobs.claim("fresh", 10, 60, 3) == []
+        [claimed] = await jobs.claim("fresh", 10, 60, 3)
+        assert claimed.attempts == 2 and claimed.last_sequence == 4
+        # From now on the stale worker writes nothing.
+        assert await stale.fetchval(_RECORD_SQL, "resp_1", "stale", [5], ["{}"]) is None
+        assert await jobs.record("resp_1", "fresh", [{"sequence_number": 5}])
+    finally:
+        await engine.dispose()
+        await stale.close()
+        await setup.close()

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
+import time
 
 import openai
 import pytest
 
 from tests.conftest import Stack
 from tests.fake_upstream import Reply, tool_call
-from tests.wire import raw_create, strict_response
+from tests.wire import (
+    create_raw,
+    get_raw,
+    raw_create,
+    restream_raw,
+    stream_raw,
+    strict_response,
+    strict_stream,
+)
 
 
 def test_plain_text_round_trip(client: openai.OpenAI, gw: Stack) -> None:
@@ -386,3 +395,48 @@ def test_logprobs_mapped_from_chat_completions(client: openai.OpenAI, gw: Stack)
 def test_no_logprobs_unless_included(client: openai.OpenAI, gw: Stack) -> None:
     client.responses.create(model="local-llama", input="x", top_logprobs=3)
     assert "logprobs" not in gw.upstream.last.body
+
+
+@pytest.mark.parametrize(
+    "mode", ["foreground", "stream", "background", "background_stream"], ids=str
+)
+def test_nul_characters_are_stored_and_returned_intact(
+    client: openai.OpenAI, gw: Stack, mode: str
+) -> None:
+    # JSON allows U+0000 in a string, and OpenAI gives it back. PostgreSQL's `json` type
+    # stores the escape, but any operator that extracts text from it (`->>`, `->`) refuses it.
+    text, instructions = "a\u0000b", "be\u0000brief"
+    body = {"model": "local-llama", "input": text, "instructions": instructions}
+    if mode.startswith("background"):
+        body["background"] = True
+    if mode.endswith("stream"):
+        live = stream_raw(gw.gateway.url, body)
+        strict_stream(live)
+        response_id = live.terminal["response"]["id"]
+        assert live.terminal["response"]["output"][0]["content"][0]["text"] == f"echo: {text}"
+    else:
+        response_id = create_raw(gw.gateway.url, body)["id"]
+    deadline = time.monotonic() + 10
+    while (stored := get_raw(gw.gateway.url, f"/responses/{response_id}"))["status"] in (
+        "queued",
+        "in_progress",
+    ) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert stored["status"] == "completed"
+    assert stored["instructions"] == instructions
+    assert stored["output"][0]["content"][0]["text"] == f"echo: {text}"
+    assert gw.upstream.last.body["messages"] == [
+        {"role": "system", "content": instructions},
+        {"role": "user", "content": text},
+    ]
+    listed = get_raw(gw.gateway.url, f"/responses/{response_id}/input_items?order=asc")["data"]
+    assert [item["content"][0]["text"] for item in listed] == [text]
+    if mode.endswith("stream") and mode.startswith("background"):
+        again = restream_raw(gw.gateway.url, response_id)
+        assert again.events == live.events
+    follow = client.responses.create(
+        model="local-llama", input="next", previous_response_id=response_id
+    )
+    assert follow.output_text == "echo: next"
+    sent = [m["content"] for m in gw.upstream.last.body["messages"]]
+    assert sent[-3:] == [text, f"echo: {text}", "next"]

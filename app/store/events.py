@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import orjson
 from sqlalchemy import delete, func, insert, select
 
 from app.store.database import Database, Transaction
@@ -23,6 +24,16 @@ async def append_events(tx: Transaction, response_id: str, events: list[dict[str
         ],
     )
     await tx.notify("rg_events", response_id)
+
+
+def event_arguments(events: list[dict[str, Any]]) -> tuple[list[int], list[str]]:
+    """Events as the raw PostgreSQL statements take them: their sequence numbers and their JSON
+    texts, two arrays in one order (numbers taken in Python, never extracted in SQL from the
+    data, which may hold a `\\u0000` no JSON operator can turn into text)."""
+    return (
+        [event["sequence_number"] for event in events],
+        [orjson.dumps(event).decode() for event in events],
+    )
 
 
 class EventStore:

@@ -28,7 +28,7 @@ import orjson
 from sqlalchemy import and_, or_, select, update
 
 from app.store.database import Database, Transaction
-from app.store.events import EventStore, append_events
+from app.store.events import EventStore, append_events, event_arguments
 from app.store.items import APPENDED_STATUSES, append_to_conversation, insert_items
 from app.store.responses import ResponseStore
 from app.store.rows import jobs_table, responses_table
@@ -95,8 +95,11 @@ SELECT c.response_id, c.project, c.attempts, c.request::text, c.cancel_requested
 # PostgreSQL: a job's final state in one statement, fenced by its lease: close the job, insert
 # the output items (pks in order, as in `_INSERT_RESPONSE_SQL`), store the response, append the
 # closing stream events and wake the waiters. Every write hangs off `closed`, so a worker that
-# lost its lease writes nothing. `updated` reads `closed` first, so the job row is locked before
-# the response row, in the order a delete takes them. Only two kinds of waiter exist: followers
+# lost its lease writes nothing: `closed` is an UPDATE, so it locks the job row and, if a claim
+# changed the row meanwhile, re-checks the fence on the claimed version (no FOR SHARE needed, as
+# `_RECORD_SQL` needs; and a claim that comes second re-checks the row and finds it done).
+# `updated` reads `closed` first, so the job row is locked before the response row, in the order
+# a delete takes them. Only two kinds of waiter exist: followers
 # of a stream ($12) and a cancel waiting for the final state (the flag is set before the cancel
 # waits, and this UPDATE sees it, since it locks the row the cancel locked); other completions
 # notify nobody, which spares every replica's LISTEN connection a message per job.
@@ -129,11 +132,20 @@ SELECT CASE WHEN $12::boolean OR cancel_requested
   FROM closed
 """
 
-# PostgreSQL: a batch of a running job's stream events, only while the lease is held.
+# PostgreSQL: a batch of a running job's stream events, only while the lease is held. The fence
+# locks the job row (FOR SHARE) for the rest of the statement, as `_COMPLETE_SQL`'s UPDATE does:
+# a plain read would let a worker whose lease just expired append events after another
+# worker's claim (which locks the row FOR UPDATE SKIP LOCKED) had read where the numbering
+# continues, and the new owner's next event would then collide on (response_id,
+# sequence_number). Locked, either this statement commits first and the claim skips the row
+# until it has, or the claim commits first and this statement, re-checking the locked row, finds
+# another owner and writes nothing. Lock order: the job row, then event rows, never the response
+# row — the order of a delete (job, events, response) and a completion (job, response).
 _RECORD_SQL = """
 WITH held AS (
     SELECT response_id FROM jobs
      WHERE response_id = $1 AND lease_owner = $2 AND status = 'running'
+       FOR SHARE
 ), appended AS (
     INSERT INTO response_events (response_id, sequence_number, data)
     SELECT held.response_id, e.n, e.data::json
@@ -181,7 +193,19 @@ class JobStore:
                 rows = await connection.fetch(
                     _CLAIM_SQL, owner, now + lease_seconds, now, max_attempts, limit
                 )
-            return [_claimed(row) for row in rows]
+                jobs = [_claimed(row) for row in rows]
+                # A retried stream job: the claim read the last event as of its snapshot, and a
+                # stale worker's events may have committed after it (before the row was locked;
+                # see `_RECORD_SQL`). Read again now that the claim is committed: no event of an
+                # earlier owner can come after this.
+                for job in jobs:
+                    if job.stream and job.attempts > 1:
+                        job.last_sequence = await connection.fetchval(
+                            "SELECT max(sequence_number) FROM response_events"
+                            " WHERE response_id = $1",
+                            job.response_id,
+                        )
+            return jobs
         claimable = (
             select(jobs_table.c.response_id)
             .where(
@@ -350,18 +374,24 @@ class JobStore:
         if self._db.postgres:
             async with self._db.driver() as connection:
                 held = await connection.fetchval(
-                    _RECORD_SQL, response_id, owner, *_event_arguments(events)
+                    _RECORD_SQL, response_id, owner, *event_arguments(events)
                 )
             return held is not None
+        # SQLite: the fence is a write, not a read. The driver begins the transaction at the
+        # first write only, so a SELECT fence would run outside it, and a claim could take the
+        # job between the check and the insert; the UPDATE takes the database's write lock
+        # until commit, which serializes this against every claim.
         async with self._db.transaction() as tx:
             held = await tx.execute(
-                select(jobs_table.c.response_id).where(
+                update(jobs_table)
+                .where(
                     jobs_table.c.response_id == response_id,
                     jobs_table.c.lease_owner == owner,
                     jobs_table.c.status == RUNNING,
                 )
+                .values(lease_owner=owner)
             )
-            if held.first() is None:
+            if held.rowcount == 0:
                 return False
             await append_events(tx, response_id, events)
         return True
@@ -398,7 +428,7 @@ class JobStore:
                     [orjson.dumps(item).decode() for item in output],
                     body["status"],
                     orjson.dumps(body).decode(),
-                    *_event_arguments(events),
+                    *event_arguments(events),
                     stream,
                 )
             return closed is not None
@@ -437,13 +467,6 @@ class JobStore:
             if not events:  # waiters (a cancel, a follower) learn of the final state
                 await tx.notify("rg_events", response_id)
         return True
-
-
-def _event_arguments(events: list[dict[str, Any]]) -> tuple[list[int], list[str]]:
-    return (
-        [event["sequence_number"] for event in events],
-        [orjson.dumps(event).decode() for event in events],
-    )
 
 
 def _claimed(row: Any) -> ClaimedJob:

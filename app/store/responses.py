@@ -18,7 +18,7 @@ from sqlalchemy.types import BigInteger
 
 from app.store.contexts import StoredItem
 from app.store.database import Database, Transaction
-from app.store.events import append_events
+from app.store.events import append_events, event_arguments
 from app.store.items import APPENDED_STATUSES, append_to_conversation, insert_items
 from app.store.rows import events_table, items_table, jobs_table, responses_table
 
@@ -77,45 +77,24 @@ SELECT r.history_pks::text, r.input_pks::text, r.output_pks::text,
  WHERE r.id = $1 AND r.project = $2
 """
 
-# PostgreSQL: a response and its new items in one statement (so one implicit transaction,
-# committed when it returns). New items are inserted in their order, which assigns their pks
-# in that order: PostgreSQL numbers the rows of INSERT … SELECT … ORDER BY as they come (the
-# guarantee SQLAlchemy's `sort_by_parameter_order` relies on too), so ranking the returned pks
-# gives each new item its position. $12 lists the input entries: a stored pk, or -k for the
-# k-th new item; the new items after the first $13 are the output. The new items travel as one
-# JSON array ($3), encoded once, rather than as three text arrays (ids, types, data) built and
-# encoded item by item; `json_array_elements` keeps each element's text as it was sent.
-_INSERT_RESPONSE_SQL = """
-WITH new_items AS (
+# PostgreSQL: a response and its new items, the part `_INSERT_RESPONSE_SQL` and `_ENQUEUE_SQL`
+# share (parameters $1-$15, `_insert_arguments`). New items are inserted in their order, which
+# assigns their pks in that order: PostgreSQL numbers the rows of INSERT … SELECT … ORDER BY as
+# they come (the guarantee SQLAlchemy's `sort_by_parameter_order` relies on too), so ranking the
+# returned pks gives each new item its position. $14 lists the input entries: a stored pk, or -k
+# for the k-th new item; the new items after the first $15 are the output.
+#
+# The items' data travel as one JSON array ($5), encoded once; `json_array_elements` keeps each
+# element's text as it was sent, and the `json` column stores that text as is. Their ids and
+# types come separately ($3, $4), taken in Python, joined to the data by position: no operator
+# may extract text from client content here (`->>`, `->`), since PostgreSQL cannot turn a JSON
+# `\u0000` into text and fails the whole statement — JSON allows U+0000, and clients send it.
+_RESPONSE_CTES = """
+new_items AS (
     INSERT INTO items (id, response_id, project, type, data)
-    SELECT i.value->>'id', $1::text, $2::text, i.value->>'type', i.value
-      FROM json_array_elements($3::text::json) WITH ORDINALITY AS i(value, n)
-     ORDER BY i.n
-    RETURNING pk
-), numbered AS (
-    SELECT pk, row_number() OVER (ORDER BY pk) AS n FROM new_items
-)
-INSERT INTO responses (id, project, background, stream, created_at, status, model,
-                       previous_response_id, body, history_pks, input_pks, output_pks)
-SELECT $1::text, $2::text, $4::boolean, $5::boolean, $6::bigint, $7::text, $8::text,
-       $9::text, $10::text::json, $11::text::json,
-       (SELECT coalesce(json_agg(coalesce(numbered.pk, t.v) ORDER BY t.o), '[]'::json)
-          FROM unnest($12::bigint[]) WITH ORDINALITY AS t(v, o)
-          LEFT JOIN numbered ON numbered.n = -t.v),
-       (SELECT coalesce(json_agg(pk ORDER BY n), '[]'::json) FROM numbered WHERE n > $13::bigint)
-RETURNING input_pks::text, output_pks::text
-"""
-
-# PostgreSQL: a background response enqueued in one statement — its new items and row as in
-# `_INSERT_RESPONSE_SQL` (the same first 13 parameters), its job, its first stream events, and
-# the notifications that wake the workers (and followers) of every replica. Autocommitted, so
-# the job is durable before the caller acknowledges it, and the notifications go out exactly
-# when it is visible. Referenced from the final SELECT, pg_notify runs once per inserted row.
-_ENQUEUE_SQL = """
-WITH new_items AS (
-    INSERT INTO items (id, response_id, project, type, data)
-    SELECT i.value->>'id', $1::text, $2::text, i.value->>'type', i.value
-      FROM json_array_elements($3::text::json) WITH ORDINALITY AS i(value, n)
+    SELECT i.id, $1::text, $2::text, i.type, d.value
+      FROM unnest($3::text[], $4::text[]) WITH ORDINALITY AS i(id, type, n)
+      JOIN json_array_elements($5::text::json) WITH ORDINALITY AS d(value, n) ON d.n = i.n
      ORDER BY i.n
     RETURNING pk
 ), numbered AS (
@@ -123,31 +102,47 @@ WITH new_items AS (
 ), response AS (
     INSERT INTO responses (id, project, background, stream, created_at, status, model,
                            previous_response_id, body, history_pks, input_pks, output_pks)
-    SELECT $1::text, $2::text, $4::boolean, $5::boolean, $6::bigint, $7::text, $8::text,
-           $9::text, $10::text::json, $11::text::json,
+    SELECT $1::text, $2::text, $6::boolean, $7::boolean, $8::bigint, $9::text, $10::text,
+           $11::text, $12::text::json, $13::text::json,
            (SELECT coalesce(json_agg(coalesce(numbered.pk, t.v) ORDER BY t.o), '[]'::json)
-              FROM unnest($12::bigint[]) WITH ORDINALITY AS t(v, o)
+              FROM unnest($14::bigint[]) WITH ORDINALITY AS t(v, o)
               LEFT JOIN numbered ON numbered.n = -t.v),
            (SELECT coalesce(json_agg(pk ORDER BY n), '[]'::json)
-              FROM numbered WHERE n > $13::bigint)
-    RETURNING id
-), job AS (
+              FROM numbered WHERE n > $15::bigint)
+    RETURNING id, input_pks, output_pks
+)"""
+
+# PostgreSQL: a response and its new items in one statement (so one implicit transaction,
+# committed when it returns).
+_INSERT_RESPONSE_SQL = f"""
+WITH {_RESPONSE_CTES}
+SELECT input_pks::text, output_pks::text FROM response
+"""
+
+# PostgreSQL: a background response enqueued in one statement — its new items and row as in
+# `_INSERT_RESPONSE_SQL`, its job, its first stream events (sequence numbers and data as two
+# arrays, as `event_arguments` builds them) and the notifications that wake the workers
+# (and followers) of every replica. Autocommitted, so the job is durable before the caller
+# acknowledges it, and the notifications go out exactly when it is visible. Referenced from the
+# final SELECT, pg_notify runs once per inserted row.
+_ENQUEUE_SQL = f"""
+WITH {_RESPONSE_CTES}, job AS (
     INSERT INTO jobs (response_id, project, key_id, status, attempts, cancel_requested,
                       created_at, request)
-    VALUES ($1::text, $2::text, $14::text, $15::text, 0, false, $16::float8, $17::text::json)
+    VALUES ($1::text, $2::text, $16::text, $17::text, 0, false, $18::float8, $19::text::json)
 ), events AS (
     INSERT INTO response_events (response_id, sequence_number, data)
-    SELECT $1::text, (e.value->>'sequence_number')::int, e.value
-      FROM json_array_elements($18::text::json) AS e(value)
+    SELECT $1::text, e.n, e.data::json
+      FROM unnest($20::int[], $21::text[]) AS e(n, data)
 )
 SELECT pg_notify('rg_jobs', id),
-       CASE WHEN json_array_length($18::text::json) > 0 THEN pg_notify('rg_events', id) END
+       CASE WHEN cardinality($20::int[]) > 0 THEN pg_notify('rg_events', id) END
   FROM response
 """
 
 
 def _insert_arguments(response: NewResponse) -> tuple[Any, ...]:
-    """The 13 parameters of `_INSERT_RESPONSE_SQL` (and the first 13 of `_ENQUEUE_SQL`)."""
+    """The 15 parameters of `_RESPONSE_CTES`."""
     new_items = [entry for entry in response.input if isinstance(entry, dict)]
     new_items += response.output
     # The input entries as one array: a stored item's pk, or -k for the k-th new item.
@@ -162,6 +157,8 @@ def _insert_arguments(response: NewResponse) -> tuple[Any, ...]:
     return (
         response.id,
         response.project,
+        [item["id"] for item in new_items],
+        [item["type"] for item in new_items],
         orjson.dumps(new_items).decode(),
         response.background,
         response.stream,
@@ -351,7 +348,7 @@ class ResponseStore:
                 job["status"],
                 job["created_at"],
                 orjson.dumps(job["request"]).decode(),
-                orjson.dumps(events).decode(),
+                *event_arguments(events),
             )
 
     def _remember(self, response: NewResponse, input_pks: list[int], output_pks: list[int]) -> None:
