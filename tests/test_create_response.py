@@ -440,3 +440,33 @@ def test_nul_characters_are_stored_and_returned_intact(
     assert follow.output_text == "echo: next"
     sent = [m["content"] for m in gw.upstream.last.body["messages"]]
     assert sent[-3:] == [text, f"echo: {text}", "next"]
+
+
+def test_nul_in_ids_is_a_client_error(gw: Stack, client: openai.OpenAI) -> None:
+    """U+0000 cannot be held by an id on PostgreSQL (a text column): wherever a client puts one
+    in an id — a replayed item, `previous_response_id`, an item reference, a URL — the answer is
+    a 4xx in the envelope, never a 500, and nothing is sent upstream. (SQLite can hold it, so
+    there the replayed item is simply stored.)"""
+    bad = "a\u0000b"
+    replayed = [{"type": "message", "role": "user", "content": "x", "id": f"msg_{bad}"}]
+    attempts = [
+        lambda: client.responses.create(
+            model="local-llama", input="x", previous_response_id=f"resp_{bad}"
+        ),
+        lambda: client.responses.create(
+            model="local-llama", input=[{"type": "item_reference", "id": f"msg_{bad}x"}]
+        ),
+        lambda: client.responses.retrieve(f"resp_{bad}"),
+        lambda: client.responses.delete(f"resp_{bad}"),
+    ]
+    if gw.database.kind == "sqlite":
+        assert client.responses.create(model="local-llama", input=replayed).status == "completed"
+        gw.upstream.reset()
+    else:
+        attempts.append(lambda: client.responses.create(model="local-llama", input=replayed))
+    for attempt in attempts:
+        with pytest.raises(openai.APIStatusError) as raised:
+            attempt()
+        assert 400 <= raised.value.status_code < 500, raised.value.response.text
+        assert set(raised.value.response.json()["error"]) == {"message", "type", "param", "code"}
+    assert not gw.upstream.requests

@@ -24,7 +24,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.errors import StorageError
+from app.errors import BadRequestError, GatewayError, StorageError
 from app.store.contexts import ContextCache
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,29 @@ CHANNELS = ("rg_jobs", "rg_cancels", "rg_events", "rg_deletes")
 # Connections of the hot-path pool (`Database.driver`), at most, per process.
 HOT_POOL_SIZE = 32
 Listener = Callable[[str], None]
+
+
+# What PostgreSQL refuses to hold in a text value: U+0000 (in content it travels JSON-escaped
+# and is kept; in an id, which is a text column, it cannot be). The client's fault, not ours.
+_UNSTORABLE_TEXT = (asyncpg.CharacterNotInRepertoireError, asyncpg.UntranslatableCharacterError)
+
+
+def storage_error(exc: BaseException) -> GatewayError:
+    """A driver error as ours: a 400 for a value the database cannot store, else a 500 that
+    names the error's kind only (never the statement or its parameters)."""
+    cause: BaseException | None = exc
+    for _ in range(8):  # SQLAlchemy wraps asyncpg's error (orig, then __cause__)
+        if cause is None:
+            break
+        if isinstance(cause, _UNSTORABLE_TEXT):
+            return BadRequestError(
+                "The request holds a character that cannot be stored: U+0000 (NUL) is not "
+                "allowed in ids.",
+                code="invalid_value",
+            )
+        cause = getattr(cause, "orig", None) or cause.__cause__
+    named = getattr(exc, "orig", None) or exc
+    return StorageError(f"The database failed: {type(named).__name__}.")
 
 
 class Transaction:
@@ -88,8 +111,7 @@ class Database:
                 tx = Transaction(connection, self)
                 yield tx
         except SQLAlchemyError as exc:
-            cause = getattr(exc, "orig", None) or exc
-            raise StorageError(f"The database failed: {type(cause).__name__}.") from exc
+            raise storage_error(exc) from exc
         for channel, payload in tx.pending if tx is not None else ():
             self._dispatch(channel, payload)
 
@@ -107,7 +129,7 @@ class Database:
                 async with self._pool.acquire() as connection:
                     yield connection
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-                raise StorageError(f"The database failed: {type(exc).__name__}.") from exc
+                raise storage_error(exc) from exc
             return
         try:
             async with self.engine.connect() as connection:
@@ -121,7 +143,7 @@ class Database:
                     await connection.invalidate()
                     raise
         except (SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-            raise StorageError(f"The database failed: {type(exc).__name__}.") from exc
+            raise storage_error(exc) from exc
 
     # --- notifications -----------------------------------------------------------------------
 
