@@ -484,3 +484,33 @@ def test_a_reader_that_accepts_nothing_pauses_the_producer() -> None:
     first, second = asyncio.run(run())
     assert first == second, "the producer kept pulling events while the reader was stuck"
     assert first <= MAX_PENDING_FRAMES + 2
+
+
+def test_a_stream_that_starts_while_the_server_is_exiting_ends_cleanly() -> None:
+    """Once shutdown has begun a new stream ends at once, as if its client had gone — but its
+    generator is still closed and its body finished, so the client sees the end of a stream."""
+
+    async def events() -> AsyncGenerator[dict[str, Any], None]:
+        yield {"type": "response.created"}
+
+    async def run() -> tuple[list[Any], AsyncGenerator[dict[str, Any], None]]:
+        streams = OpenStreams()
+        await streams.stop()  # what the lifespan does at shutdown: every stream, later ones too
+        sent: list[Any] = []
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        async def receive() -> Any:
+            await asyncio.Event().wait()  # the client stays
+
+        generator = events()
+        stream = event_stream(generator, keepalive=30, streams=streams)
+        await asyncio.wait_for(stream({}, receive, send), 5)
+        return sent, generator
+
+    sent, generator = asyncio.run(run())
+    assert [message["type"] for message in sent] == ["http.response.start", "http.response.body"]
+    assert sent[-1]["more_body"] is False
+    with pytest.raises(StopAsyncIteration):  # closed, not merely never started
+        asyncio.run(generator.__anext__())

@@ -158,6 +158,7 @@ class _Writer:
         self.drained = asyncio.Event()  # the writer took the pending frames
         self.ended = False
         self.gone = False  # the client disconnected (or the server is shutting down)
+        self.disconnected = False
         self.ping_due = False
         self.failure: Exception | None = None
         self.sending_since: float | None = None
@@ -183,6 +184,7 @@ class _Writer:
     async def listen(self, receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
+        self.disconnected = True
         self.leave()
 
     def leave(self) -> None:
@@ -236,6 +238,10 @@ class _Writer:
                     await asyncio.shield(producer)
                 except asyncio.CancelledError:
                     interrupted = interrupted or not producer.done()
+            # A producer cancelled before it ever ran (the stream ended at once: the server was
+            # already exiting) never entered `aclosing(self.events)`. Closing an unstarted or a
+            # closed generator runs none of its code.
+            await self.events.aclose()
             with suppress(asyncio.CancelledError):
                 await listener
             if interrupted:
@@ -245,6 +251,12 @@ class _Writer:
         pending = self.pending
         while True:
             if self.gone:
+                # A client still there (the server is exiting) is told the body has ended,
+                # rather than left to see its connection dropped.
+                if not self.disconnected:
+                    await self.send(
+                        send, {"type": "http.response.body", "body": b"", "more_body": False}
+                    )
                 return
             if pending:
                 batch = b"".join(pending) if len(pending) > 1 else pending[0]
