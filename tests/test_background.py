@@ -90,6 +90,9 @@ def test_background_stream_and_restream(client: openai.OpenAI, gw: Stack) -> Non
     assert resumed == list(range(3, len(live.events)))
     stored = client.responses.with_raw_response.retrieve(response_id).http_response.json()
     assert stored == live.terminal["response"]
+    # No HEAD: routes are GET/POST only, so a stream is never opened just to be dropped.
+    head = httpx.head(f"{gw.gateway.url}/v1/responses/{response_id}", params={"stream": "true"})
+    assert head.status_code == 405
 
 
 def test_a_background_stream_left_at_its_headers_still_runs(

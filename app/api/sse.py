@@ -120,7 +120,7 @@ class EventStream(Response):
         streams: OpenStreams | None = None,
     ) -> None:
         self.status_code = 200
-        self.background = None
+        self.background = None  # FastAPI reads it, and sets it to a route's BackgroundTasks
         self.init_headers(_HEADERS)
         self._events = events
         self._keepalive = keepalive
@@ -130,11 +130,7 @@ class EventStream(Response):
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
-        if scope.get("method") == "HEAD":
-            await self._events.aclose()
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        else:
-            await _Writer(self._events, self._keepalive, self._streams).run(receive, send)
+        await _Writer(self._events, self._keepalive, self._streams).run(receive, send)
         if self.background is not None:
             await self.background()
 
