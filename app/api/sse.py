@@ -47,7 +47,7 @@ def _ping() -> bytes:
 
 
 class SendTimeoutError(TimeoutError):
-    """The client accepted no bytes for `SEND_TIMEOUT_SECONDS`."""
+    """The client accepted no bytes for the send timeout (`SEND_TIMEOUT_SECONDS`)."""
 
 
 class OpenStreams:
@@ -109,7 +109,7 @@ class EventStream(Response):
     never split or delayed (a delta that arrives alone is written alone, at once), but a burst of
     upstream chunks that arrived in one read goes out in one write. At most
     `MAX_PENDING_FRAMES` wait for a slow reader before the producer pauses, so memory stays
-    bounded."""
+    bounded. A reader that accepts nothing for `send_timeout` seconds is treated as gone."""
 
     media_type = "text/event-stream"
 
@@ -118,6 +118,7 @@ class EventStream(Response):
         events: AsyncGenerator[dict[str, Any], None],
         keepalive: float,
         streams: OpenStreams | None = None,
+        send_timeout: float = SEND_TIMEOUT_SECONDS,
     ) -> None:
         self.status_code = 200
         self.background = None  # FastAPI reads it, and sets it to a route's BackgroundTasks
@@ -125,12 +126,14 @@ class EventStream(Response):
         self._events = events
         self._keepalive = keepalive
         self._streams = streams
+        self._send_timeout = send_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
-        await _Writer(self._events, self._keepalive, self._streams).run(receive, send)
+        writer = _Writer(self._events, self._keepalive, self._streams, self._send_timeout)
+        await writer.run(receive, send)
         if self.background is not None:
             await self.background()
 
@@ -144,9 +147,11 @@ class _Writer:
         events: AsyncGenerator[dict[str, Any], None],
         keepalive: float,
         streams: OpenStreams | None,
+        send_timeout: float,
     ) -> None:
         self.events = events
         self.keepalive = keepalive
+        self.send_timeout = send_timeout
         self.streams = streams
         self.loop = asyncio.get_running_loop()
         self.pending: list[bytes] = []
@@ -191,7 +196,7 @@ class _Writer:
         """Every `keepalive` seconds: a ping is due; a send stuck for too long ends the stream."""
         self.timer = self.loop.call_later(self.keepalive, self.tick)
         since = self.sending_since
-        if since is not None and self.loop.time() - since > SEND_TIMEOUT_SECONDS:
+        if since is not None and self.loop.time() - since > self.send_timeout:
             if self.writer is not None and not self.timed_out:
                 self.timed_out = True
                 self.writer.cancel()
@@ -283,5 +288,6 @@ def event_stream(
     events: AsyncGenerator[dict[str, Any], None],
     keepalive: float,
     streams: OpenStreams | None = None,
+    send_timeout: float = SEND_TIMEOUT_SECONDS,
 ) -> EventStream:
-    return EventStream(events, keepalive, streams)
+    return EventStream(events, keepalive, streams, send_timeout)
