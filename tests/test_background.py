@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import openai
 import pytest
 
 from app.config import Settings
-from tests.conftest import Database, GatewayServer, Stack, migrate, models_yaml
+from tests.conftest import Database, GatewayServer, Stack, migrate, models_yaml, run_sql
 from tests.fake_upstream import Fail, FakeUpstream, Reply
 from tests.wire import restream_raw, stream_raw, strict_response, strict_stream
 
@@ -89,6 +90,31 @@ def test_background_stream_and_restream(client: openai.OpenAI, gw: Stack) -> Non
     assert resumed == list(range(3, len(live.events)))
     stored = client.responses.with_raw_response.retrieve(response_id).http_response.json()
     assert stored == live.terminal["response"]
+    # No HEAD: routes are GET/POST only, so a stream is never opened just to be dropped.
+    head = httpx.head(f"{gw.gateway.url}/v1/responses/{response_id}", params={"stream": "true"})
+    assert head.status_code == 405
+
+
+def test_a_background_stream_left_at_its_headers_still_runs(
+    client: openai.OpenAI, gw: Stack
+) -> None:
+    """The job is queued before the stream's first byte: a client that goes away as soon as it
+    has the status line (or a stream that ends at once) leaves a response that runs to its end
+    and can be streamed again."""
+    tag = uuid.uuid4().hex
+    body = {"model": "local-llama", "input": "x", "background": True, "metadata": {"tag": tag}}
+    with httpx.stream("POST", f"{gw.gateway.url}/v1/responses", json={**body, "stream": True}) as r:
+        assert r.status_code == 200  # and gone, without reading a byte of the body
+    deadline = time.monotonic() + 10
+    query = f"SELECT id FROM responses WHERE CAST(body AS TEXT) LIKE '%{tag}%'"
+    while not (rows := run_sql(gw.database, query)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert rows, "no response was stored"
+    done = wait_status(client, rows[0][0], TERMINAL)
+    assert done.status == "completed" and done.output_text == "echo: x"
+    again = restream_raw(gw.gateway.url, done.id)
+    assert again.types[:2] == ["response.created", "response.queued"]
+    assert again.terminal["response"]["status"] == "completed"
 
 
 def test_resume_follows_a_running_stream(client: openai.OpenAI, gw: Stack) -> None:

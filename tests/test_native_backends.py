@@ -296,6 +296,73 @@ def test_echo_model_answers_structured_outputs(native: NativeStack, nclient: ope
         model="echo", input="ping", text={"format": {"type": "json_object"}}
     )
     assert json.loads(as_object.output_text)["echo"].endswith('"ping"')
+    pair = {"type": "array", "minItems": 2, "items": {"type": "string"}}
+    as_pair = nclient.responses.create(
+        model="echo",
+        input="ping",
+        text={"format": {"type": "json_schema", "name": "pair", "schema": pair}},
+    )
+    assert json.loads(as_pair.output_text) == [plan.title, plan.title]
+
+
+def _nested_arrays(levels: int, min_items: object) -> dict[str, object]:
+    schema: dict[str, object] = {"type": "string"}
+    for _ in range(levels):
+        schema = {"type": "array", "minItems": min_items, "items": schema}
+    return schema
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        _nested_arrays(3, 100),  # a million strings, unbounded
+        _nested_arrays(1, 1e9),
+        _nested_arrays(1, 10**18),
+        _nested_arrays(2, "many"),
+        _nested_arrays(2, 2.5),
+        _nested_arrays(2, -1),
+        {  # a recursive $ref doubling at every level
+            "$defs": {"tree": {"type": "array", "minItems": 2, "items": {"$ref": "#/$defs/tree"}}},
+            "$ref": "#/$defs/tree",
+        },
+        {"type": "object", "properties": ["not", "a", "map"]},
+        {"type": "object", "properties": {"a": {"enum": {"not": "a list"}}}},
+        {"anyOf": {"not": "a list"}},
+        {"$ref": "#/nowhere/at/all"},
+        {  # a 300 kB constant, 64 times
+            "$defs": {"big": {"const": "x" * 300_000}},
+            **_nested_arrays(2, 8),
+            "items": {"type": "array", "minItems": 8, "items": {"$ref": "#/$defs/big"}},
+        },
+    ],
+    ids=[
+        "3x100",
+        "1e9",
+        "10e18",
+        "string",
+        "fraction",
+        "negative",
+        "recursive-ref",
+        "properties-list",
+        "enum-map",
+        "anyof-map",
+        "dangling-ref",
+        "repeated-const",
+    ],
+)
+def test_echo_model_bounds_the_document_for_any_schema(
+    native: NativeStack, nclient: openai.OpenAI, schema: dict[str, object]
+) -> None:
+    """A client's schema decides the document's shape, never its size nor whether we fail: the
+    reply is quick, small and valid JSON whatever `minItems` or nesting says."""
+    response = nclient.with_options(timeout=5).responses.create(
+        model="echo",
+        input="ping",
+        text={"format": {"type": "json_schema", "name": "doc", "schema": schema}},
+    )
+    assert response.status == "completed"
+    assert len(response.output_text) < 200_000
+    json.loads(response.output_text)
 
 
 def test_replayed_hosted_tool_items_reach_the_upstream(

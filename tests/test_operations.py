@@ -310,6 +310,28 @@ def test_open_mode_serves_loopback_clients(process_env: dict[str, str], tmp_path
         served.stop()
 
 
+def test_sigterm_ends_an_open_stream_with_a_complete_body(
+    process_env: dict[str, str], tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    """Shutdown ends a stream whose client is still reading as if the client had gone, and
+    tells the client so: the body ends properly, it is not a dropped connection."""
+    upstream.enqueue(Reply(content="one two three four", stall_after=2, stall=3))
+    served = Served(process_env, tmp_path)
+    body = {"model": "local-llama", "input": "x", "stream": True}
+    try:
+        with httpx.stream("POST", f"{served.url}/v1/responses", json=body, timeout=20) as r:
+            lines = r.iter_lines()
+            for line in lines:
+                if "response.output_text.delta" in line:
+                    break
+            served.process.send_signal(signal.SIGTERM)
+            rest = list(lines)  # a dropped connection raises RemoteProtocolError here
+    finally:
+        _, err = served.stop()
+    assert not any("response.completed" in line for line in rest)
+    assert "without completing response" not in err
+
+
 def log_lines(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 

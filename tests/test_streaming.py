@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from app.api.sse import MAX_PENDING_FRAMES, OpenStreams, event_stream
+from app.api.sse import MAX_PENDING_FRAMES, OpenStreams, SendTimeoutError, event_stream
 from app.backends.upstream import sse_lines
 from tests.conftest import Stack
 from tests.fake_upstream import Reply, tool_call
@@ -484,3 +484,67 @@ def test_a_reader_that_accepts_nothing_pauses_the_producer() -> None:
     first, second = asyncio.run(run())
     assert first == second, "the producer kept pulling events while the reader was stuck"
     assert first <= MAX_PENDING_FRAMES + 2
+
+
+def test_a_stream_that_starts_while_the_server_is_exiting_ends_cleanly() -> None:
+    """Once shutdown has begun a new stream ends at once, as if its client had gone — but its
+    generator is still closed and its body finished, so the client sees the end of a stream."""
+
+    async def events() -> AsyncGenerator[dict[str, Any], None]:
+        yield {"type": "response.created"}
+
+    async def run() -> tuple[list[Any], AsyncGenerator[dict[str, Any], None]]:
+        streams = OpenStreams()
+        await streams.stop()  # what the lifespan does at shutdown: every stream, later ones too
+        sent: list[Any] = []
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        async def receive() -> Any:
+            await asyncio.Event().wait()  # the client stays
+
+        generator = events()
+        stream = event_stream(generator, keepalive=30, streams=streams)
+        await asyncio.wait_for(stream({}, receive, send), 5)
+        return sent, generator
+
+    sent, generator = asyncio.run(run())
+    assert [message["type"] for message in sent] == ["http.response.start", "http.response.body"]
+    assert sent[-1]["more_body"] is False
+    with pytest.raises(StopAsyncIteration):  # closed, not merely never started
+        asyncio.run(generator.__anext__())
+
+
+def test_a_reader_that_accepts_nothing_for_the_send_timeout_is_dropped() -> None:
+    """A send that has not returned after the send timeout (checked at each keep-alive tick)
+    ends the stream with `SendTimeoutError`, and the events are closed as on a disconnect — which
+    is what stores a generation `cancelled`. Driven through the ASGI interface, with a short
+    timeout instead of the 60 s default."""
+    closed = asyncio.Event()
+
+    async def events() -> AsyncGenerator[dict[str, Any], None]:
+        try:
+            while True:
+                yield {"type": "response.output_text.delta", "delta": "x"}
+                await asyncio.sleep(0.01)
+        finally:
+            closed.set()
+
+    async def run() -> float:
+        async def send(message: Any) -> None:
+            if message["type"] == "http.response.body":
+                await asyncio.Event().wait()  # a reader that accepts nothing
+
+        async def receive() -> Any:
+            await asyncio.Event().wait()  # no disconnect
+
+        stream = event_stream(events(), keepalive=0.05, send_timeout=0.3)
+        started = time.monotonic()
+        with pytest.raises(SendTimeoutError):
+            await asyncio.wait_for(stream({}, receive, send), 5)
+        assert closed.is_set()
+        return time.monotonic() - started
+
+    elapsed = asyncio.run(run())
+    assert 0.3 <= elapsed < 2

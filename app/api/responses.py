@@ -51,7 +51,7 @@ async def create_response(request: Request, deps: CreateDeps) -> Response:
     prepared = await responses.prepare(create, caller.project, caller.key_id)
     reply: Response
     if create.stream:
-        events = usage.stream(responses.stream(prepared), prepared, caller.key_id)
+        events = usage.stream(await responses.stream(prepared), prepared, caller.key_id)
         reply = event_stream(events, request.app.state.sse_keepalive, request.state.streams)
     else:
         reply = json_response(await usage.create(responses, prepared, caller.key_id))

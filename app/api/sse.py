@@ -47,7 +47,7 @@ def _ping() -> bytes:
 
 
 class SendTimeoutError(TimeoutError):
-    """The client accepted no bytes for `SEND_TIMEOUT_SECONDS`."""
+    """The client accepted no bytes for the send timeout (`SEND_TIMEOUT_SECONDS`)."""
 
 
 class OpenStreams:
@@ -109,7 +109,7 @@ class EventStream(Response):
     never split or delayed (a delta that arrives alone is written alone, at once), but a burst of
     upstream chunks that arrived in one read goes out in one write. At most
     `MAX_PENDING_FRAMES` wait for a slow reader before the producer pauses, so memory stays
-    bounded."""
+    bounded. A reader that accepts nothing for `send_timeout` seconds is treated as gone."""
 
     media_type = "text/event-stream"
 
@@ -118,23 +118,22 @@ class EventStream(Response):
         events: AsyncGenerator[dict[str, Any], None],
         keepalive: float,
         streams: OpenStreams | None = None,
+        send_timeout: float = SEND_TIMEOUT_SECONDS,
     ) -> None:
         self.status_code = 200
-        self.background = None
+        self.background = None  # FastAPI reads it, and sets it to a route's BackgroundTasks
         self.init_headers(_HEADERS)
         self._events = events
         self._keepalive = keepalive
         self._streams = streams
+        self._send_timeout = send_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
-        if scope.get("method") == "HEAD":
-            await self._events.aclose()
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        else:
-            await _Writer(self._events, self._keepalive, self._streams).run(receive, send)
+        writer = _Writer(self._events, self._keepalive, self._streams, self._send_timeout)
+        await writer.run(receive, send)
         if self.background is not None:
             await self.background()
 
@@ -148,9 +147,11 @@ class _Writer:
         events: AsyncGenerator[dict[str, Any], None],
         keepalive: float,
         streams: OpenStreams | None,
+        send_timeout: float,
     ) -> None:
         self.events = events
         self.keepalive = keepalive
+        self.send_timeout = send_timeout
         self.streams = streams
         self.loop = asyncio.get_running_loop()
         self.pending: list[bytes] = []
@@ -158,6 +159,7 @@ class _Writer:
         self.drained = asyncio.Event()  # the writer took the pending frames
         self.ended = False
         self.gone = False  # the client disconnected (or the server is shutting down)
+        self.disconnected = False
         self.ping_due = False
         self.failure: Exception | None = None
         self.sending_since: float | None = None
@@ -183,6 +185,7 @@ class _Writer:
     async def listen(self, receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
+        self.disconnected = True
         self.leave()
 
     def leave(self) -> None:
@@ -193,7 +196,7 @@ class _Writer:
         """Every `keepalive` seconds: a ping is due; a send stuck for too long ends the stream."""
         self.timer = self.loop.call_later(self.keepalive, self.tick)
         since = self.sending_since
-        if since is not None and self.loop.time() - since > SEND_TIMEOUT_SECONDS:
+        if since is not None and self.loop.time() - since > self.send_timeout:
             if self.writer is not None and not self.timed_out:
                 self.timed_out = True
                 self.writer.cancel()
@@ -236,6 +239,10 @@ class _Writer:
                     await asyncio.shield(producer)
                 except asyncio.CancelledError:
                     interrupted = interrupted or not producer.done()
+            # A producer cancelled before it ever ran (the stream ended at once: the server was
+            # already exiting) never entered `aclosing(self.events)`. Closing an unstarted or a
+            # closed generator runs none of its code.
+            await self.events.aclose()
             with suppress(asyncio.CancelledError):
                 await listener
             if interrupted:
@@ -245,6 +252,12 @@ class _Writer:
         pending = self.pending
         while True:
             if self.gone:
+                # A client still there (the server is exiting) is told the body has ended,
+                # rather than left to see its connection dropped.
+                if not self.disconnected:
+                    await self.send(
+                        send, {"type": "http.response.body", "body": b"", "more_body": False}
+                    )
                 return
             if pending:
                 batch = b"".join(pending) if len(pending) > 1 else pending[0]
@@ -275,5 +288,6 @@ def event_stream(
     events: AsyncGenerator[dict[str, Any], None],
     keepalive: float,
     streams: OpenStreams | None = None,
+    send_timeout: float = SEND_TIMEOUT_SECONDS,
 ) -> EventStream:
-    return EventStream(events, keepalive, streams)
+    return EventStream(events, keepalive, streams, send_timeout)

@@ -333,16 +333,7 @@ class ChatCompletionsBackend(Backend):
         )
 
     async def count_tokens(self, request: GenerationRequest) -> int | None:
-        if self._tokenize_root is None:
-            return None
-        try:
-            messages = to_chat_messages(request.instructions, request.items)
-        except (KeyError, ValueError):  # content create would refuse (a file by URL)
-            return None
-        functions = ChatTools(request.tools).functions
-        return await upstream_token_count(
-            self._upstream, self._tokenize_root, request.model, messages, functions
-        )
+        return await upstream_token_count(self._upstream, self._tokenize_root, request)
 
     async def generate(self, request: GenerationRequest) -> Generation:
         data = await self._upstream.post_json(to_chat_body(request))

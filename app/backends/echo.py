@@ -65,41 +65,92 @@ def describe(request: GenerationRequest) -> str:
     return " ".join(parts)
 
 
-def _instance(schema: Any, text: str, root: dict[str, Any], depth: int = 0) -> Any:
+# The document is built from a client's schema in the request task, so what it costs is bounded
+# whatever the schema says: a schema whose simplest instance needs an array of more than
+# `MAX_ARRAY_ITEMS`, more than `MAX_NODES` values, `MAX_DEPTH` levels or `MAX_LEAF_CHARS` of
+# strings and constants (beyond one copy of the text) gets the plain `{"echo": …}` document
+# instead. It could not have been valid anyway, and a 500 or seconds of blocked event loop help
+# no one.
+MAX_ARRAY_ITEMS = 8
+MAX_NODES = 1000
+MAX_DEPTH = 32
+MAX_LEAF_CHARS = 1_000_000
+
+
+class _TooLargeError(Exception):
+    pass
+
+
+class _Instance:
     """The simplest JSON value `schema` accepts, every string being `text`: enough for
     structured-output clients (`responses.parse`) to get a document that validates. Covers what
-    strict structured outputs allow (objects, arrays, enums, consts, anyOf, local `$ref`s)."""
-    if not isinstance(schema, dict) or depth > 32:
+    strict structured outputs allow (objects, arrays, enums, consts, anyOf, local `$ref`s); a
+    malformed part of the schema (a `properties` that is not an object, say) becomes `null`."""
+
+    def __init__(self, root: dict[str, Any], text: str) -> None:
+        self.root = root
+        self.text = text
+        self.nodes = 0
+        self.chars = 0
+
+    def of(self, schema: Any, depth: int = 0) -> Any:
+        self.nodes += 1
+        if self.nodes > MAX_NODES or depth > MAX_DEPTH:
+            raise _TooLargeError
+        if not isinstance(schema, dict):
+            return None
+        ref = schema.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/"):
+            target: Any = self.root
+            for key in ref[2:].split("/"):
+                target = target.get(key) if isinstance(target, dict) else None
+            return self.of(target, depth + 1)
+        if "const" in schema:
+            return self.leaf(schema["const"])
+        enum = schema.get("enum")
+        if isinstance(enum, list) and enum:
+            return self.leaf(enum[0])
+        for key in ("anyOf", "oneOf", "allOf"):
+            choices = schema.get(key)
+            if isinstance(choices, list) and choices:
+                return self.of(choices[0], depth + 1)
+        kind = schema.get("type")
+        if isinstance(kind, list):
+            kind = next((k for k in kind if k != "null"), "null")
+        if kind == "object" or "properties" in schema:
+            properties = schema.get("properties")
+            if not isinstance(properties, dict):
+                return {}
+            return {name: self.of(sub, depth + 1) for name, sub in properties.items()}
+        if kind == "array":
+            count = _min_items(schema.get("minItems"))
+            if count > MAX_ARRAY_ITEMS:
+                raise _TooLargeError
+            return [self.of(schema.get("items"), depth + 1) for _ in range(count)]
+        if kind in ("integer", "number"):
+            return self.leaf(schema.get("minimum", 0))
+        if kind == "boolean":
+            return False
+        if kind == "string":
+            return self.leaf(self.text)
         return None
-    ref = schema.get("$ref")
-    if isinstance(ref, str) and ref.startswith("#/"):
-        target: Any = root
-        for key in ref[2:].split("/"):
-            target = target.get(key) if isinstance(target, dict) else None
-        return _instance(target, text, root, depth + 1)
-    if "const" in schema:
-        return schema["const"]
-    if schema.get("enum"):
-        return schema["enum"][0]
-    for key in ("anyOf", "oneOf", "allOf"):
-        if schema.get(key):
-            return _instance(schema[key][0], text, root, depth + 1)
-    kind = schema.get("type")
-    if isinstance(kind, list):
-        kind = next((k for k in kind if k != "null"), "null")
-    if kind == "object" or "properties" in schema:
-        properties = schema.get("properties") or {}
-        return {name: _instance(sub, text, root, depth + 1) for name, sub in properties.items()}
-    if kind == "array":
-        count = int(schema.get("minItems") or 0)
-        return [_instance(schema.get("items"), text, root, depth + 1) for _ in range(count)]
-    if kind in ("integer", "number"):
-        return schema.get("minimum", 0)
-    if kind == "boolean":
-        return False
-    if kind == "string":
-        return text
-    return None
+
+    def leaf(self, value: Any) -> Any:
+        """`value`, counted against the budget: a client's constant may be megabytes, and
+        `$ref`s can repeat it."""
+        self.chars += len(value) if isinstance(value, str) else len(json.dumps(value))
+        if self.chars > MAX_LEAF_CHARS + len(self.text):
+            raise _TooLargeError
+        return value
+
+
+def _min_items(value: Any) -> int:
+    # JSON Schema wants a non-negative integer; 2.0 is one, "3" or 2.5 or true are not (ignored).
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    if isinstance(value, float) and not value.is_integer():
+        return 0
+    return max(int(value), 0)
 
 
 def reply(request: GenerationRequest) -> str:
@@ -107,11 +158,14 @@ def reply(request: GenerationRequest) -> str:
     carrying it: `{"echo": …}`, or the simplest instance of the requested schema."""
     text = describe(request)
     fmt = request.text_format or {}
-    if fmt.get("type") == "json_object":
-        return json.dumps({"echo": text})
     if fmt.get("type") == "json_schema":
         schema = fmt.get("schema") or {}
-        return json.dumps(_instance(schema, text, schema))
+        try:
+            return json.dumps(_Instance(schema, text).of(schema))
+        except _TooLargeError:
+            pass
+    if fmt.get("type") in ("json_object", "json_schema"):
+        return json.dumps({"echo": text})
     return text
 
 

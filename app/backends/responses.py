@@ -31,8 +31,6 @@ from app.backends.base import (
     NativeEvent,
     Usage,
 )
-from app.backends.chat_completions import to_chat_messages
-from app.backends.chat_tools import ChatTools
 from app.backends.tokenize import server_root, upstream_token_count
 from app.backends.upstream import UpstreamClient, error_message
 from app.config import OPENAI_BASE_URL, ModelConfig, public_url
@@ -220,17 +218,7 @@ class ResponsesBackend(Backend):
         )
 
     async def count_tokens(self, request: GenerationRequest) -> int | None:
-        if self._tokenize_root is None:
-            return None
-        # vLLM's `/tokenize` takes the chat form of the same context.
-        try:
-            messages = to_chat_messages(request.instructions, request.items)
-        except (KeyError, ValueError):  # an item Chat Completions has no form for
-            return None
-        functions = ChatTools(request.tools).functions
-        return await upstream_token_count(
-            self._upstream, self._tokenize_root, request.model, messages, functions
-        )
+        return await upstream_token_count(self._upstream, self._tokenize_root, request)
 
     def _body(self, request: GenerationRequest, *, stream: bool) -> dict[str, Any]:
         return to_responses_body(

@@ -16,10 +16,14 @@ it) is noticed on the next call.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from app.backends.chat_tools import ChatTools
 from app.backends.upstream import UpstreamClient
 from app.errors import UpstreamError
+
+if TYPE_CHECKING:
+    from app.backends.base import GenerationRequest
 
 # A count is a quick question: a server that cannot answer it promptly gets estimated instead.
 TOKENIZE_TIMEOUT = 10.0
@@ -32,14 +36,26 @@ def server_root(base_url: str) -> str:
 
 
 async def upstream_token_count(
-    upstream: UpstreamClient,
-    root: str,
-    model: str,
-    messages: list[dict[str, Any]],
-    tools: list[dict[str, Any]],
+    upstream: UpstreamClient, root: str | None, request: GenerationRequest
 ) -> int | None:
-    """The server's count of the prompt `messages` and `tools` make, or None (see above)."""
-    chat: dict[str, Any] = {"model": model, "messages": messages, "add_generation_prompt": True}
+    """The server at `root` counts the prompt `request` makes in its chat form (both servers'
+    `/tokenize` take the Chat Completions request), or None: no `root`, an item with no chat
+    form (a file by URL), or any of the cases above."""
+    if root is None:
+        return None
+    # Here, not at the top: chat_completions imports this module.
+    from app.backends.chat_completions import to_chat_messages
+
+    try:
+        messages = to_chat_messages(request.instructions, request.items)
+    except (KeyError, ValueError):  # content create would refuse too
+        return None
+    tools = ChatTools(request.tools).functions
+    chat: dict[str, Any] = {
+        "model": request.model,
+        "messages": messages,
+        "add_generation_prompt": True,
+    }
     if tools:
         chat["tools"] = tools
     try:

@@ -138,16 +138,19 @@ class ResponsesService:
         await self._insert(prepared, body, result.output)
         return render_response(body, result.output)
 
-    def stream(self, prepared: Prepared) -> AsyncGenerator[Event, None]:
+    async def stream(self, prepared: Prepared) -> AsyncGenerator[Event, None]:
         """The event stream of a create request. In the foreground the generation runs inside
         this generator; if its consumer goes away (client disconnect) the upstream request is
         closed and the response stored `cancelled` with its partial output. A background
+        request is enqueued before this returns, as `create` does, so its job exists whatever
+        becomes of the stream (which may end before it starts, when the server is exiting); the
         stream only follows the events a worker persists, so a disconnect stops nothing.
 
         The foreground stream is `run_generation` itself, opening events and all, not a
         generator re-yielding it: every layer costs every event a hop."""
         if prepared.request.background:
-            return self._background_stream(prepared)
+            _, events = await self._enqueue(prepared)
+            return self._background_stream(prepared, events)
         ladder = EventLadder()
         body = response_body(prepared, "in_progress")
         opening = [
@@ -156,8 +159,9 @@ class ResponsesService:
         ]
         return run_generation(prepared, ladder, _ForegroundSink(self, prepared), opening)
 
-    async def _background_stream(self, prepared: Prepared) -> AsyncGenerator[Event, None]:
-        _, events = await self._enqueue(prepared)
+    async def _background_stream(
+        self, prepared: Prepared, events: list[Event]
+    ) -> AsyncGenerator[Event, None]:
         for event in events:
             yield event
         async for event in self.follow(
