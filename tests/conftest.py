@@ -16,8 +16,10 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import openai
@@ -209,6 +211,23 @@ models:
     context_window: 120
     max_retries: 0
 """
+
+
+@contextmanager
+def gateway_on(
+    database_url: str, upstream: FakeUpstream, tmp_path: Path, **settings: Any
+) -> Iterator[GatewayServer]:
+    """A gateway of a test's own on a migrated database: the standard models file (in
+    `tmp_path`) in front of `upstream`, with these settings on top."""
+    config = tmp_path / "models.yaml"
+    config.write_text(models_yaml(upstream))
+    server = GatewayServer(
+        Settings(database_url=database_url, gateway_config=config, **settings)
+    ).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @dataclass

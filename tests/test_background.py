@@ -13,8 +13,7 @@ import httpx
 import openai
 import pytest
 
-from app.config import Settings
-from tests.conftest import Database, GatewayServer, Stack, migrate, models_yaml, run_sql
+from tests.conftest import Database, GatewayServer, Stack, gateway_on, migrate, run_sql
 from tests.fake_upstream import Fail, FakeUpstream, Reply
 from tests.wire import restream_raw, stream_raw, strict_response, strict_stream
 
@@ -228,14 +227,8 @@ def idle_gateway(
 ) -> Iterator[GatewayServer]:
     """A gateway whose worker is off: its background jobs stay queued."""
     migrate(empty_database.url)
-    config = tmp_path / "models.yaml"
-    config.write_text(models_yaml(upstream))
-    settings = Settings(
-        database_url=empty_database.url, gateway_config=config, gateway_worker_concurrency=0
-    )
-    server = GatewayServer(settings).start()
-    yield server
-    server.stop()
+    with gateway_on(empty_database.url, upstream, tmp_path, gateway_worker_concurrency=0) as server:
+        yield server
 
 
 def test_cancel_queued_job(idle_gateway: GatewayServer) -> None:
@@ -252,16 +245,13 @@ def test_events_expire_after_the_retention(
     empty_database: Database, upstream: FakeUpstream, tmp_path: Path
 ) -> None:
     migrate(empty_database.url)
-    config = tmp_path / "models.yaml"
-    config.write_text(models_yaml(upstream))
-    settings = Settings(
-        database_url=empty_database.url,
-        gateway_config=config,
+    with gateway_on(
+        empty_database.url,
+        upstream,
+        tmp_path,
         gateway_event_retention_seconds=0.5,
         gateway_prune_seconds=0.2,
-    )
-    server = GatewayServer(settings).start()
-    try:
+    ) as server:
         upstream.reset()
         live = stream_raw(server.url, {"model": "local-llama", "input": "x", "background": True})
         response_id = live.terminal["response"]["id"]
@@ -277,21 +267,13 @@ def test_events_expire_after_the_retention(
         assert (
             kept["status"] == "completed" and kept["output"] == live.terminal["response"]["output"]
         )
-    finally:
-        server.stop()
 
 
 def test_worker_concurrency_bounds_jobs_per_process(
     empty_database: Database, upstream: FakeUpstream, tmp_path: Path
 ) -> None:
     migrate(empty_database.url)
-    config = tmp_path / "models.yaml"
-    config.write_text(models_yaml(upstream))
-    settings = Settings(
-        database_url=empty_database.url, gateway_config=config, gateway_worker_concurrency=2
-    )
-    server = GatewayServer(settings).start()
-    try:
+    with gateway_on(empty_database.url, upstream, tmp_path, gateway_worker_concurrency=2) as server:
         upstream.reset()
         upstream.enqueue(*[Reply(content="slow", delay=1.5)] * 4)
         with openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0) as client:
@@ -305,5 +287,3 @@ def test_worker_concurrency_bounds_jobs_per_process(
             assert len(upstream.requests) == 2
             done = [wait_status(client, i, TERMINAL, timeout=15).status for i in ids]
             assert done == ["completed"] * 4
-    finally:
-        server.stop()

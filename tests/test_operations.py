@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.config import Settings
 from app.store.engine import head_revision
-from tests.conftest import Database, GatewayServer, Stack, migrate, models_yaml
+from tests.conftest import Database, GatewayServer, Stack, gateway_on, migrate, models_yaml
 from tests.fake_upstream import FakeUpstream, Reply
 
 PROMPT_CANARY = "PROMPT-CANARY-7f3a"
@@ -160,17 +160,14 @@ def test_a_purged_turn_leaves_the_context_of_later_turns(
     """The process caches the context of each turn it stores; a purged earlier turn must not
     be sent upstream again by a continuation of a later turn that outlived it."""
     migrate(empty_database.url)
-    config = tmp_path / "models.yaml"
-    config.write_text(models_yaml(upstream))
-    settings = Settings(
-        database_url=empty_database.url,
-        gateway_config=config,
+    upstream.reset()
+    with gateway_on(
+        empty_database.url,
+        upstream,
+        tmp_path,
         gateway_response_ttl_seconds=3,
         gateway_prune_seconds=0.1,
-    )
-    server = GatewayServer(settings).start()
-    upstream.reset()
-    try:
+    ) as server:
         with openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0) as client:
             old = client.responses.create(model="local-llama", input="old turn")
             time.sleep(1.5)
@@ -190,8 +187,6 @@ def test_a_purged_turn_leaves_the_context_of_later_turns(
             )
         sent = [message["content"] for message in upstream.last.body["messages"]]
         assert sent == ["later turn", "echo: later turn", "next"]
-    finally:
-        server.stop()
 
 
 # --- processes: CLI, serve, logs, tracing ------------------------------------------------------

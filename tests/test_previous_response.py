@@ -13,8 +13,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from app.config import Settings
-from tests.conftest import GatewayServer, Stack, models_yaml, run_sql
+from tests.conftest import Stack, gateway_on, run_sql
 from tests.fake_upstream import Reply
 from tests.wire import strict_items
 
@@ -292,15 +291,9 @@ def test_chains_are_right_whatever_the_context_cache_holds(
     interleaved through a gateway whose cache holds none, or only a few items (so entries are
     evicted, and contexts past the bound are never cached): every turn still sends its whole
     context upstream, loaded from the database where the cache has nothing."""
-    config = tmp_path / "models.yaml"
-    config.write_text(models_yaml(gw.upstream))
-    settings = Settings(
-        database_url=gw.database.url,
-        gateway_config=config,
-        gateway_context_cache_items=cache_items,
-    )
-    server = GatewayServer(settings).start()
-    try:
+    with gateway_on(
+        gw.database.url, gw.upstream, tmp_path, gateway_context_cache_items=cache_items
+    ) as server:
         with openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0) as client:
             last: dict[str, str | None] = {"a": None, "b": None}
             for turn in range(4):
@@ -318,8 +311,6 @@ def test_chains_are_right_whatever_the_context_cache_holds(
                         *expected,
                         f"{chain}{turn}",
                     ]
-    finally:
-        server.stop()
 
 
 def test_a_turn_deleted_during_a_generation_stays_out_of_later_turns(
