@@ -65,6 +65,12 @@ def _chat_part(part: dict[str, Any]) -> dict[str, Any]:
 def _chat_content(content: list[dict[str, Any]], *, text_only: bool) -> str | list[dict[str, Any]]:
     """Text-only content becomes one string: every local server accepts that, not all accept
     arrays. Anything with an image or a file stays an array of parts."""
+    if len(content) == 1:  # the common case, without the generators (a deep context
+        part = content[0]  # translates hundreds of these per request)
+        key = _TEXT_PARTS.get(part["type"])
+        if key is not None or text_only:
+            return part[key or "text"]  # type: ignore[no-any-return]
+        return [_chat_part(part)]
     if text_only or all(part["type"] in _TEXT_PARTS for part in content):
         return "\n".join(part[_TEXT_PARTS.get(part["type"], "text")] for part in content)
     return [_chat_part(part) for part in content]

@@ -133,8 +133,13 @@ def check_file_urls(items: list[dict[str, Any]], backend: Backend, model: str, n
         return
     first_new = len(items) - new
     for index, item in enumerate(items):
-        content = item.get("content") if item.get("type") == "message" else item.get("output")
-        for number, part in enumerate(content if isinstance(content, list) else ()):
+        # A message's `content` or a tool output's `output` (no other item has file parts).
+        content = item.get("content")
+        if content is None:
+            content = item.get("output")
+        if type(content) is not list:
+            continue
+        for number, part in enumerate(content):
             if part.get("type") != "input_file" or part.get("file_data") is not None:
                 continue
             where = "content" if item.get("type") == "message" else "output"
