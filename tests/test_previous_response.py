@@ -344,3 +344,26 @@ def test_a_turn_deleted_during_a_generation_stays_out_of_later_turns(
         "slow three",
         "four",
     ]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_previous_response_deleted_behind_the_cache_is_not_found(
+    gw: Stack, client: openai.OpenAI, stream: bool
+) -> None:
+    """A response removed where this gateway hears of it late (on another replica whose
+    notification has not arrived, or was lost; here a statement straight on the database) is
+    still in this gateway's context cache. A continuation is a 404
+    `previous_response_not_found` all the same, and stores nothing: a plain create checks
+    while the upstream answers, a stream before its first byte. The stale entry is dropped,
+    so the next try is a 404 from the database."""
+    first = client.responses.create(model="local-llama", input="one")
+    run_sql(gw.database, f"DELETE FROM responses WHERE id = '{first.id}'")
+    for _ in range(2):
+        with pytest.raises(openai.NotFoundError) as caught:
+            client.responses.create(
+                model="local-llama", input="two", previous_response_id=first.id, stream=stream
+            )
+        assert caught.value.body["code"] == "previous_response_not_found"  # type: ignore[index]
+        assert caught.value.body["param"] == "previous_response_id"  # type: ignore[index]
+    query = f"SELECT count(*) FROM responses WHERE previous_response_id = '{first.id}'"
+    assert run_sql(gw.database, query) == [(0,)]

@@ -40,6 +40,9 @@ class Context:
     entries: list[InputEntry]
     items: list[dict[str, Any]]  # what the backend sees: history + input, in order
     cache_epoch: int | None = None  # the context cache's, before any of this was read
+    # A `previous_response_id` whose history came from the context cache unchecked: that it
+    # still exists is checked while the upstream answers (`ResponsesService.create`).
+    unverified: str | None = None
 
 
 @dataclass(slots=True)

@@ -69,7 +69,11 @@ class ResponsesService:
         """Every check that can refuse the request, before any upstream call or any byte sent."""
         route = self._resolve(request.model)
         check_request(request, route.backend, route.config.hosted_tools)
-        context = await self._assemble(request, project)
+        # A plain create checks that a cached previous response still exists while the
+        # upstream answers, not before: one database round trip less on the path of every turn.
+        context = await self._assemble(
+            request, project, defer_check=not (request.stream or request.background)
+        )
         check_file_urls(
             context.items, route.backend, request.model, len(context.items) - len(context.history)
         )
@@ -124,19 +128,39 @@ class ResponsesService:
         if prepared.request.background:
             body, _ = await self._enqueue(prepared)
             return render_response(body, [])
+        check = self._check_previous(prepared)
         try:
             result = await prepared.route.backend.generate(prepared.generation)
         except UpstreamError as exc:
+            await _checked(check)
             if exc.status >= 500 and prepared.storing:
                 error = error_object("server_error", exc.message)
                 await self._insert(prepared, response_body(prepared, "failed", error=error), [])
                 exc.message += f" The response was stored as failed: {prepared.id}."
             raise
+        except BaseException:
+            _abandon(check)
+            raise
+        await _checked(check)
         body = response_body(
             prepared, result.status, result.usage, result.incomplete_reason, model=result.model
         )
         await self._insert(prepared, body, result.output)
         return render_response(body, result.output)
+
+    def _check_previous(self, prepared: Prepared) -> asyncio.Task[None] | None:
+        """The deferred check that a cached previous response still exists (a delete on
+        another replica clears this one's cache through a notification, which may not have
+        arrived yet), started alongside the upstream call."""
+        previous = prepared.context.unverified
+        if previous is None:
+            return None
+
+        async def check() -> None:
+            if not await self._store.exists(previous, prepared.project):
+                raise _previous_not_found(previous)
+
+        return asyncio.get_running_loop().create_task(check())
 
     async def stream(self, prepared: Prepared) -> AsyncGenerator[Event, None]:
         """The event stream of a create request. In the foreground the generation runs inside
@@ -231,18 +255,19 @@ class ResponsesService:
             )
         return route
 
-    async def _assemble(self, request: CreateResponseRequest, project: str) -> Context:
+    async def _assemble(
+        self, request: CreateResponseRequest, project: str, *, defer_check: bool = False
+    ) -> Context:
         epoch = self._store.cache_epoch()
         history: list[StoredItem] = []
-        if request.previous_response_id is not None:
-            loaded = await self._store.load_context(request.previous_response_id, project)
+        unverified: str | None = None
+        previous = request.previous_response_id
+        if previous is not None:
+            loaded = await self._store.load_context(previous, project, unverified=defer_check)
             if loaded is None:
-                raise NotFoundError(
-                    f"Previous response with id '{request.previous_response_id}' not found.",
-                    param="previous_response_id",
-                    code="previous_response_not_found",
-                )
-            history = loaded
+                raise _previous_not_found(previous)
+            history, cached = loaded
+            unverified = previous if cached else None
         conversation_id = conversation_id_of(request)
         if conversation_id is not None:
             turns = await self._conversations.context(conversation_id, project)
@@ -262,6 +287,7 @@ class ResponsesService:
             [entry.pk if isinstance(entry, StoredItem) else entry for entry in entries],
             items,
             epoch,
+            unverified,
         )
 
     # --- retrieve, delete, list, cancel, follow -------------------------------------------------
@@ -449,3 +475,28 @@ def _response_not_found(response_id: str) -> NotFoundError:
 
 def _user_message(text: str) -> ConcreteItem:
     return MessageItem(role="user", content=text)
+
+
+def _previous_not_found(response_id: str) -> NotFoundError:
+    return NotFoundError(
+        f"Previous response with id '{response_id}' not found.",
+        param="previous_response_id",
+        code="previous_response_not_found",
+    )
+
+
+async def _checked(check: asyncio.Task[None] | None) -> None:
+    """Wait for the deferred previous-response check: its 404 wins over whatever the upstream
+    answered, and nothing is stored."""
+    if check is not None:
+        await check
+
+
+def _abandon(check: asyncio.Task[None] | None) -> None:
+    if check is None:
+        return
+    if check.done():
+        if not check.cancelled():
+            check.exception()  # retrieved: the request's own failure is what is raised
+    else:
+        check.cancel()

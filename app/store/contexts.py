@@ -20,11 +20,12 @@ class ContextCache:
     """Recently stored or loaded contexts, so that the next turn of a chain — usually served by
     the process that stored the last one — neither queries nor decodes its history. Items never
     change once stored, so an entry stays right as long as its response exists (checked with one
-    primary-key lookup on every hit) and no earlier turn was deleted (a DELETE or retention
-    purge on any replica clears every replica's cache through the `rg_deletes` notification; one
-    missed while a LISTEN connection was down is seen here once the entry is evicted). Bounded
-    by the item references it holds (`max_items`; 0 turns it off), least recently used first
-    out; the item dicts themselves are shared by the entries of one chain."""
+    primary-key lookup on every hit, which a plain create runs while the upstream answers) and
+    no earlier turn was deleted (a DELETE or retention purge on any replica clears every
+    replica's cache through the `rg_deletes` notification; one missed while a LISTEN connection
+    was down is seen here once the entry is evicted). Bounded by the item references it holds
+    (`max_items`; 0 turns it off), least recently used first out; the item dicts themselves are
+    shared by the entries of one chain."""
 
     def __init__(self, max_items: int) -> None:
         self._entries: OrderedDict[str, tuple[str, list[StoredItem]]] = OrderedDict()
@@ -58,6 +59,11 @@ class ContextCache:
         while self._refs > self._max_refs:
             _, (_, evicted) = self._entries.popitem(last=False)
             self._refs -= len(evicted)
+
+    def discard(self, response_id: str) -> None:
+        entry = self._entries.pop(response_id, None)
+        if entry is not None:
+            self._refs -= len(entry[1])
 
     def clear(self) -> None:
         self._entries.clear()

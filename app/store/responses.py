@@ -203,14 +203,26 @@ class ResponseStore:
         lands meanwhile keeps what was read out of the cache."""
         return self._contexts.epoch
 
-    async def load_context(self, response_id: str, project: str) -> list[StoredItem] | None:
+    async def load_context(
+        self, response_id: str, project: str, *, unverified: bool = False
+    ) -> tuple[list[StoredItem], bool] | None:
         """The full ordered context a continuation of `response_id` starts from (its history,
         input and output), in two queries whatever the chain depth (one on PostgreSQL); None if
-        it does not exist."""
+        it does not exist. The flag says whether it came from the context cache without the
+        check that the response still exists, which `unverified` leaves to the caller (`exists`,
+        run while the upstream answers): a cache hit otherwise costs that round trip first."""
         epoch = self._contexts.epoch
         cached = self._contexts.get(response_id, project)
-        if cached is not None and await self._exists(response_id, project):
-            return cached
+        if cached is not None and unverified:
+            return cached, True
+        if cached is not None and await self.exists(response_id, project):
+            return cached, False
+        loaded = await self._load_context(response_id, project, epoch)
+        return None if loaded is None else (loaded, False)
+
+    async def _load_context(
+        self, response_id: str, project: str, epoch: int
+    ) -> list[StoredItem] | None:
         if self._postgres:
             loaded = await self._load_context_postgres(response_id, project)
             if loaded is not None:
@@ -235,6 +247,14 @@ class ResponseStore:
         loaded = [StoredItem(pk, data[pk]) for pk in pks if pk in data]
         self._contexts.put(response_id, project, list(loaded), epoch)
         return loaded
+
+    async def exists(self, response_id: str, project: str) -> bool:
+        """Whether the response is stored (a context cache entry of one that is not is
+        dropped)."""
+        found = await self._exists(response_id, project)
+        if not found:
+            self._contexts.discard(response_id)
+        return found
 
     async def _exists(self, response_id: str, project: str) -> bool:
         query = select(responses_table.c.id).where(
