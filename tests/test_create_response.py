@@ -470,3 +470,16 @@ def test_nul_in_ids_is_a_client_error(gw: Stack, client: openai.OpenAI) -> None:
         assert 400 <= raised.value.status_code < 500, raised.value.response.text
         assert set(raised.value.response.json()["error"]) == {"message", "type", "param", "code"}
     assert not gw.upstream.requests
+
+
+def test_a_string_input_is_stored_as_the_same_user_message_spelled_out() -> None:
+    """A plain-string `input` is stored as the user message it stands for (built directly, on
+    the hot path): the same item `canonical_item` makes of that message, fresh id aside."""
+    from app.core.items import canonical_item, user_text_item
+    from app.schemas.requests import MessageItem
+
+    text = "Say hi \u0000 \u2028 ünïcode"
+    direct, spelled = user_text_item(text), canonical_item(MessageItem(role="user", content=text))
+    assert direct["id"].startswith("msg_") and direct["id"] != spelled["id"]
+    assert list(direct) == list(spelled)
+    assert {**direct, "id": ""} == {**spelled, "id": ""}

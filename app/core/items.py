@@ -138,6 +138,18 @@ def canonical_item(item: ConcreteItem) -> dict[str, Any]:
     return data
 
 
+def user_text_item(text: str) -> dict[str, Any]:
+    """The stored form of a plain-string `input`: what `canonical_item` makes of a user
+    message with that text, without building and dumping the model (every such request)."""
+    return {
+        "type": "message",
+        "role": "user",
+        "content": [{"type": "input_text", "text": text}],
+        "id": new_item_id("message"),
+        "status": "completed",
+    }
+
+
 async def resolve_items(
     store: ResponseStore,
     items: list[ConcreteItem | ItemReference],

@@ -14,6 +14,7 @@ created and no admin key is configured, and only for loopback clients.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -73,6 +74,7 @@ def key_object(key: StoredKey, secret: str | None = None) -> dict[str, object]:
     return body
 
 
+@functools.lru_cache(maxsize=1024)  # asked on every request in open mode: parse each host once
 def is_loopback(host: str | None) -> bool:
     """A loopback address or name. None (a Unix socket) counts as local."""
     if host is None or host == "localhost":

@@ -24,7 +24,7 @@ from app.core.generation import (
     response_body,
     run_generation,
 )
-from app.core.items import check_unique_ids, resolve_items
+from app.core.items import check_unique_ids, resolve_items, user_text_item
 from app.core.requests import (
     check_context_source,
     check_file_urls,
@@ -34,7 +34,7 @@ from app.core.requests import (
 )
 from app.core.tokens import count_tokens, fit_generation
 from app.errors import BadRequestError, NotFoundError, UpstreamError
-from app.schemas.requests import ConcreteInput, ConcreteItem, CreateResponseRequest, MessageItem
+from app.schemas.requests import CreateResponseRequest
 from app.schemas.responses import error_object, list_object, render_response
 from app.store.contexts import StoredItem
 from app.store.conversations import ConversationStore
@@ -275,10 +275,13 @@ class ResponsesService:
                 raise conversation_not_found(conversation_id, "conversation")
             history = turns
         raw = request.input
-        parsed: list[ConcreteInput] = [_user_message(raw)] if isinstance(raw, str) else list(raw)
-        entries = await resolve_items(
-            self._store, parsed, project, reuse=request.store is not False, param="input"
-        )
+        entries: list[StoredItem | dict[str, Any]]
+        if isinstance(raw, str):
+            entries = [user_text_item(raw)]
+        else:
+            entries = await resolve_items(
+                self._store, list(raw), project, reuse=request.store is not False, param="input"
+            )
         check_unique_ids((entry.data["id"] for entry in history), entries, "input")
         items: list[dict[str, Any]] = [entry.data for entry in history]
         items += [entry.data if isinstance(entry, StoredItem) else entry for entry in entries]
@@ -471,10 +474,6 @@ def cancelled_body(body: dict[str, Any]) -> dict[str, Any]:
 
 def _response_not_found(response_id: str) -> NotFoundError:
     return NotFoundError(f"Response with id '{response_id}' not found.", param="response_id")
-
-
-def _user_message(text: str) -> ConcreteItem:
-    return MessageItem(role="user", content=text)
 
 
 def _previous_not_found(response_id: str) -> NotFoundError:
