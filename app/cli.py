@@ -265,9 +265,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    # httpx logs every upstream request at INFO: one formatted stderr line per request on the
-    # hot path (a tenth of the CPU of a request in the profile). Its warnings still show.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         return int(args.run(args))
     except ConfigError as exc:

@@ -204,6 +204,16 @@ models:
     base_url: http://user:pw@127.0.0.1:9/v1
     connect_timeout: 2
     max_retries: 0
+  - name: url-credentials
+    backend: chat_completions
+    base_url: http://us%20er:p%40ss@127.0.0.1:{upstream.port}/v1
+    max_retries: 0
+  - name: one-connection
+    backend: chat_completions
+    base_url: {upstream.base_url}
+    upstream_model: pool-of-one
+    max_connections: 1
+    max_retries: 0
   - name: tiny-window
     backend: chat_completions
     base_url: {upstream.base_url}

@@ -13,7 +13,7 @@ import json
 import re
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,9 @@ class Reply:
     malformed_after: int | None = None
     stall_after: int | None = None
     stall: float = 0.0
+    # Extra response headers (`Set-Cookie`, say), and a gzip-encoded body.
+    headers: dict[str, str] = field(default_factory=dict)
+    gzip: bool = False
 
 
 @dataclass
@@ -163,6 +166,10 @@ class FakeUpstream:
         self.disconnects: list[float] = []
         # Monotonic time at which the last streamed answer was completely written.
         self.finished_at: float | None = None
+        # Chat requests being answered now, and the most there ever were at once, per model
+        # asked for (a request an earlier test gave up on may still be in its handler).
+        self.in_flight: Counter[str] = Counter()
+        self.max_in_flight: Counter[str] = Counter()
         self._script: deque[Behaviour] = deque()
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
@@ -185,6 +192,7 @@ class FakeUpstream:
             self._script.clear()
             self.requests.clear()
             self.disconnects.clear()
+            self.max_in_flight.clear()
             self.tokenizer.reset()
 
     @property
@@ -227,6 +235,15 @@ class FakeUpstream:
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
+        model = str(body.get("model"))
+        self.in_flight[model] += 1
+        self.max_in_flight[model] = max(self.max_in_flight[model], self.in_flight[model])
+        try:
+            return await self._answer(request, body)
+        finally:
+            self.in_flight[model] -= 1
+
+    async def _answer(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
         self.requests.append(Recorded(request.path, dict(request.headers), body))
         behaviour = self._next() or Reply(content=f"echo: {_last_user_text(body['messages'])}")
         if isinstance(behaviour, Fail):
@@ -250,12 +267,19 @@ class FakeUpstream:
             await asyncio.sleep(behaviour.delay)
         if body.get("stream"):
             return await self._stream(request, body, behaviour)
-        return web.json_response(self._completion(body, behaviour))
+        response = web.json_response(self._completion(body, behaviour), headers=behaviour.headers)
+        if behaviour.gzip:
+            response.enable_compression(web.ContentCoding.gzip)
+        return response
 
     async def _stream(
         self, request: web.Request, body: dict[str, Any], reply: Reply
     ) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        response = web.StreamResponse(
+            headers={"content-type": "text/event-stream", **reply.headers}
+        )
+        if reply.gzip:
+            response.enable_compression(web.ContentCoding.gzip)
         await response.prepare(request)
         try:
             for number, chunk in enumerate(self._chunks(body, reply)):

@@ -363,6 +363,8 @@ def test_models_list(client: openai.OpenAI) -> None:
         "local-agent",
         "short-timeout",
         "unreachable",
+        "url-credentials",
+        "one-connection",
         "tiny-window",
         "echo",
     ]  # echo: built in

@@ -32,10 +32,8 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import AsyncGenerator
+from collections.abc import Mapping
 from typing import Any, Protocol
-
-import httpx
 
 from app.backends.base import Backend
 from app.backends.chat_completions import ChatCompletionsBackend
@@ -74,8 +72,9 @@ def challenge_claims(header: str) -> str | None:
         return None
 
 
-class EntraAuth(httpx.Auth):
-    """Bearer auth with a cached Entra ID token, fetched again once on an upstream 401."""
+class EntraAuth:
+    """Bearer auth with a cached Entra ID token, fetched again once on an upstream 401 (an
+    `UpstreamAuth`: the client sends the retry)."""
 
     def __init__(self, credential: TokenCredential, scope: str, where: str) -> None:
         self._credential = credential
@@ -114,22 +113,18 @@ class EntraAuth(httpx.Auth):
             self._retired.append(self._token)
         self._token, self._expires_on = access.token, float(access.expires_on)
 
-    async def async_auth_flow(
-        self, request: httpx.Request
-    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        token = await self.token()
-        request.headers["authorization"] = f"Bearer {token}"
-        response = yield request
-        if response.status_code != 401:
-            return
+    async def headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {await self.token()}"}
+
+    async def refresh_after_401(
+        self, sent: Mapping[str, str], challenge: str
+    ) -> dict[str, str] | None:
         # Expired before its `expires_on` (clock skew) or revoked: once more with a new token.
-        # httpx reads and closes the 401 before sending the retry; its body was bytes, so it
-        # is sent again as is.
-        claims = challenge_claims(response.headers.get("www-authenticate", ""))
-        fresh = await self.token(rejected=token, claims=claims)
-        if fresh != token:  # the same token again (a credential's own cache) would fail again
-            request.headers["authorization"] = f"Bearer {fresh}"
-            yield request
+        token = sent["authorization"].removeprefix("Bearer ")
+        fresh = await self.token(rejected=token, claims=challenge_claims(challenge))
+        if fresh == token:  # the same token again (a credential's own cache) would fail again
+            return None
+        return {"authorization": f"Bearer {fresh}"}
 
     def secrets(self) -> list[str]:
         return [self._token, *self._retired]
