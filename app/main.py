@@ -16,6 +16,7 @@ from app.api import health as health_routes
 from app.api import models as models_routes
 from app.api import responses as responses_routes
 from app.api.errors import install_error_handlers
+from app.api.fastpath import CreateFastPath, find_route
 from app.api.middleware import ObservabilityMiddleware
 from app.api.sse import OpenStreams
 from app.backends.registry import Registry
@@ -131,12 +132,15 @@ def create_app(settings: Settings, models: ModelsFile) -> FastAPI:
     app.state.log_prompts = settings.gateway_log_prompts
     app.state.metrics = metrics
     install_error_handlers(app)
-    app.add_middleware(ObservabilityMiddleware, metrics=metrics, tracer=tracer)
     app.include_router(responses_routes.router)
     app.include_router(models_routes.router)
     app.include_router(conversations_routes.router)
     app.include_router(admin_routes.router)
     app.include_router(health_routes.router)
+    # The last added is the outermost: the fast path runs inside the request id and access log.
+    create_route = find_route(responses_routes.router.routes, "POST", "/v1/responses")
+    app.add_middleware(CreateFastPath, route=create_route)
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics, tracer=tracer)
     return app
 
 

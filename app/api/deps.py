@@ -79,13 +79,13 @@ class CreateServices:
     usage: UsageMeter
 
 
-async def _create_services(request: Request) -> CreateServices:
+async def create_services(request: Request) -> CreateServices:
     state = request.state
     return CreateServices(await _principal(request), state.responses, state.limits, state.usage)
 
 
 Responses = Annotated[ResponsesService, Depends(_responses)]
-CreateDeps = Annotated[CreateServices, Depends(_create_services)]
+CreateDeps = Annotated[CreateServices, Depends(create_services)]
 Routes = Annotated[Registry, Depends(_registry)]
 Conversations = Annotated[ConversationsService, Depends(_conversations)]
 

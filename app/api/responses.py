@@ -11,6 +11,7 @@ from starlette.responses import Response
 from app.api.deps import (
     Caller,
     CreateDeps,
+    CreateServices,
     Responses,
     Usage,
     checked_include,
@@ -37,6 +38,13 @@ DROPPED_TOOLS_HEADER = "x-gateway-dropped-tools"
     },
 )
 async def create_response(request: Request, deps: CreateDeps) -> Response:
+    """Served by `app.api.fastpath` ahead of FastAPI; registered for the OpenAPI document and as
+    the way in the fast path passes on (a `root_path`)."""
+    return await create(request, deps)
+
+
+async def create(request: Request, deps: CreateServices) -> Response:
+    """`POST /v1/responses`, once the caller is known: admit, validate, prepare, answer."""
     caller, responses, usage = deps.caller, deps.responses, deps.usage
     request.state.ratelimit_headers = await deps.limits.admit(caller)
     create = await read_body(request, CreateResponseRequest)

@@ -1,0 +1,80 @@
+"""`POST /v1/responses` answered in plain ASGI, ahead of FastAPI's routing and dependency solving.
+
+This is the hot path, and a request through FastAPI pays for its whole stack (the exception and
+exit-stack middleware, a regex match over every route, the included router, the request handler
+and `solve_dependencies`) before `create_response` runs. Here the same steps run from the same
+functions (`create_services`, `responses.create`), errors go to the app's own exception
+handlers (the ones `app.api.errors` installs), and the response object is called as an ASGI app.
+Every other request, and this one under a `root_path`, goes to FastAPI unchanged; the route stays
+registered there, for the OpenAPI document and as the one other way in.
+
+Sits inside `ObservabilityMiddleware`, which reads `scope["route"]` for the route template: it
+is set to the FastAPI route this path stands in for.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.api.deps import create_services
+from app.api.responses import create
+
+_Handler = Any  # an exception handler as FastAPI stores it: (request, exc) -> Response
+
+
+def find_route(routes: list[Any], method: str, path: str) -> APIRoute:
+    return next(
+        route
+        for route in routes
+        if isinstance(route, APIRoute) and route.path == path and method in (route.methods or ())
+    )
+
+
+def exception_handler(handlers: dict[Any, _Handler], exc: Exception) -> _Handler | None:
+    """The handler FastAPI's `ExceptionMiddleware` would pick for `exc` (by status, then by
+    class); `Exception` itself is left out, as there: an unexpected error goes on to
+    `ServerErrorMiddleware` and its 500."""
+    if isinstance(exc, HTTPException) and exc.status_code in handlers:
+        return handlers[exc.status_code]
+    for cls in type(exc).__mro__:
+        if cls is Exception:
+            return None
+        if cls in handlers:
+            return handlers[cls]
+    return None
+
+
+class CreateFastPath:
+    def __init__(self, app: ASGIApp, route: APIRoute) -> None:
+        self.app = app
+        self.route = route
+        self.path = route.path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["path"] != self.path
+            or scope["method"] != "POST"
+            or scope.get("root_path")
+        ):
+            await self.app(scope, receive, send)
+            return
+        scope["route"] = self.route
+        scope["endpoint"] = self.route.endpoint
+        scope["path_params"] = {}
+        request = Request(scope, receive)
+        try:
+            reply = await create(request, await create_services(request))
+        except Exception as exc:
+            handler = exception_handler(request.app.exception_handlers, exc)
+            if handler is None:
+                raise
+            reply = await handler(request, exc)
+        # Both kinds of reply send their status line first, so what they raise comes after it,
+        # where FastAPI would not have handled it either.
+        await reply(scope, receive, send)
