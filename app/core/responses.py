@@ -277,12 +277,14 @@ class ResponsesService:
         raw = request.input
         entries: list[StoredItem | dict[str, Any]]
         if isinstance(raw, str):
+            # One item with an id made just now: nothing in the context can repeat it, so the
+            # context's ids (2,000 at chain depth 1000) need no scan.
             entries = [user_text_item(raw)]
         else:
             entries = await resolve_items(
                 self._store, list(raw), project, reuse=request.store is not False, param="input"
             )
-        check_unique_ids((entry.data["id"] for entry in history), entries, "input")
+            check_unique_ids((entry.data["id"] for entry in history), entries, "input")
         items: list[dict[str, Any]] = [entry.data for entry in history]
         items += [entry.data if isinstance(entry, StoredItem) else entry for entry in entries]
         return Context(
