@@ -162,6 +162,9 @@ class UpstreamClient:
         self._max_connections = config.max_connections
         self._timeout = client_timeout(config.timeout, config.connect_timeout)
         self._session: aiohttp.ClientSession | None = None
+        # Built now, not with the session: a bad SSL_CERT_FILE fails at start (and in
+        # `check-config`), not as a 500 on every request.
+        self._ssl = ssl_context()
 
     def _with_params(self, url: str) -> URL:
         return URL(url).update_query(self._params) if self._params else URL(url)
@@ -171,8 +174,10 @@ class UpstreamClient:
             connector = aiohttp.TCPConnector(
                 limit=self._max_connections,
                 limit_per_host=0,
-                keepalive_timeout=5.0,  # httpx's keep-alive expiry, as before
-                ssl=ssl_context(),
+                # Under uvicorn's (vLLM's) 5 s: a POST on a connection the server closes at
+                # that moment would fail, and aiohttp does not retry a POST.
+                keepalive_timeout=4.0,
+                ssl=self._ssl,
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,

@@ -138,6 +138,9 @@ class ResponsesService:
                 await self._insert(prepared, response_body(prepared, "failed", error=error), [])
                 exc.message += f" The response was stored as failed: {prepared.id}."
             raise
+        except Exception:
+            await _checked(check)  # a 404 for the previous response wins over other failures
+            raise
         except BaseException:
             _abandon(check)
             raise
