@@ -129,11 +129,9 @@ class EventStream(Response):
         self._send_timeout = send_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send(
-            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
-        )
         writer = _Writer(self._events, self._keepalive, self._streams, self._send_timeout)
-        await writer.run(receive, send)
+        start = {"type": "http.response.start", "status": self.status_code}
+        await writer.run(receive, send, {**start, "headers": self.raw_headers})
         if self.background is not None:
             await self.background()
 
@@ -209,14 +207,21 @@ class _Writer:
         await send(message)
         self.sending_since = None
 
-    async def run(self, receive: Receive, send: Send) -> None:
+    async def run(self, receive: Receive, send: Send, start: Message) -> None:
         self.writer = asyncio.current_task()
         producer = self.loop.create_task(self.produce())
-        listener = self.loop.create_task(self.listen(receive))
+        listener: asyncio.Task[None] | None = None
         self.timer = self.loop.call_later(self.keepalive, self.tick)
-        if self.streams is not None:
-            self.streams.add(self.leave)
         try:
+            if self.streams is None or not self.streams.exiting:
+                # The producer goes first, up to its first wait: a generation's is the upstream
+                # call, which is then on its way while the head and the opening events are
+                # written here, instead of after them.
+                await asyncio.sleep(0)
+            await send(start)
+            listener = self.loop.create_task(self.listen(receive))
+            if self.streams is not None:
+                self.streams.add(self.leave)
             await self._write(send)
         except asyncio.CancelledError:
             if not self.timed_out:
@@ -228,7 +233,8 @@ class _Writer:
             self.timer.cancel()
             if self.streams is not None:
                 self.streams.discard(self.leave)
-            listener.cancel()
+            if listener is not None:
+                listener.cancel()
             if not producer.done():
                 producer.cancel()
             # The producer's cleanup (closing the upstream, storing the partial response) runs
@@ -243,8 +249,9 @@ class _Writer:
             # already exiting) never entered `aclosing(self.events)`. Closing an unstarted or a
             # closed generator runs none of its code.
             await self.events.aclose()
-            with suppress(asyncio.CancelledError):
-                await listener
+            if listener is not None:
+                with suppress(asyncio.CancelledError):
+                    await listener
             if interrupted:
                 raise asyncio.CancelledError
 
@@ -263,9 +270,14 @@ class _Writer:
                 batch = b"".join(pending) if len(pending) > 1 else pending[0]
                 pending.clear()
                 self.drained.set()
+                # The producer has ended (its last frames are in this batch): the batch ends the
+                # body too, one write instead of two.
+                last = self.ended and self.failure is None
                 await self.send(
-                    send, {"type": "http.response.body", "body": batch, "more_body": True}
+                    send, {"type": "http.response.body", "body": batch, "more_body": not last}
                 )
+                if last:
+                    return
             elif self.ended:
                 if self.failure is not None:
                     raise self.failure

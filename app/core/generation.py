@@ -8,6 +8,7 @@ its job under its lease.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, Sequence
@@ -173,9 +174,16 @@ async def run_generation(
         yield event
     deltas = prepared.route.backend.stream(prepared.generation)
     try:
+        first = True
         async for delta in deltas:
             for event in ladder.feed(delta):
                 yield event
+            if first:
+                # The first output goes to the client now, ahead of the rest of what the same
+                # upstream read brought (a whole short answer, often): time to first token is
+                # the time to this delta, not to the end of the read.
+                first = False
+                await asyncio.sleep(0)
         finish = ladder.finish or Finish()
         status = "incomplete" if finish.incomplete_reason else "completed"
         for event in ladder.close_all(status):

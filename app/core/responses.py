@@ -179,10 +179,11 @@ class ResponsesService:
             _, events = await self._enqueue(prepared)
             return self._background_stream(prepared, events)
         ladder = EventLadder()
-        body = response_body(prepared, "in_progress")
+        # Both opening events carry the same in-progress Response: rendered once.
+        opened = render_response(response_body(prepared, "in_progress"), [])
         opening = [
-            ladder.event("response.created", response=render_response(body, [])),
-            ladder.event("response.in_progress", response=render_response(body, [])),
+            ladder.event("response.created", response=opened),
+            ladder.event("response.in_progress", response=opened),
         ]
         return run_generation(prepared, ladder, _ForegroundSink(self, prepared), opening)
 
