@@ -27,6 +27,8 @@ from app.config import (
 )
 from app.errors import GatewayError
 
+GC_YOUNG_THRESHOLD = 20_000
+
 
 def _settings(args: argparse.Namespace) -> Settings:
     overrides = {
@@ -125,6 +127,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # objects, a 70-120 ms pause on this class of machine, which is the p99 of a loaded server.
     gc.collect()
     gc.freeze()
+    # A request allocates a few thousand containers, nearly all freed by reference counting
+    # when it ends; at the default threshold (700) the young-generation collector still ran
+    # several times per request, traversing what was in flight: 4% of the instructions of a
+    # request. Cycles are collected every GC_YOUNG_THRESHOLD allocations instead.
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
     uvicorn.run(
         app,
         host=settings.gateway_host,

@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from app.api.sse import MAX_PENDING_FRAMES, OpenStreams, SendTimeoutError, event_stream
-from app.backends.upstream import sse_lines
+from app.backends.upstream import sse_data
 from tests.conftest import Stack
 from tests.fake_upstream import Reply, tool_call
 from tests.wire import SSEStream, parse_sse, stream_raw, strict_stream
@@ -400,20 +400,23 @@ def test_stream_options_include_obfuscation_is_accepted(
     assert gw.upstream.last.body["stream_options"] == {"include_usage": True}
 
 
-def test_upstream_sse_lines_split_only_on_line_ends() -> None:
-    async def lines(*chunks: bytes) -> list[str]:
+def test_upstream_sse_data_split_only_on_line_ends() -> None:
+    async def payloads(*chunks: bytes) -> list[str]:
         async def source() -> AsyncIterator[bytes]:
             for chunk in chunks:
                 yield chunk
 
-        return [line async for line in sse_lines(source())]
+        return [data async for data in sse_data(source())]
 
-    text = 'data: {"t":"a\u2028b"}'.encode()  # U+2028 raw inside a JSON string
-    assert asyncio.run(lines(text + b"\n\n")) == [text.decode(), ""]
-    # A multi-byte character and a CRLF cut across chunks; CR alone; no final line end.
+    text = '{"t":"a\u2028b"}'  # U+2028 raw inside a JSON string
+    assert asyncio.run(payloads(f"data: {text}\n\n".encode())) == [text]
+    # A multi-byte character and a CRLF cut across chunks; CR alone; no final line end; the
+    # `event:` lines, comments and blank lines between them are not data.
     euro = "data: €".encode()
-    got = asyncio.run(lines(euro[:-1], euro[-1:] + b"\r", b"\ndata: x\rdata: y"))
-    assert [line for line in got if line] == ["data: €", "data: x", "data: y"]
+    got = asyncio.run(
+        payloads(euro[:-1], euro[-1:] + b"\r", b"\nevent: e\n: ping\n\ndata:x\rdata: y")
+    )
+    assert got == ["€", "x", "y"]
 
 
 def test_open_streams_end_when_the_server_starts_exiting() -> None:

@@ -154,6 +154,7 @@ class _Writer:
         self.loop = asyncio.get_running_loop()
         self.pending: list[bytes] = []
         self.wake = asyncio.Event()  # frames are pending, a ping is due, or the stream ended
+        self.asleep = False  # the writer waits for `wake`
         self.drained = asyncio.Event()  # the writer took the pending frames
         self.ended = False
         self.gone = False  # the client disconnected (or the server is shutting down)
@@ -167,11 +168,14 @@ class _Writer:
 
     async def produce(self) -> None:
         try:
+            pending = self.pending
             async with aclosing(self.events):
                 async for event in self.events:
-                    self.pending.append(frame(event))
-                    self.wake.set()
-                    if len(self.pending) >= MAX_PENDING_FRAMES:
+                    pending.append(frame(event))
+                    if self.asleep:  # once per burst, not once per event
+                        self.asleep = False
+                        self.wake.set()
+                    if len(pending) >= MAX_PENDING_FRAMES:
                         self.drained.clear()
                         await self.drained.wait()
         except Exception as exc:  # raised to the writer, as if it had iterated `events` itself
@@ -293,7 +297,9 @@ class _Writer:
             else:
                 # Checked and cleared with no await in between: no wake-up can be lost.
                 self.wake.clear()
+                self.asleep = True
                 await self.wake.wait()
+                self.asleep = False
 
 
 def event_stream(

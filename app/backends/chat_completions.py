@@ -289,7 +289,8 @@ def chunk_deltas(
     """One `chat.completion.chunk` → its deltas, its finish reason and its usage (if any)."""
     if not isinstance(chunk, dict):
         raise ValueError("a stream chunk is not a JSON object")
-    usage = _usage(chunk.get("usage"))
+    raw_usage = chunk.get("usage")
+    usage = _usage(raw_usage) if raw_usage else None
     choices = chunk.get("choices") or []
     if not choices:
         return [], None, usage
@@ -300,7 +301,8 @@ def chunk_deltas(
     if isinstance(reasoning, str) and reasoning:
         deltas.append(ReasoningDelta(reasoning))
     if delta.get("content"):
-        deltas.append(TextDelta(delta["content"], responses_logprobs(choice)))
+        logprobs = responses_logprobs(choice) if choice.get("logprobs") else []
+        deltas.append(TextDelta(delta["content"], logprobs))
     if delta.get("refusal"):
         deltas.append(RefusalDelta(delta["refusal"]))
     for call in delta.get("tool_calls") or ():
@@ -352,11 +354,8 @@ class ChatCompletionsBackend(Backend):
         finish_reason: str | None = None
         usage: Usage | None = None
         tools = ChatTools(request.tools)
-        async with self._upstream.stream_lines(to_chat_body(request, stream=True)) as lines:
-            async for line in lines:
-                if not line.startswith("data:"):
-                    continue  # blank separators, comments, `event:` lines
-                data = line[5:].strip()
+        async with self._upstream.stream_data(to_chat_body(request, stream=True)) as payloads:
+            async for data in payloads:
                 if data == "[DONE]":
                     break
                 deltas, reason, chunk_usage = self._parse_chunk(data, tools)

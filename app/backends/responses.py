@@ -244,11 +244,11 @@ class ResponsesBackend(Backend):
             raise self._upstream.malformed(f"a malformed answer: {exc}") from exc
 
     async def stream(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
-        async with self._upstream.stream_lines(self._body(request, stream=True)) as lines:
-            async for line in lines:
-                if not line.startswith("data:") or line[5:].strip() == "[DONE]":
-                    continue  # `event:` lines repeat the data's type; blank lines separate
-                event = self._parse_event(line[5:].strip())
+        async with self._upstream.stream_data(self._body(request, stream=True)) as payloads:
+            async for data in payloads:
+                if data == "[DONE]":
+                    continue
+                event = self._parse_event(data)
                 kind = event["type"] = _OPENAI_EVENT_NAMES.get(event["type"], event["type"])
                 if kind in _SKIPPED:
                     continue

@@ -165,10 +165,14 @@ class RoutedBackend(Backend):
                     failure = self._next(index, exc)
                     continue
                 # From here on output exists: faults propagate, never retried or re-routed.
-                answered = target.name if index else None
-                yield _mark(first, answered)
+                if not index:  # the first model answers: its deltas pass as they are
+                    yield first
+                    async for delta in deltas:
+                        yield delta
+                    return
+                yield _mark(first, target.name)
                 async for delta in deltas:
-                    yield _mark(delta, answered)
+                    yield _mark(delta, target.name)
                 return
         assert failure is not None
         raise failure
@@ -188,7 +192,7 @@ class RoutedBackend(Backend):
         """Nothing of its own: the registry closes the backends it shares between routes."""
 
 
-def _mark(delta: Delta, answered: str | None) -> Delta:
-    if answered is not None and isinstance(delta, Finish):
+def _mark(delta: Delta, answered: str) -> Delta:
+    if isinstance(delta, Finish):
         return replace(delta, model=answered)
     return delta

@@ -70,12 +70,13 @@ def retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-async def sse_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
-    """The lines of an SSE body, from its (decompressed) chunks. One generator instead of
-    httpx's `aiter_text` + `aiter_lines` (two more per chunk). SSE ends a line with LF, CR or
-    CRLF and nothing else: unlike `str.splitlines` (what `aiter_lines` follows), a U+2028 inside
-    a JSON string does not cut its line in two. A CRLF split across two chunks yields one extra
-    blank line, which SSE readers skip anyway."""
+async def sse_data(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
+    """The payloads of the `data:` lines of an SSE body (stripped), from its (decompressed)
+    chunks: all our backends read, since `event:` lines repeat the data's type and blank lines
+    only separate events. One generator instead of httpx's `aiter_text` + `aiter_lines` (two
+    more per chunk), and one step per payload rather than per line. SSE ends a line with LF, CR
+    or CRLF and nothing else: unlike `str.splitlines` (what `aiter_lines` follows), a U+2028
+    inside a JSON string does not cut its line in two."""
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
     rest = ""
     async for chunk in chunks:
@@ -84,10 +85,11 @@ async def sse_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
             text = text.replace("\r\n", "\n").replace("\r", "\n")
         *lines, rest = text.split("\n")
         for line in lines:
-            yield line
+            if line.startswith("data:"):
+                yield line[5:].strip()
     rest += decoder.decode(b"", final=True)
-    if rest:
-        yield rest
+    if rest.startswith("data:"):
+        yield rest[5:].strip()
 
 
 class UpstreamAuth(Protocol):
@@ -282,10 +284,11 @@ class UpstreamClient:
             raise self.malformed(f"a malformed answer: {exc}") from exc
 
     @asynccontextmanager
-    async def stream_lines(self, payload: dict[str, Any]) -> AsyncIterator[AsyncIterator[str]]:
-        """The answer's lines, for SSE. Transport faults while reading are mapped too; leaving
-        the block early (a break, an error, a cancelled task) closes the upstream connection at
-        once, which is how the upstream learns that nobody reads any more."""
+    async def stream_data(self, payload: dict[str, Any]) -> AsyncIterator[AsyncIterator[str]]:
+        """The answer's SSE `data:` payloads (`sse_data`). Transport faults while reading are
+        mapped too; leaving the block early (a break, an error, a cancelled task) closes the
+        upstream connection at once, which is how the upstream learns that nobody reads any
+        more."""
         try:
             response = await self._send(orjson.dumps(payload), self._target, self._timeout)
         except (TimeoutError, aiohttp.ClientError) as exc:
@@ -298,7 +301,7 @@ class UpstreamClient:
                     raise self.transport_error(exc) from exc
                 raise self.status_error(response, body)
             try:
-                yield sse_lines(response.content.iter_any())
+                yield sse_data(response.content.iter_any())
             except aiohttp.ClientError as exc:  # raised while the caller read the lines
                 raise self.transport_error(exc) from exc
         except BaseException:

@@ -224,17 +224,23 @@ class EventLadder:
             if target.parts:
                 self._close_part(target, events)
             self._add_part(target, kind, events)
-        target.parts[-1].chunks.append(text)
-        target.parts[-1].logprobs.extend(logprobs or ())
-        where = {
+        part = target.parts[-1]
+        part.chunks.append(text)
+        if logprobs:
+            part.logprobs.extend(logprobs)
+        # Built in place (the hottest event): `event(...)` would build it twice.
+        event = {
+            "type": _DELTA_EVENT[kind],
+            "sequence_number": self.sequence,
             "item_id": target.id,
             "output_index": target.index,
             "content_index": len(target.parts) - 1,
             "delta": text,
         }
+        self.sequence += 1
         if kind == "output_text":
-            where["logprobs"] = logprobs or []
-        events.append(self.event(_DELTA_EVENT[kind], **where))
+            event["logprobs"] = logprobs or []
+        events.append(event)
 
     def _tool_call(self, delta: ToolCallDelta, events: list[Event]) -> None:
         call = self._calls.get(delta.index)

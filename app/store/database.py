@@ -16,7 +16,7 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from typing import Any
 
 import asyncpg
@@ -115,8 +115,7 @@ class Database:
         for channel, payload in tx.pending if tx is not None else ():
             self._dispatch(channel, payload)
 
-    @asynccontextmanager
-    async def driver(self) -> AsyncIterator[asyncpg.Connection]:
+    def driver(self) -> AbstractAsyncContextManager[asyncpg.Connection]:
         """An asyncpg connection outside any transaction (PostgreSQL only). Each statement on
         it commits when it returns, in one round trip: no BEGIN, no COMMIT, no SQLAlchemy
         compile or row processing. For the hot paths that are a single statement (a create, a
@@ -125,12 +124,12 @@ class Database:
         They come from a pool of plain asyncpg connections (opened by `start`): checking a
         connection out of SQLAlchemy's pool and back costs more CPU than the statement."""
         if self._pool is not None:
-            try:
-                async with self._pool.acquire() as connection:
-                    yield connection
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-                raise storage_error(exc) from exc
-            return
+            return _Pooled(self._pool)
+        return self._engine_driver()
+
+    @asynccontextmanager
+    async def _engine_driver(self) -> AsyncIterator[asyncpg.Connection]:
+        """`driver` before `start` (or without a LISTEN URL): SQLAlchemy's pool."""
         try:
             async with self.engine.connect() as connection:
                 raw = await connection.get_raw_connection()
@@ -198,6 +197,37 @@ class Database:
                 await self._supervisor
         if self._connection is not None and not self._connection.is_closed():
             await self._connection.close()
+
+
+class _Pooled:
+    """`async with pool.acquire()` with driver errors as ours. A class rather than an
+    `asynccontextmanager`: it is on every hot path, and a generator-based one costs a
+    generator, its first-iteration hook and two more frames per use."""
+
+    __slots__ = ("_connection", "_pool")
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._connection: Any = None
+
+    async def __aenter__(self) -> asyncpg.Connection:
+        try:
+            self._connection = await self._pool.acquire()
+        except _DRIVER_ERRORS as exc:
+            raise storage_error(exc) from exc
+        return self._connection
+
+    async def __aexit__(self, kind: Any, exc: BaseException | None, traceback: Any) -> None:
+        try:
+            await self._pool.release(self._connection)
+        except _DRIVER_ERRORS as failure:
+            if exc is None:
+                raise storage_error(failure) from failure
+        if isinstance(exc, _DRIVER_ERRORS):
+            raise storage_error(exc) from exc
+
+
+_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 
 
 async def _keep_session(_connection: asyncpg.Connection) -> None:
