@@ -37,6 +37,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def parent_pid(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])  # after "pid (comm) state"
+
+
 class Replica:
     """One `responses-gateway serve` process."""
 
@@ -131,13 +139,15 @@ class Cluster:
         return asyncio.run(fetch())
 
     def runner_of(self, response_id: str, timeout: float = 10) -> Replica:
-        """The replica whose worker holds the job's lease."""
+        """The replica whose worker (its own loop, or on PostgreSQL its child worker process)
+        holds the job's lease."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             job = self.job(response_id)
             if job is not None and job["lease_owner"]:
                 pid = int(job["lease_owner"].split(":")[1])
-                return next(r for r in self.replicas() if r.alive() and r.pid == pid)
+                pids = {pid, parent_pid(pid)}
+                return next(r for r in self.replicas() if r.alive() and r.pid in pids)
             time.sleep(0.02)
         raise AssertionError(f"no worker claimed {response_id}")
 
