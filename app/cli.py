@@ -175,8 +175,13 @@ async def run_worker(
     log = logging.getLogger("app")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    if parent_pid is None:
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+    else:
+        # Ctrl-C reaches the whole process group; the worker of a `serve` stops when its
+        # parent says so (after the HTTP side), not as well, or the parent would restart it.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     watch = None
     if parent_pid is not None and sys.platform != "linux":
         watch = asyncio.create_task(watch_parent(parent_pid))
@@ -186,7 +191,10 @@ async def run_worker(
             "(GATEWAY_JOB_POLL_SECONDS, lease renewals)"
         )
     # The usage meter's numbers stay in this process: it serves no /metrics.
-    async with open_services(settings, models, Metrics(), run_jobs=True) as services:
+    services_of = open_services(
+        settings, models, Metrics(), run_jobs=True, announce=parent_pid is None
+    )
+    async with services_of as services:
         assert services.runner is not None
         log.info(
             "worker %s runs up to %d background jobs at once",

@@ -82,11 +82,17 @@ class Services:
 
 @asynccontextmanager
 async def open_services(
-    settings: Settings, models: ModelsFile, metrics: Metrics, *, run_jobs: bool
+    settings: Settings,
+    models: ModelsFile,
+    metrics: Metrics,
+    *,
+    run_jobs: bool,
+    announce: bool = True,
 ) -> AsyncIterator[Services]:
     """The database (at head, with its notifications), the backends, the usage meter and, if
     `run_jobs` and the concurrency allows, the background runner. Opened in order and closed
-    in reverse, so the runner's shutdown grace still has the database and backends."""
+    in reverse, so the runner's shutdown grace still has the database and backends.
+    `announce` logs the routing table and the quick-start warnings."""
     async with AsyncExitStack() as stack:
         engine = create_engine(settings.database_url, settings.gateway_db_pool_size)
         stack.push_async_callback(engine.dispose)
@@ -100,9 +106,10 @@ async def open_services(
         stack.push_async_callback(database.stop)
         registry = Registry(models)
         stack.push_async_callback(registry.aclose)
-        log_routes(models)
-        for warning in quick_start_warnings(settings):
-            log.warning("%s", warning)
+        if announce:  # the child worker of a `serve` leaves this to its parent
+            log_routes(models)
+            for warning in quick_start_warnings(settings):
+                log.warning("%s", warning)
         limits = RateLimiter(database)
         usage = UsageMeter(database, limits, metrics, settings.gateway_usage_flush_seconds)
         await usage.start()

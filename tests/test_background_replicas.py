@@ -48,8 +48,11 @@ def parent_pid(pid: int) -> int | None:
 class Replica:
     """One `responses-gateway serve` process."""
 
-    def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
+    def __init__(
+        self, name: str, env: dict[str, str], log_dir: Path, new_session: bool = False
+    ) -> None:
         self.name = name
+        self.new_session = new_session  # a process group of its own, as a terminal's job
         self.env = env
         self.log = log_dir / f"{name}.log"
         self.port = 0
@@ -72,6 +75,7 @@ class Replica:
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                start_new_session=self.new_session,
             )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -145,6 +145,21 @@ def test_sigterm_to_serve_stops_the_worker_too(serve: Callable[..., Replica]) ->
     eventually(lambda: state(child) is None, what="the worker to exit")
 
 
+def test_ctrl_c_stops_serve_and_its_worker_without_a_restart(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    replica = Replica("ctrl-c", env, tmp_path, new_session=True).start()
+    try:
+        child = only_child(replica)
+        os.killpg(replica.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the group
+        assert replica.process is not None
+        assert replica.process.wait(15) in (0, -signal.SIGINT)
+        eventually(lambda: state(child) is None, what="the worker to exit")
+        assert "died" not in replica.log.read_text()  # stopped by its parent, not restarted
+    finally:
+        replica.stop()
+
+
 def test_kill_9_of_serve_leaves_no_orphan(serve: Callable[..., Replica]) -> None:
     replica = serve()
     child = only_child(replica)
