@@ -217,3 +217,21 @@ def test_worker_process_setting() -> None:
     assert Settings(gateway_worker_process="false").gateway_worker_process == "inline"
     with pytest.raises(ValidationError, match="auto"):
         Settings(gateway_worker_process="sometimes")
+
+
+def test_the_child_gets_exactly_the_parents_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    parent = Settings(
+        database_url="postgresql://u@h/db",
+        gateway_config=Path("/etc/models.yaml"),
+        gateway_admin_key="admin-secret",
+        gateway_log_prompts=True,
+        gateway_worker_concurrency=3,
+        gateway_job_lease_seconds=2.5,
+        openai_api_key=None,
+    )
+    # What the parent's environment says otherwise must not win over its settings.
+    monkeypatch.setenv("GATEWAY_WORKER_CONCURRENCY", "99")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-the-environment")
+    for name, value in parent.as_environment().items():
+        monkeypatch.setenv(name, value)
+    assert Settings() == parent
