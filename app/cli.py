@@ -1,5 +1,5 @@
-"""`responses-gateway serve | migrate | check-config | keys | usage`. Flags override the
-environment."""
+"""`responses-gateway serve | worker | migrate | check-config | keys | usage`. Flags override
+the environment."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
+import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -147,6 +149,74 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from app.logs import configure_logging
+    from app.worker import lower_priority, tie_to_parent
+
+    if args.parent_pid is not None:
+        tie_to_parent(args.parent_pid)
+    lower_priority(args.nice)
+    settings = _settings(args)
+    configure_logging(settings.gateway_log_level, settings.gateway_log_format)
+    if settings.gateway_worker_concurrency == 0:
+        print("responses-gateway: GATEWAY_WORKER_CONCURRENCY is 0: nothing to run", file=sys.stderr)
+        return 2
+    models = _models(settings)
+    gc.collect()  # as in `serve`: keep full collections off the import-time objects
+    gc.freeze()
+    uvloop.run(run_worker(settings, models, args.parent_pid, args.ready_fd))
+    return 0
+
+
+async def run_worker(
+    settings: Settings, models: ModelsFile, parent_pid: int | None, ready_fd: int | None
+) -> None:
+    """The background side of a gateway, no HTTP: until SIGTERM or SIGINT, then the runner's
+    shutdown (stop claiming, let running jobs finish within the grace, release the rest)."""
+    from app.main import open_services
+    from app.metrics import Metrics
+    from app.worker import watch_parent
+
+    log = logging.getLogger("app")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    if parent_pid is None:
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+    else:
+        # Ctrl-C reaches the whole process group; the worker of a `serve` stops when its
+        # parent says so (after the HTTP side), not as well, or the parent would restart it.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    watch = None
+    if parent_pid is not None and sys.platform != "linux":
+        watch = asyncio.create_task(watch_parent(parent_pid))
+    if not settings.database_url.startswith("postgresql"):
+        log.warning(
+            "worker on SQLite: jobs and cancels from other processes are seen only by polling "
+            "(GATEWAY_JOB_POLL_SECONDS, lease renewals)"
+        )
+    # The usage meter's numbers stay in this process: it serves no /metrics.
+    services_of = open_services(
+        settings, models, Metrics(), run_jobs=True, announce=parent_pid is None
+    )
+    async with services_of as services:
+        assert services.runner is not None
+        log.info(
+            "worker %s runs up to %d background jobs at once",
+            services.runner.owner,
+            settings.gateway_worker_concurrency,
+        )
+        if ready_fd is not None:
+            os.write(ready_fd, b"ready\n")
+            os.close(ready_fd)
+        await stop.wait()
+        log.info("worker stopping")
+    if watch is not None:
+        watch.cancel()
+
+
 def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
     cells = [[("-" if row[c] is None else str(row[c])) for c in columns] for row in rows]
     widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
@@ -228,6 +298,24 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help="models file (GATEWAY_CONFIG)")
     serve.add_argument("--database-url", help="database (DATABASE_URL)")
     serve.set_defaults(run=cmd_serve)
+
+    worker = commands.add_parser(
+        "worker", help="run background jobs only (no HTTP), e.g. as a separately scaled service"
+    )
+    worker.add_argument("--config", type=Path, help="models file (GATEWAY_CONFIG)")
+    worker.add_argument("--database-url", help="database (DATABASE_URL)")
+    worker.add_argument(
+        "--nice", type=int, default=0, help="run at this niceness (lower CPU priority), 0-19"
+    )
+    worker.add_argument(
+        "--parent-pid",
+        type=int,
+        help="die with this process (what `serve` passes to the worker it starts)",
+    )
+    worker.add_argument(
+        "--ready-fd", type=int, help="write a line to this descriptor once running (for `serve`)"
+    )
+    worker.set_defaults(run=cmd_worker)
 
     migrate = commands.add_parser("migrate", help="bring the database schema up to date")
     migrate.add_argument("--database-url", help="database (DATABASE_URL)")

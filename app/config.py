@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     gateway_shutdown_grace_seconds: float = Field(default=30.0, ge=0)
     gateway_event_retention_seconds: float = Field(default=3600.0, ge=0)
     gateway_job_poll_seconds: float = Field(default=1.0, gt=0)
+    # Where `serve` runs those jobs: `process`, a child `responses-gateway worker` at a lower CPU
+    # priority (HTTP requests preempt job execution on a shared core); `inline`, in the HTTP
+    # process's event loop; `auto`, process on PostgreSQL and inline on SQLite (whose
+    # notifications are in-process only, and whose writes lock across processes).
+    gateway_worker_process: Literal["auto", "process", "inline"] = "auto"
     # The built-in `echo` backend is routable under this name (a testing aid, no network);
     # an empty value switches it off. A model of the same name in the models file wins.
     gateway_echo_model: str = "echo"
@@ -110,6 +115,42 @@ class Settings(BaseSettings):
     @classmethod
     def treat_empty_as_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("gateway_worker_process", mode="before")
+    @classmethod
+    def accept_boolean_worker_process(cls, value: object) -> object:
+        if isinstance(value, bool):
+            return "process" if value else "inline"
+        if isinstance(value, str):
+            words = {"true": "process", "1": "process", "false": "inline", "0": "inline"}
+            return words.get(value.strip().lower(), value.strip().lower())
+        return value
+
+    @property
+    def worker_in_child(self) -> bool:
+        """Whether `serve` runs background jobs in a child worker process (not in its loop)."""
+        if self.gateway_worker_concurrency == 0 or self.gateway_worker_process == "inline":
+            return False
+        return self.gateway_worker_process == "process" or self.database_url.startswith(
+            "postgresql"
+        )
+
+    def as_environment(self) -> dict[str, str]:
+        """These settings as the environment variables that reproduce them in a child process
+        (secrets included: the child is ours; an unset value is written empty, which every
+        optional field reads as unset, so the parent's own environment cannot override it)."""
+        env: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            if value is None:
+                env[name.upper()] = ""
+            elif isinstance(value, bool):
+                env[name.upper()] = "true" if value else "false"
+            else:
+                env[name.upper()] = str(value)
+        return env
 
     @field_validator("database_url")
     @classmethod

@@ -6,6 +6,7 @@ import inspect
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI
@@ -32,6 +33,7 @@ from app.logs import configure_logging
 from app.metrics import Metrics
 from app.store.database import Database, asyncpg_url
 from app.store.engine import create_engine, current_revision, head_revision
+from app.worker import WorkerProcess
 
 log = logging.getLogger("app")
 
@@ -78,6 +80,59 @@ def worker_settings(settings: Settings) -> WorkerSettings:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What the HTTP app and the `worker` command share, open for as long as the process runs."""
+
+    database: Database
+    registry: Registry
+    limits: RateLimiter
+    usage: UsageMeter
+    runner: BackgroundRunner | None
+
+
+@asynccontextmanager
+async def open_services(
+    settings: Settings,
+    models: ModelsFile,
+    metrics: Metrics,
+    *,
+    run_jobs: bool,
+    announce: bool = True,
+) -> AsyncIterator[Services]:
+    """The database (at head, with its notifications), the backends, the usage meter and, if
+    `run_jobs` and the concurrency allows, the background runner. Opened in order and closed
+    in reverse, so the runner's shutdown grace still has the database and backends.
+    `announce` logs the routing table and the quick-start warnings."""
+    async with AsyncExitStack() as stack:
+        engine = create_engine(settings.database_url, settings.gateway_db_pool_size)
+        stack.push_async_callback(engine.dispose)
+        await require_head(engine)
+        database = Database(
+            engine,
+            listen_url=asyncpg_url(settings.database_url),
+            context_cache_items=settings.gateway_context_cache_items,
+        )
+        await database.start()
+        stack.push_async_callback(database.stop)
+        registry = Registry(models)
+        stack.push_async_callback(registry.aclose)
+        if announce:  # the child worker of a `serve` leaves this to its parent
+            log_routes(models)
+            for warning in quick_start_warnings(settings):
+                log.warning("%s", warning)
+        limits = RateLimiter(database)
+        usage = UsageMeter(database, limits, metrics, settings.gateway_usage_flush_seconds)
+        await usage.start()
+        stack.push_async_callback(usage.stop)
+        runner = None
+        if run_jobs and settings.gateway_worker_concurrency > 0:
+            runner = BackgroundRunner(database, registry, worker_settings(settings), usage)
+            await runner.start()
+            stack.push_async_callback(runner.stop)
+        yield Services(database, registry, limits, usage, runner)
+
+
 def create_app(settings: Settings, models: ModelsFile) -> FastAPI:
     metrics = Metrics()
     tracer, tracer_provider = None, None
@@ -89,37 +144,23 @@ def create_app(settings: Settings, models: ModelsFile) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        # Opened in order, closed in reverse: engine, notifications, backends, usage, worker,
-        # the watch that ends open event streams when the server shuts down.
+        # Opened in order, closed in reverse: the shared services (engine, notifications,
+        # backends, usage, worker), the watch that ends open event streams when the server
+        # shuts down.
         async with AsyncExitStack() as stack:
             if tracer_provider is not None:
                 stack.callback(tracer_provider.shutdown)
-            engine = create_engine(settings.database_url, settings.gateway_db_pool_size)
-            stack.push_async_callback(engine.dispose)
-            await require_head(engine)
-            database = Database(
-                engine,
-                listen_url=asyncpg_url(settings.database_url),
-                context_cache_items=settings.gateway_context_cache_items,
+            services = await stack.enter_async_context(
+                open_services(settings, models, metrics, run_jobs=not settings.worker_in_child)
             )
-            await database.start()
-            stack.push_async_callback(database.stop)
-            registry = Registry(models)
-            stack.push_async_callback(registry.aclose)
-            log_routes(models)
-            for warning in quick_start_warnings(settings):
-                log.warning("%s", warning)
-            limits = RateLimiter(database)
-            usage = UsageMeter(database, limits, metrics, settings.gateway_usage_flush_seconds)
-            await usage.start()
-            stack.push_async_callback(usage.stop)
-            runner = BackgroundRunner(database, registry, worker_settings(settings), usage)
-            if settings.gateway_worker_concurrency > 0:
-                await runner.start()
-                stack.push_async_callback(runner.stop)
+            if settings.worker_in_child:
+                child = WorkerProcess(settings)
+                await child.start()
+                stack.push_async_callback(child.stop)
             streams = OpenStreams()
             await streams.start()
             stack.push_async_callback(streams.stop)
+            database, registry = services.database, services.registry
             keys = KeyService(
                 database,
                 admin_key=admin_key.get_secret_value() if admin_key is not None else None,
@@ -130,8 +171,8 @@ def create_app(settings: Settings, models: ModelsFile) -> FastAPI:
                 "conversations": ConversationsService(database),
                 "registry": registry,
                 "keys": keys,
-                "limits": limits,
-                "usage": usage,
+                "limits": services.limits,
+                "usage": services.usage,
                 "database": database,
                 "streams": streams,
             }

@@ -37,11 +37,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def parent_pid(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])  # after "pid (comm) state"
+
+
 class Replica:
     """One `responses-gateway serve` process."""
 
-    def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
+    def __init__(
+        self, name: str, env: dict[str, str], log_dir: Path, new_session: bool = False
+    ) -> None:
         self.name = name
+        self.new_session = new_session  # a process group of its own, as a terminal's job
         self.env = env
         self.log = log_dir / f"{name}.log"
         self.port = 0
@@ -64,6 +75,7 @@ class Replica:
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                start_new_session=self.new_session,
             )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -131,13 +143,15 @@ class Cluster:
         return asyncio.run(fetch())
 
     def runner_of(self, response_id: str, timeout: float = 10) -> Replica:
-        """The replica whose worker holds the job's lease."""
+        """The replica whose worker (its own loop, or on PostgreSQL its child worker process)
+        holds the job's lease."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             job = self.job(response_id)
             if job is not None and job["lease_owner"]:
                 pid = int(job["lease_owner"].split(":")[1])
-                return next(r for r in self.replicas() if r.alive() and r.pid == pid)
+                pids = {pid, parent_pid(pid)}
+                return next(r for r in self.replicas() if r.alive() and r.pid in pids)
             time.sleep(0.02)
         raise AssertionError(f"no worker claimed {response_id}")
 

@@ -1,5 +1,6 @@
-"""The background worker each gateway process runs: claims queued jobs from the shared
-database, generates under a renewed lease, persists stream events, and answers cancels.
+"""The background worker each gateway runs (in its HTTP process, or in the child `worker`
+process that `serve` starts: app/worker.py): claims queued jobs from the shared database,
+generates under a renewed lease, persists stream events, and answers cancels.
 
 Lifecycle of a job: `queued` (stored with its response) → claimed by any replica's worker →
 `in_progress` → `completed` | `incomplete` | `failed` | `cancelled`. A worker that dies loses its
