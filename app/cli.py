@@ -166,6 +166,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     models = _models(settings)
     gc.collect()  # as in `serve`: keep full collections off the import-time objects
     gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
     uvloop.run(run_worker(settings, models, args.parent_pid, args.ready_fd))
     return 0
 
