@@ -60,11 +60,12 @@ class Settings(BaseSettings):
     gateway_shutdown_grace_seconds: float = Field(default=30.0, ge=0)
     gateway_event_retention_seconds: float = Field(default=3600.0, ge=0)
     gateway_job_poll_seconds: float = Field(default=1.0, gt=0)
-    # Where `serve` runs those jobs: `process`, a child `responses-gateway worker` at a lower CPU
-    # priority (HTTP requests preempt job execution on a shared core); `inline`, in the HTTP
-    # process's event loop; `auto`, process on PostgreSQL and inline on SQLite (whose
-    # notifications are in-process only, and whose writes lock across processes).
-    gateway_worker_process: Literal["auto", "process", "inline"] = "auto"
+    # Where `serve` runs those jobs: `inline`, in the HTTP process's event loop; `process`, a
+    # child `responses-gateway worker` at a lower CPU priority (HTTP requests preempt job
+    # execution on a shared core, and jobs can use another core); `auto`, process on PostgreSQL
+    # and inline on SQLite (whose notifications are in-process only, and whose writes lock
+    # across processes). README "The process model" says why `inline` is the default.
+    gateway_worker_process: Literal["auto", "process", "inline"] = "inline"
     # The built-in `echo` backend is routable under this name (a testing aid, no network);
     # an empty value switches it off. A model of the same name in the models file wins.
     gateway_echo_model: str = "echo"

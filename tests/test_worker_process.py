@@ -1,5 +1,5 @@
-"""Where background jobs run: `serve` on PostgreSQL starts a child `responses-gateway worker` at
-a lower CPU priority, replaces it when it dies and takes it down when it stops (or dies);
+"""Where background jobs run: `serve` on PostgreSQL with `GATEWAY_WORKER_PROCESS=auto` starts a
+child `responses-gateway worker` at a lower CPU priority, replaces it when it dies and takes it down when it stops (or dies);
 `GATEWAY_WORKER_PROCESS=inline` and SQLite keep the worker in the HTTP process; and the
 `worker` command alone runs what a `serve` without a worker queued. Real processes, real
 PostgreSQL, the `openai` SDK."""
@@ -71,6 +71,7 @@ def env(
             "DATABASE_URL": database.url,
             "GATEWAY_CONFIG": str(config),
             "GATEWAY_JOB_POLL_SECONDS": "0.2",
+            "GATEWAY_WORKER_PROCESS": "auto",
             "GATEWAY_SHUTDOWN_GRACE_SECONDS": "1",
             "GATEWAY_LOG_LEVEL": "warning",
         }
@@ -208,8 +209,9 @@ def test_the_worker_command_runs_the_jobs_of_a_serve_without_a_worker(
 
 def test_worker_process_setting() -> None:
     postgres = "postgresql://u@h/db"
-    assert Settings(database_url=postgres).worker_in_child
-    assert not Settings().worker_in_child  # SQLite
+    assert not Settings(database_url=postgres).worker_in_child  # the default: inline
+    assert Settings(database_url=postgres, gateway_worker_process="auto").worker_in_child
+    assert not Settings(gateway_worker_process="auto").worker_in_child  # SQLite
     assert Settings(gateway_worker_process="process").worker_in_child
     assert not Settings(database_url=postgres, gateway_worker_process="inline").worker_in_child
     assert not Settings(database_url=postgres, gateway_worker_concurrency=0).worker_in_child
