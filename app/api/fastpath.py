@@ -18,13 +18,26 @@ from typing import Any
 
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.deps import create_services
 from app.api.responses import create
 
 _Handler = Any  # an exception handler as FastAPI stores it: (request, exc) -> Response
+
+
+async def read_request_body(receive: Receive) -> bytes:
+    """The request's body, read as Starlette's `Request.body` reads it (a disconnect on the way
+    is `ClientDisconnect`), without the generator and checks it goes through."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def find_route(routes: list[Any], method: str, path: str) -> APIRoute:
@@ -69,7 +82,8 @@ class CreateFastPath:
         scope["path_params"] = {}
         request = Request(scope, receive)
         try:
-            reply = await create(request, await create_services(request))
+            services = await create_services(request)
+            reply = await create(request, services, await read_request_body(receive))
         except Exception as exc:
             handler = exception_handler(request.app.exception_handlers, exc)
             if handler is None:

@@ -34,7 +34,13 @@ SEND_TIMEOUT_SECONDS = 60
 MAX_PENDING_FRAMES = 256
 # How often the process checks whether the server is shutting down.
 SHUTDOWN_POLL_SECONDS = 0.5
-_HEADERS = {"cache-control": "no-cache", "connection": "keep-alive", "x-accel-buffering": "no"}
+# What Starlette's `init_headers` would make of our headers and media type, made once.
+_RAW_HEADERS = [
+    (b"cache-control", b"no-cache"),
+    (b"connection", b"keep-alive"),
+    (b"x-accel-buffering", b"no"),
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+]
 
 
 def frame(event: dict[str, Any]) -> bytes:
@@ -122,7 +128,7 @@ class EventStream(Response):
     ) -> None:
         self.status_code = 200
         self.background = None  # FastAPI reads it, and sets it to a route's BackgroundTasks
-        self.init_headers(_HEADERS)
+        self.raw_headers = list(_RAW_HEADERS)  # a route may add headers: its own list
         self._events = events
         self._keepalive = keepalive
         self._streams = streams

@@ -24,8 +24,7 @@ import asyncio
 import itertools
 import logging
 import random
-from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, replace
 
 from app.backends.base import Backend, Delta, Finish, Generation, GenerationRequest
@@ -59,29 +58,59 @@ def backoff(attempt: int, retry_after: float | None) -> float | None:
     return float(ceiling / 2 + random.uniform(0, ceiling / 2))
 
 
-@asynccontextmanager
-async def _slot(target: Target) -> AsyncIterator[None]:
-    slots = target.slots
-    if slots is None:
-        yield
-        return
-    if slots.locked():
-        try:
-            await asyncio.wait_for(slots.acquire(), target.config.queue_timeout)
-        except TimeoutError:
-            raise UpstreamUnavailableError(
-                f"Model {target.name!r} is serving its limit of "
-                f"{target.config.max_concurrency} requests at once; try again shortly.",
-                status=429,
-                type="requests",
-                code="rate_limit_exceeded",
-            ) from None
-    else:
-        await slots.acquire()  # free: returns without waiting
+class _Slot:
+    """One of a model's `max_concurrency` slots, held while it generates (a no-op without a
+    limit). A class rather than an `asynccontextmanager`: every request enters one."""
+
+    __slots__ = ("_held", "_target")
+
+    def __init__(self, target: Target) -> None:
+        self._target = target
+        self._held = False
+
+    async def __aenter__(self) -> None:
+        target = self._target
+        slots = target.slots
+        if slots is None:
+            return
+        if slots.locked():
+            try:
+                await asyncio.wait_for(slots.acquire(), target.config.queue_timeout)
+            except TimeoutError:
+                raise UpstreamUnavailableError(
+                    f"Model {target.name!r} is serving its limit of "
+                    f"{target.config.max_concurrency} requests at once; try again shortly.",
+                    status=429,
+                    type="requests",
+                    code="rate_limit_exceeded",
+                ) from None
+        else:
+            await slots.acquire()  # free: returns without waiting
+        self._held = True
+
+    async def __aexit__(self, *_exc: object) -> None:
+        self.release()
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            assert self._target.slots is not None
+            self._target.slots.release()
+
+
+async def _close(deltas: AsyncGenerator[Delta, None], slot: _Slot) -> None:
+    """Close a stream's upstream request, then free its slot (even if the close is cut short)."""
     try:
-        yield
+        await deltas.aclose()
     finally:
-        slots.release()
+        slot.release()
+
+
+def _for(target: Target, request: GenerationRequest) -> GenerationRequest:
+    """`request` addressed to `target`'s upstream model (as built, for a route's first)."""
+    if request.model == target.upstream_model:
+        return request
+    return replace(request, model=target.upstream_model)
 
 
 class RoutedBackend(Backend):
@@ -101,7 +130,7 @@ class RoutedBackend(Backend):
 
     async def _generate_on(self, target: Target, request: GenerationRequest) -> Generation:
         for attempt in itertools.count():
-            async with _slot(target):
+            async with _Slot(target):
                 try:
                     return await target.backend.generate(request)
                 except UpstreamUnavailableError as exc:
@@ -113,9 +142,7 @@ class RoutedBackend(Backend):
         failure: UpstreamError | None = None
         for index, target in enumerate(self._targets):
             try:
-                result = await self._generate_on(
-                    target, replace(request, model=target.upstream_model)
-                )
+                result = await self._generate_on(target, _for(target, request))
             except _FALL_BACK_ON as exc:
                 failure = self._next(index, exc)
                 continue
@@ -126,45 +153,41 @@ class RoutedBackend(Backend):
         raise failure
 
     async def _open_stream(
-        self, target: Target, request: GenerationRequest, stack: AsyncExitStack
-    ) -> tuple[Delta, AsyncGenerator[Delta, None]]:
-        """The first delta of a stream, retrying until one arrives; what the stream holds (its
-        slot, the upstream request) is left on `stack` for the caller to release."""
+        self, target: Target, request: GenerationRequest
+    ) -> tuple[Delta, AsyncGenerator[Delta, None], _Slot]:
+        """The first delta of a stream, retrying until one arrives; what the stream holds (the
+        upstream request, its slot) is the caller's to release with `_close`."""
         for attempt in itertools.count():
-            held = AsyncExitStack()
-            await held.enter_async_context(_slot(target))
+            slot = _Slot(target)
+            await slot.__aenter__()
+            deltas = target.backend.stream(request)
             try:
-                deltas = target.backend.stream(request)
-                held.push_async_callback(deltas.aclose)
                 first = await anext(deltas)
             except UpstreamUnavailableError as exc:
-                await held.aclose()
+                await _close(deltas, slot)
                 await asyncio.sleep(self._retry_delay(target, attempt, exc))
                 continue
             except StopAsyncIteration:
-                await held.aclose()
+                await _close(deltas, slot)
                 raise UpstreamError(
                     f"Model {target.name!r} ended its stream without an answer."
                 ) from None
             except BaseException:
-                await held.aclose()
+                await _close(deltas, slot)
                 raise
-            await stack.enter_async_context(held)
-            return first, deltas
+            return first, deltas, slot
         raise AssertionError("unreachable")
 
     async def stream(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
         failure: UpstreamError | None = None
         for index, target in enumerate(self._targets):
-            async with AsyncExitStack() as stack:
-                try:
-                    first, deltas = await self._open_stream(
-                        target, replace(request, model=target.upstream_model), stack
-                    )
-                except _FALL_BACK_ON as exc:
-                    failure = self._next(index, exc)
-                    continue
-                # From here on output exists: faults propagate, never retried or re-routed.
+            try:
+                first, deltas, slot = await self._open_stream(target, _for(target, request))
+            except _FALL_BACK_ON as exc:
+                failure = self._next(index, exc)
+                continue
+            # From here on output exists: faults propagate, never retried or re-routed.
+            try:
                 if not index:  # the first model answers: its deltas pass as they are
                     yield first
                     async for delta in deltas:
@@ -174,13 +197,15 @@ class RoutedBackend(Backend):
                 async for delta in deltas:
                     yield _mark(delta, target.name)
                 return
+            finally:
+                await _close(deltas, slot)
         assert failure is not None
         raise failure
 
     async def count_tokens(self, request: GenerationRequest) -> int | None:
         """The first model's count: the one that answers unless it fails."""
         target = self._targets[0]
-        return await target.backend.count_tokens(replace(request, model=target.upstream_model))
+        return await target.backend.count_tokens(_for(target, request))
 
     def _next(self, index: int, exc: UpstreamError) -> UpstreamError:
         if index + 1 < len(self._targets):
