@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 import time
+from types import SimpleNamespace
+from typing import Any
 
 import openai
 import pytest
 
+from app.core.requests import check_file_urls
+from app.errors import BadRequestError
+from app.store.contexts import StoredItem
 from tests.conftest import Stack
 from tests.fake_upstream import Reply, tool_call
 from tests.wire import (
@@ -168,6 +173,30 @@ def test_files_by_url_are_refused_on_chat_models(client: openai.OpenAI, gw: Stac
         )
     assert caught.value.body["param"] == "input[0].content[0].file_url"  # type: ignore[index]
     assert gw.upstream.requests == []
+
+
+def test_a_file_by_url_in_the_history_is_refused_every_time() -> None:
+    """History items are checked once and marked clean; one that sends a file by URL (stored
+    through a model that fetches URLs) is never marked, so every continuation on a Chat
+    Completions model is refused, and new input is still checked after a clean history."""
+    chat = SimpleNamespace(responses_native=False)
+
+    def message(*parts: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "message", "role": "user", "content": list(parts)}
+
+    text = {"type": "input_text", "text": "x"}
+    by_url = {"type": "input_file", "file_url": "https://example.com/a.pdf"}
+    clean, dirty = StoredItem(1, message(text)), StoredItem(2, message(text, by_url))
+    for _ in range(2):
+        items = [clean.data, dirty.data, message(text)]
+        with pytest.raises(BadRequestError) as caught:
+            check_file_urls(items, chat, "m", 1, [clean, dirty])  # type: ignore[arg-type]
+        assert caught.value.param == "input"
+    assert clean.no_file_url and not dirty.no_file_url
+    check_file_urls([clean.data, message(text)], chat, "m", 1, [clean])  # type: ignore[arg-type]
+    with pytest.raises(BadRequestError) as caught:
+        check_file_urls([clean.data, message(by_url)], chat, "m", 1, [clean])  # type: ignore[arg-type]
+    assert caught.value.param == "input[0].content[0].file_url"
 
 
 def test_tool_calls_become_function_call_items(client: openai.OpenAI, gw: Stack) -> None:

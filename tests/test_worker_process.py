@@ -1,8 +1,8 @@
 """Where background jobs run: `serve` on PostgreSQL with `GATEWAY_WORKER_PROCESS=auto` starts a
-child `responses-gateway worker` at a lower CPU priority, replaces it when it dies and takes it down when it stops (or dies);
-`GATEWAY_WORKER_PROCESS=inline` and SQLite keep the worker in the HTTP process; and the
-`worker` command alone runs what a `serve` without a worker queued. Real processes, real
-PostgreSQL, the `openai` SDK."""
+child `responses-gateway worker` at a lower CPU priority, replaces it when it dies and takes it
+down when it stops (or dies); `GATEWAY_WORKER_PROCESS=inline` and SQLite keep the worker in the
+HTTP process; and the `worker` command alone runs what a `serve` without a worker queued. Real
+processes, real PostgreSQL, the `openai` SDK."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ speaking Responses (`check_file_urls`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from app.backends.base import Backend, GenerationRequest
@@ -31,6 +31,7 @@ from app.schemas.requests import (
     ToolChoiceFunction,
     ToolChoiceOther,
 )
+from app.store.contexts import StoredItem
 
 # `include` values with nothing to include on our backends are accepted, as OpenAI accepts them
 # for a request that has no such items; only what would need data we cannot produce is refused.
@@ -125,23 +126,47 @@ def check_request(
     _check_tool_choice(request, native, hosted_tools == "drop")
 
 
-def check_file_urls(items: list[dict[str, Any]], backend: Backend, model: str, new: int) -> None:
+def _file_url_part(item: dict[str, Any]) -> int | None:
+    """The index of the first file part of `item` sent by URL (not inline), if any."""
+    # A message's `content` or a tool output's `output` (no other item has file parts).
+    content = item.get("content")
+    if content is None:
+        content = item.get("output")
+    if type(content) is not list:
+        return None
+    for number, part in enumerate(content):
+        if part.get("type") == "input_file" and part.get("file_data") is None:
+            return number
+    return None
+
+
+def check_file_urls(
+    items: list[dict[str, Any]],
+    backend: Backend,
+    model: str,
+    new: int,
+    history: Sequence[StoredItem] = (),
+) -> None:
     """`input_file` by `file_url` only reaches upstreams that fetch it themselves (those
     speaking Responses): Chat Completions has no part for it, and the gateway fetches no URL on
-    a client's behalf. `new`: how many of `items` (the last ones) are the request's own input."""
+    a client's behalf. `new`: how many of `items` (the last ones) are the request's own input;
+    `history`, the stored items the others are (each one checked once, then marked)."""
     if backend.responses_native:
         return
     first_new = len(items) - new
-    for index, item in enumerate(items):
-        # A message's `content` or a tool output's `output` (no other item has file parts).
-        content = item.get("content")
-        if content is None:
-            content = item.get("output")
-        if type(content) is not list:
-            continue
-        for number, part in enumerate(content):
-            if part.get("type") != "input_file" or part.get("file_data") is not None:
-                continue
+    start = 0
+    if len(history) == first_new:
+        for stored in history:
+            if not stored.no_file_url:
+                if _file_url_part(stored.data) is not None:
+                    break  # found: the loop below names it
+                stored.no_file_url = True
+        else:
+            start = first_new
+    for index in range(start, len(items)):
+        item = items[index]
+        number = _file_url_part(item)
+        if number is not None:
             where = "content" if item.get("type") == "message" else "output"
             param = (
                 f"input[{index - first_new}].{where}[{number}].file_url"

@@ -75,7 +75,11 @@ class ResponsesService:
             request, project, defer_check=not (request.stream or request.background)
         )
         check_file_urls(
-            context.items, route.backend, request.model, len(context.items) - len(context.history)
+            context.items,
+            route.backend,
+            request.model,
+            len(context.items) - len(context.history),
+            context.history,
         )
         hosted_tools = route.config.hosted_tools
         dropped = dropped_tools(request, route.backend, hosted_tools)

@@ -6,7 +6,7 @@ contexts, so its bound is the process's, not one per store."""
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -14,6 +14,9 @@ from typing import Any
 class StoredItem:
     pk: int
     data: dict[str, Any]
+    # Set once core has checked that `data` sends no file by URL (items never change, and a
+    # cached context's items are reused by every later turn of its chain).
+    no_file_url: bool = field(default=False, compare=False, repr=False)
 
 
 class ContextCache:

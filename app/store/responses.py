@@ -257,15 +257,15 @@ class ResponseStore:
         return found
 
     async def _exists(self, response_id: str, project: str) -> bool:
-        query = select(responses_table.c.id).where(
-            responses_table.c.id == response_id, responses_table.c.project == project
-        )
         if self._postgres:
             async with self._db.driver() as connection:
                 found = await connection.fetchval(
                     "SELECT 1 FROM responses WHERE id = $1 AND project = $2", response_id, project
                 )
             return found is not None
+        query = select(responses_table.c.id).where(
+            responses_table.c.id == response_id, responses_table.c.project == project
+        )
         async with self._db.transaction() as tx:
             return (await tx.execute(query)).first() is not None
 
