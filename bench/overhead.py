@@ -113,15 +113,32 @@ def pinning(cpu: str) -> list[str]:
     return ["taskset", "-c", cpu]
 
 
-def _postgres_pids() -> list[int]:
-    """The local PostgreSQL server's processes (postmaster and backends), by command name."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if (entry / "comm").read_text().strip() in ("postgres", "postmaster"):
-                    pids.append(int(entry.name))
-    return pids
+def _postgres_pids(admin_url: str) -> list[int]:
+    """The processes of the PostgreSQL server at `admin_url` (its postmaster, from
+    `postmaster.pid` in its data directory, and the postmaster's children), if it runs here."""
+
+    async def data_directory() -> str:
+        connection = await asyncpg.connect(admin_url, timeout=10)
+        try:
+            return str(await connection.fetchval("SHOW data_directory"))
+        finally:
+            await connection.close()
+
+    try:
+        lines = (Path(asyncio.run(data_directory())) / "postmaster.pid").read_text().split()
+    except (OSError, asyncpg.PostgresError):
+        return []  # not readable from here (another user's, another host's, a container's)
+    postmaster = int(lines[0]) if lines and lines[0].isdigit() else 0
+    return [postmaster, *_children(postmaster)] if postmaster else []
+
+
+def _cpu_list(text: str) -> set[int]:
+    """`taskset -c` syntax: `0`, `0,2`, `0-3`."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        low, _, high = part.strip().partition("-")
+        cpus.update(range(int(low), int(high or low) + 1))
+    return cpus
 
 
 @contextlib.contextmanager
@@ -137,22 +154,26 @@ def postgres_pinned(cpu: str, admin_url: str) -> Iterator[str]:
         return
     saved: dict[int, set[int]] = {}
     try:
-        for pid in _postgres_pids():
+        for pid in _postgres_pids(admin_url):
             with contextlib.suppress(ProcessLookupError):
-                saved[pid] = os.sched_getaffinity(pid)
-                os.sched_setaffinity(pid, {int(cpu)})
-    except PermissionError:
-        for pid, mask in saved.items():
-            with contextlib.suppress(OSError):
-                os.sched_setaffinity(pid, mask)
-        yield "not pinned (no permission)"
-        return
+                mask = os.sched_getaffinity(pid)
+                os.sched_setaffinity(pid, _cpu_list(cpu))
+                saved[pid] = mask
+        where = f"on CPU {cpu}" if saved else "not pinned (its processes are not visible here)"
+    except (OSError, ValueError) as exc:  # no permission, a CPU outside its cpuset, a bad list
+        where = f"not pinned ({type(exc).__name__})"
+        _restore(saved)
+        saved = {}
     try:
-        yield f"on CPU {cpu}" if saved else "not pinned (no local postgres process found)"
+        yield where
     finally:
-        for pid, mask in saved.items():
-            with contextlib.suppress(OSError):
-                os.sched_setaffinity(pid, mask)
+        _restore(saved)
+
+
+def _restore(saved: dict[int, set[int]]) -> None:
+    for pid, mask in saved.items():
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(pid, mask)
 
 
 def rss_mb(pid: int) -> float:

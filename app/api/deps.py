@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar, cast
 
@@ -90,20 +91,26 @@ Routes = Annotated[Registry, Depends(_registry)]
 Conversations = Annotated[ConversationsService, Depends(_conversations)]
 
 
-async def read_body(request: Request, model: type[M], body: bytes | None = None) -> M:
-    """The JSON body (`body`, when the caller read it already), validated: bad JSON, a
+def body_too_large(size: int, limit: int) -> GatewayError:
+    return GatewayError(
+        f"The request body is {size} bytes; the limit is {limit} bytes.",
+        status=413,
+        type="invalid_request_error",
+        code="request_too_large",
+    )
+
+
+BodyReader = Callable[[], Awaitable[bytes]]
+
+
+async def read_body(request: Request, model: type[M], reader: BodyReader | None = None) -> M:
+    """The JSON body (read by `reader` if given, else by Starlette), validated: bad JSON, a
     non-object or an invalid field is a 400 naming the param (never FastAPI's 422); a body
     over the limit is a 413."""
     limit: int = request.app.state.max_body_bytes
-    if body is None:
-        body = await request.body()
+    body = await request.body() if reader is None else await reader()
     if len(body) > limit:
-        raise GatewayError(
-            f"The request body is {len(body)} bytes; the limit is {limit} bytes.",
-            status=413,
-            type="invalid_request_error",
-            code="request_too_large",
-        )
+        raise body_too_large(len(body), limit)
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:

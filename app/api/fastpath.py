@@ -14,6 +14,7 @@ is set to the FastAPI route this path stands in for.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from fastapi.routing import APIRoute
@@ -21,22 +22,32 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api.deps import create_services
+from app.api.deps import body_too_large, create_services
 from app.api.responses import create
 
 _Handler = Any  # an exception handler as FastAPI stores it: (request, exc) -> Response
 
 
-async def read_request_body(receive: Receive) -> bytes:
+async def read_request_body(receive: Receive, limit: int) -> bytes:
     """The request's body, read as Starlette's `Request.body` reads it (a disconnect on the way
-    is `ClientDisconnect`), without the generator and checks it goes through."""
+    is `ClientDisconnect`), without the generator and checks it goes through. Past `limit`
+    bytes the rest is read and dropped, not kept, and the answer is a 413 (read to its end, so
+    that the client, still sending, gets the answer rather than a reset connection)."""
     chunks: list[bytes] = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientDisconnect
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size <= limit:
+            chunks.append(chunk)
+        elif chunks:
+            chunks.clear()
         if not message.get("more_body", False):
+            if size > limit:
+                raise body_too_large(size, limit)
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
@@ -82,8 +93,9 @@ class CreateFastPath:
         scope["path_params"] = {}
         request = Request(scope, receive)
         try:
-            services = await create_services(request)
-            reply = await create(request, services, await read_request_body(receive))
+            limit: int = request.app.state.max_body_bytes
+            reader = partial(read_request_body, receive, limit)
+            reply = await create(request, await create_services(request), reader)
         except Exception as exc:
             handler = exception_handler(request.app.exception_handlers, exc)
             if handler is None:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from app.api.deps import (
+    BodyReader,
     Caller,
     CreateDeps,
     CreateServices,
@@ -43,12 +44,14 @@ async def create_response(request: Request, deps: CreateDeps) -> Response:
     return await create(request, deps)
 
 
-async def create(request: Request, deps: CreateServices, body: bytes | None = None) -> Response:
+async def create(
+    request: Request, deps: CreateServices, reader: BodyReader | None = None
+) -> Response:
     """`POST /v1/responses`, once the caller is known: admit, validate, prepare, answer.
-    `body`: the request's, if the caller read it already."""
+    `reader`: how to read the body, if not through Starlette."""
     caller, responses, usage = deps.caller, deps.responses, deps.usage
     request.state.ratelimit_headers = await deps.limits.admit(caller)
-    create = await read_body(request, CreateResponseRequest, body)
+    create = await read_body(request, CreateResponseRequest, reader)
     request.state.model = create.model
     check_input_size(create, request.app.state.max_input_items)
     if request.app.state.log_prompts:  # a debug setting: prompts stay out of logs otherwise

@@ -290,7 +290,7 @@ def chunk_deltas(
     if not isinstance(chunk, dict):
         raise ValueError("a stream chunk is not a JSON object")
     raw_usage = chunk.get("usage")
-    usage = _usage(raw_usage) if raw_usage else None
+    usage = _usage(raw_usage) if raw_usage is not None else None
     choices = chunk.get("choices") or []
     if not choices:
         return [], None, usage

@@ -160,7 +160,11 @@ class RoutedBackend(Backend):
         for attempt in itertools.count():
             slot = _Slot(target)
             await slot.__aenter__()
-            deltas = target.backend.stream(request)
+            try:
+                deltas = target.backend.stream(request)
+            except BaseException:
+                slot.release()
+                raise
             try:
                 first = await anext(deltas)
             except UpstreamUnavailableError as exc:
