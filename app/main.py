@@ -18,7 +18,7 @@ from app.api import health as health_routes
 from app.api import models as models_routes
 from app.api import responses as responses_routes
 from app.api.errors import install_error_handlers
-from app.api.fastpath import CreateFastPath, find_route
+from app.api.fastpath import CreateFastPath, GatewayApp, find_route
 from app.api.middleware import ObservabilityMiddleware
 from app.api.sse import OpenStreams
 from app.backends.registry import Registry
@@ -177,7 +177,7 @@ def create_app(settings: Settings, models: ModelsFile) -> FastAPI:
                 "streams": streams,
             }
 
-    app = FastAPI(
+    app = GatewayApp(
         title="responses-gateway", version="0.1.0", lifespan=lifespan, **_no_native_telemetry()
     )
     app.state.max_body_bytes = settings.gateway_max_body_bytes
@@ -191,10 +191,13 @@ def create_app(settings: Settings, models: ModelsFile) -> FastAPI:
     app.include_router(conversations_routes.router)
     app.include_router(admin_routes.router)
     app.include_router(health_routes.router)
-    # The last added is the outermost: the fast path runs inside the request id and access log.
-    create_route = find_route(responses_routes.router.routes, "POST", "/v1/responses")
-    app.add_middleware(CreateFastPath, route=create_route)
     app.add_middleware(ObservabilityMiddleware, metrics=metrics, tracer=tracer)
+    # The create request skips FastAPI's stack, not the request id, access log and metrics.
+    create_route = find_route(responses_routes.router.routes, "POST", "/v1/responses")
+    app.take(
+        create_route.path,
+        ObservabilityMiddleware(CreateFastPath(create_route), metrics=metrics, tracer=tracer),
+    )
     return app
 
 

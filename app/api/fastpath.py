@@ -1,15 +1,19 @@
-"""`POST /v1/responses` answered in plain ASGI, ahead of FastAPI's routing and dependency solving.
+"""`POST /v1/responses` answered in plain ASGI, ahead of FastAPI's whole stack.
 
-This is the hot path, and a request through FastAPI pays for its whole stack (the exception and
-exit-stack middleware, a regex match over every route, the included router, the request handler
-and `solve_dependencies`) before `create_response` runs. Here the same steps run from the same
-functions (`create_services`, `responses.create`), errors go to the app's own exception
-handlers (the ones `app.api.errors` installs), and the response object is called as an ASGI app.
-Every other request, and this one under a `root_path`, goes to FastAPI unchanged; the route stays
+This is the hot path, and a request through FastAPI pays for all of it before `create_response`
+runs: the app and Starlette entry points, the server-error, telemetry and body-limit middleware,
+the exception and exit-stack middleware, a regex match over every route, the included router,
+the request handler and `solve_dependencies`. `GatewayApp` (the FastAPI app `create_app` makes)
+takes this one request before any of that, straight into `ObservabilityMiddleware` and then
+`CreateFastPath`, which runs the same steps from the same functions (`create_services`,
+`responses.create`); errors go to the app's own exception handlers (the ones `app.api.errors`
+installs), an unexpected one to its 500 handler and then on up, as Starlette's
+`ServerErrorMiddleware` does; and the response object is called as an ASGI app. Every other
+request, and this one under a `root_path`, goes through FastAPI unchanged; the route stays
 registered there, for the OpenAPI document and as the one other way in.
 
-Sits inside `ObservabilityMiddleware`, which reads `scope["route"]` for the route template: it
-is set to the FastAPI route this path stands in for.
+`ObservabilityMiddleware` reads `scope["route"]` for the route template: it is set to the
+FastAPI route this path stands in for.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
+from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -74,33 +79,59 @@ def exception_handler(handlers: dict[Any, _Handler], exc: Exception) -> _Handler
 
 
 class CreateFastPath:
-    def __init__(self, app: ASGIApp, route: APIRoute) -> None:
-        self.app = app
+    """The create request's ASGI app (`GatewayApp` routes it here)."""
+
+    def __init__(self, route: APIRoute) -> None:
         self.route = route
-        self.path = route.path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or scope["path"] != self.path
-            or scope["method"] != "POST"
-            or scope.get("root_path")
-        ):
-            await self.app(scope, receive, send)
-            return
         scope["route"] = self.route
         scope["endpoint"] = self.route.endpoint
         scope["path_params"] = {}
         request = Request(scope, receive)
+        app: FastAPI = scope["app"]
         try:
-            limit: int = request.app.state.max_body_bytes
+            limit: int = app.state.max_body_bytes
             reader = partial(read_request_body, receive, limit)
             reply = await create(request, await create_services(request), reader)
         except Exception as exc:
-            handler = exception_handler(request.app.exception_handlers, exc)
-            if handler is None:
+            handler = exception_handler(app.exception_handlers, exc)
+            if handler is not None:
+                reply = await handler(request, exc)
+            else:
+                # What `ServerErrorMiddleware` does: the app's 500, then the error goes on up
+                # (to the server, which logs it).
+                unexpected: _Handler = app.exception_handlers.get(Exception)
+                if unexpected is None:
+                    raise
+                await (await unexpected(request, exc))(scope, receive, send)
                 raise
-            reply = await handler(request, exc)
         # Both kinds of reply send their status line first, so what they raise comes after it,
         # where FastAPI would not have handled it either.
         await reply(scope, receive, send)
+
+
+class GatewayApp(FastAPI):
+    """FastAPI, with the create request taken at the door (`fast_path`)."""
+
+    fast_path: ASGIApp | None = None
+    fast_path_url = ""
+
+    def take(self, path: str, fast_path: ASGIApp) -> None:
+        """Answer `POST path` with `fast_path` (an ASGI app that gets `scope["app"]` set)."""
+        self.fast_path_url, self.fast_path = path, fast_path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        fast_path = self.fast_path
+        if (
+            fast_path is not None
+            and scope["type"] == "http"
+            and scope["path"] == self.fast_path_url
+            and scope["method"] == "POST"
+            and not scope.get("root_path")
+            and not self.root_path
+        ):
+            scope["app"] = self
+            await fast_path(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)

@@ -1,13 +1,13 @@
 """One upstream endpoint: the pooled HTTP client every networked backend owns, and the mapping of
 its faults to our errors (done once, here, as httpx's `map_httpcore_exceptions()` does).
 
-The client is `aiohttp.ClientSession` itself, not httpx on an aiohttp transport: the gateway only
-ever POSTs JSON to a few fixed URLs, and httpx's own layers (its header and URL models, the send/
-auth/redirect loop, the transport adapter) were 8-10% of the gateway's CPU in a profile, on top of
-aiohttp's; without them a request costs 23-30% less CPU (README, Dependencies). What httpx did
-for us is kept here, explicitly: no redirects followed, no cookies kept, a read timeout per read
-rather than in total, certifi's CA bundle, Basic auth from URL credentials, and an auth hook
-(`UpstreamAuth`) that may retry a 401 once.
+The client is the gateway's own small HTTP/1.1 client (`app.backends.http`: a connection pool,
+httptools for the answers), neither httpx nor aiohttp's `ClientSession`: the gateway only ever
+POSTs JSON to a few fixed URLs, and those libraries' general request paths cost more CPU than the
+rest of a request's upstream call (README, Dependencies). What httpx did for us is kept here,
+explicitly: no redirects followed, no cookies kept, gzip and deflate answers decoded, a read
+timeout per read rather than in total, certifi's CA bundle, Basic auth from URL credentials, and
+an auth hook (`UpstreamAuth`) that may retry a 401 once.
 
 Secrets (API keys, Entra tokens, URL credentials) go into headers or `auth` only. Every message
 this module builds names the upstream by its public URL and passes the upstream's own text
@@ -26,14 +26,13 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, Protocol
-from urllib.parse import unquote, urlsplit
+from typing import Any, NamedTuple, Protocol
+from urllib.parse import unquote, urlencode, urlsplit
 
-import aiohttp
 import certifi
 import orjson
-from yarl import URL
 
+from app.backends.http import ConnectionPool, ReadTimeout, Response, TransportError
 from app.config import ModelConfig, public_url
 from app.errors import UpstreamError, UpstreamTimeoutError, UpstreamUnavailableError
 
@@ -112,7 +111,7 @@ class UpstreamAuth(Protocol):
 
 def ssl_context() -> ssl.SSLContext:
     """httpx's default, kept when httpx left: certifi's CA bundle unless `SSL_CERT_FILE` or
-    `SSL_CERT_DIR` names another (aiohttp alone would use the system store instead)."""
+    `SSL_CERT_DIR` names another (Python's default would be the system store instead)."""
     if os.environ.get("SSL_CERT_FILE"):
         return ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
     if os.environ.get("SSL_CERT_DIR"):
@@ -120,18 +119,43 @@ def ssl_context() -> ssl.SSLContext:
     return ssl.create_default_context(cafile=certifi.where())
 
 
-def client_timeout(read: float, connect: float) -> aiohttp.ClientTimeout:
+USER_AGENT = "responses-gateway"
+# Idle connections are closed after this long: under uvicorn's (vLLM's) 5 s, since a POST sent on
+# a connection the server closes at that moment would fail, and a POST is not retried.
+KEEPALIVE_SECONDS = 4.0
+
+
+class Timeouts(NamedTuple):
     """httpx's semantics: `read` bounds each wait for bytes, not the whole answer (a long stream
     that keeps sending is fine); `connect` bounds waiting for a pooled connection and opening
-    one. No total: aiohttp's session default (5 minutes) would cut long streams."""
-    return aiohttp.ClientTimeout(total=None, connect=connect, sock_connect=connect, sock_read=read)
+    one. There is no total."""
+
+    read: float
+    connect: float
+
+
+def _header_block(headers: Mapping[str, str]) -> bytes:
+    """Header lines, refused if a name or value could end a line early (header injection)."""
+    lines = []
+    for name, value in headers.items():
+        if any(c in name or c in value for c in "\r\n\0") or ":" in name:
+            raise ValueError(f"invalid upstream header {name!r}")
+        lines.append(f"{name}: {value}\r\n")
+    return "".join(lines).encode("latin-1", "strict")
+
+
+class _Target(NamedTuple):
+    """One URL: the pool of its server, and the request line and fixed headers, encoded."""
+
+    pool: ConnectionPool
+    head: bytes
 
 
 class UpstreamClient:
     """POSTs JSON to one URL of one upstream. Created with its backend, closed by `aclose`.
 
-    The `aiohttp.ClientSession` is made on first use: aiohttp binds it to the running loop, and
-    backends are built before one runs (by `check-config`, by tests)."""
+    Requests go through `app.backends.http`'s connection pool, one per server (a `url` passed
+    to `post_json` may name another path of the same server, or another server)."""
 
     def __init__(
         self,
@@ -146,6 +170,8 @@ class UpstreamClient:
         self._headers = {
             "content-type": "application/json",
             "accept": "application/json",
+            "accept-encoding": "gzip, deflate",
+            "user-agent": USER_AGENT,
             **(headers or {}),
         }
         # Credentials in the URL become Basic auth (unless another auth is set): a URL is
@@ -154,44 +180,52 @@ class UpstreamClient:
         if parts.username and auth is None and not headers:
             pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"  # UTF-8, as httpx
             self._headers["authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+        self._fixed = _header_block(self._headers)
         self.url = public_url(url)
         self._params = params or {}
-        # Parsed once, with the query (Azure's api-version) already in it.
-        self._target = self._with_params(self.url)
         self._auth = auth
         self.where = f"the upstream of model {config.name!r} ({self.url})"
         self._secrets = secrets or (lambda: [])
         self._max_connections = config.max_connections
-        self._timeout = client_timeout(config.timeout, config.connect_timeout)
-        self._session: aiohttp.ClientSession | None = None
-        # Built now, not with the session: a bad SSL_CERT_FILE fails at start (and in
-        # `check-config`), not as a 500 on every request.
+        self._timeout = Timeouts(config.timeout, config.connect_timeout)
+        # Built now: a bad SSL_CERT_FILE fails at start (and in `check-config`), not as a 500
+        # on every request.
         self._ssl = ssl_context()
+        self._pools: dict[tuple[str, str, int], ConnectionPool] = {}
+        self._targets: dict[str, _Target] = {}
+        # Parsed once, with the query (Azure's api-version) already in it.
+        self._target = self._target_of(self.url)
 
-    def _with_params(self, url: str) -> URL:
-        return URL(url).update_query(self._params) if self._params else URL(url)
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(
+    def _target_of(self, url: str) -> _Target:
+        target = self._targets.get(url)
+        if target is not None:
+            return target
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {public_url(url)}")
+        tls = parts.scheme == "https"
+        port = parts.port or (443 if tls else 80)
+        key = (parts.scheme, parts.hostname, port)
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = ConnectionPool(
+                parts.hostname,
+                port,
+                ssl_context=self._ssl if tls else None,
                 limit=self._max_connections,
-                limit_per_host=0,
-                # Under uvicorn's (vLLM's) 5 s: a POST on a connection the server closes at
-                # that moment would fail, and aiohttp does not retry a POST.
-                keepalive_timeout=4.0,
-                ssl=self._ssl,
+                connect_timeout=self._timeout.connect,
+                keepalive=KEEPALIVE_SECONDS,
             )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                headers=self._headers,
-                # One client serves every tenant's requests, so a cookie an upstream sets must
-                # not ride along on the next caller's request.
-                cookie_jar=aiohttp.DummyCookieJar(),
-                timeout=self._timeout,
-                auto_decompress=True,  # gzip and deflate, as httpx decoded them
-                raise_for_status=False,
-            )
-        return self._session
+        query = "&".join(q for q in (parts.query, urlencode(self._params)) if q)
+        path = (parts.path or "/") + (f"?{query}" if query else "")
+        host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+        if parts.port is not None:
+            host += f":{parts.port}"
+        if any(c in path for c in " \r\n\0"):
+            raise ValueError(f"invalid upstream URL path: {public_url(url)}")
+        head = f"POST {path} HTTP/1.1\r\nhost: {host}\r\n".encode("latin-1") + self._fixed
+        target = self._targets[url] = _Target(pool, head)
+        return target
 
     def redact(self, text: str) -> str:
         for secret in self._secrets():
@@ -199,15 +233,15 @@ class UpstreamClient:
                 text = text.replace(secret, "[redacted]")
         return text
 
-    def transport_error(self, exc: aiohttp.ClientError | TimeoutError) -> UpstreamError:
-        # aiohttp's own timeouts (connect, pool, each read) are ServerTimeoutErrors, which are
-        # also TimeoutErrors; every other fault is a failed connection, named by type.
+    def transport_error(self, exc: TransportError | TimeoutError) -> UpstreamError:
+        # The client's timeouts (connect, pool, each read) are TimeoutErrors; every other fault
+        # is a failed connection, with what failed.
         if isinstance(exc, TimeoutError):
             return UpstreamTimeoutError(f"Timed out waiting for {self.where}.")
-        detail = type(exc).__name__
+        detail = self.redact(str(exc)) or type(exc).__name__
         return UpstreamUnavailableError(f"The connection to {self.where} failed: {detail}.")
 
-    def status_error(self, response: aiohttp.ClientResponse, body: bytes) -> UpstreamError:
+    def status_error(self, response: Response, body: bytes) -> UpstreamError:
         status = response.status
         message, code = error_message(body)
         message = self.redact(message)
@@ -236,17 +270,11 @@ class UpstreamClient:
     def malformed(self, what: str) -> UpstreamError:
         return UpstreamError(f"{self.where.capitalize()} sent {what}")
 
-    async def _send(
-        self, body: bytes, url: URL, timeout: aiohttp.ClientTimeout
-    ) -> aiohttp.ClientResponse:
+    async def _send(self, body: bytes, target: _Target, timeout: Timeouts) -> Response:
         """The upstream's answer, its body unread (the caller releases it). Redirects are not
-        followed (httpx did not either): a 3xx comes back as it is. `timeout` is always passed:
-        aiohttp reads a None there as "no timeouts at all"."""
-        session = self._client()
+        followed (httpx did not either): a 3xx comes back as it is."""
         headers = await self._auth.headers() if self._auth is not None else None
-        response = await session.post(
-            url, data=body, headers=headers, timeout=timeout, allow_redirects=False
-        )
+        response = await self._post(target, body, headers, timeout)
         if response.status != 401 or self._auth is None or headers is None:
             return response
         try:
@@ -258,9 +286,15 @@ class UpstreamClient:
         except BaseException:
             response.close()
             raise
-        return await session.post(
-            url, data=body, headers=retry, timeout=timeout, allow_redirects=False
-        )
+        return await self._post(target, body, retry, timeout)
+
+    @staticmethod
+    async def _post(
+        target: _Target, body: bytes, headers: Mapping[str, str] | None, timeout: Timeouts
+    ) -> Response:
+        extra = _header_block(headers) if headers else b""
+        data = b"%s%scontent-length: %d\r\n\r\n%s" % (target.head, extra, len(body), body)
+        return await target.pool.post(data, timeout.read, timeout.connect)
 
     async def post_json(
         self, payload: dict[str, Any], *, url: str | None = None, timeout: float | None = None
@@ -268,13 +302,15 @@ class UpstreamClient:
         """The decoded JSON answer; raises our errors for transport faults and HTTP errors.
         `url` (another endpoint of the same server, with the same auth) and `timeout` replace
         the client's for this call."""
-        target = self._target if url is None else self._with_params(url)
-        limits = self._timeout if timeout is None else client_timeout(timeout, timeout)
+        target = self._target if url is None else self._target_of(url)
+        limits = self._timeout if timeout is None else Timeouts(timeout, timeout)
         try:
             response = await self._send(orjson.dumps(payload), target, limits)
-            async with response:
+            try:
                 body = await response.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
+            finally:
+                response.release()
+        except (TimeoutError, TransportError) as exc:
             raise self.transport_error(exc) from exc
         if response.status >= 400:
             raise self.status_error(response, body)
@@ -291,18 +327,18 @@ class UpstreamClient:
         more."""
         try:
             response = await self._send(orjson.dumps(payload), self._target, self._timeout)
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, TransportError) as exc:
             raise self.transport_error(exc) from exc
         try:
             if response.status >= 400:
                 try:
                     body = await response.read()
-                except (TimeoutError, aiohttp.ClientError) as exc:
+                except (TimeoutError, TransportError) as exc:
                     raise self.transport_error(exc) from exc
                 raise self.status_error(response, body)
             try:
-                yield sse_data(response.content.iter_any())
-            except aiohttp.ClientError as exc:  # raised while the caller read the lines
+                yield sse_data(response.iter_any())
+            except (TransportError, ReadTimeout) as exc:  # raised while the caller read lines
                 raise self.transport_error(exc) from exc
         except BaseException:
             response.close()
@@ -311,7 +347,7 @@ class UpstreamClient:
         response.release()
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        for pool in self._pools.values():
+            await pool.aclose()
         if self._auth is not None:  # an Entra credential owns sessions too
             await self._auth.aclose()
