@@ -103,6 +103,7 @@ def open_mode_refusal(settings: Settings, keys_exist: bool) -> str | None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from app.api.protocol import GatewayHttpProtocol
     from app.core.keys import KeyService
     from app.logs import configure_logging
     from app.main import MigrationNeededError, create_app
@@ -144,7 +145,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # Named rather than "auto" so that a missing uvloop/httptools (both come with
         # uvicorn[standard]) fails loudly instead of silently costing twice the CPU.
         loop="uvloop",
-        http="httptools",
+        http=GatewayHttpProtocol,  # uvicorn's httptools protocol, the head sent with the body
     )
     return 0
 

@@ -26,6 +26,7 @@ import openai
 import pytest
 import uvicorn
 
+from app.api.protocol import GatewayHttpProtocol
 from app.cli import main as cli_main
 from app.config import Settings, load_routing
 from app.main import create_app
@@ -150,7 +151,11 @@ class GatewayServer:
         self._sock.bind(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
         config = uvicorn.Config(
-            create_app(settings, models), log_level="warning", lifespan="on", loop="asyncio"
+            create_app(settings, models),
+            log_level="warning",
+            lifespan="on",
+            loop="asyncio",
+            http=GatewayHttpProtocol,  # as `serve` runs it
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(

@@ -220,6 +220,7 @@ class _Connection(asyncio.Protocol):
         self.read_timeout = 0.0
         self.idle_since = 0.0
         self.closed = False
+        self.counted = False  # holds one of the pool's slots (set once it is connected)
         self._head: asyncio.Future[Response] | None = None
         self._response: Response | None = None
         self._fields: list[tuple[bytes, bytes]] = []
@@ -341,7 +342,8 @@ class _Connection(asyncio.Protocol):
     def _gone(self) -> None:
         if not self.closed:
             self.closed = True
-            self.pool.lost(self)
+            if self.counted:
+                self.pool.lost(self)
 
 
 class ConnectionPool:
@@ -428,6 +430,10 @@ class ConnectionPool:
         except BaseException:
             self._release_slot()
             raise
+        connection.counted = True
+        if connection.closed:  # lost between its handshake and now
+            self._release_slot()
+            raise TransportError("the server closed the connection at once")
         return connection
 
     def put_back(self, connection: _Connection) -> None:
