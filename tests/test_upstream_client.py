@@ -269,3 +269,69 @@ def test_tls_upstream_checked_against_ssl_cert_file(
 
     asyncio.run(go(trusted=True))
     asyncio.run(go(trusted=False))
+
+
+def test_a_gzip_stream_read_to_its_end_and_trailers_that_stay_with_their_answer() -> None:
+    import gzip
+
+    lines = b"".join(b'data: {"n": %d}\n\n' % n for n in range(50))
+    packed = gzip.compress(lines)
+
+    async def answers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)  # 1: gzip, chunked, with trailers, in one write
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-encoding: gzip\r\n"
+            b"transfer-encoding: chunked\r\ntrailer: x-checksum\r\n\r\n"
+            + b"%x\r\n%s\r\n0\r\nx-checksum: abc\r\ncontent-encoding: gzip\r\n\r\n"
+            % (len(packed), packed)
+        )
+        await read_request(reader)  # 2: plain, on the same connection
+        writer.write(json_answer(ANSWER))
+        await writer.drain()
+        await reader.read()
+
+    async def go() -> None:
+        async with RawServer(answers) as server:
+            client = UpstreamClient(config(), server.url)
+            try:
+                async with client.stream_data({"stream": True}) as payloads:
+                    seen = [json.loads(payload)["n"] async for payload in payloads]
+                assert seen == list(range(50))  # no [DONE]: read to the body's end
+                assert await client.post_json({}) == ANSWER  # no trailer on this answer
+                assert server.connections == 1
+            finally:
+                await client.aclose()
+
+    asyncio.run(go())
+
+
+def test_a_full_pool_serves_who_waits_first() -> None:
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            await asyncio.sleep(0.03)
+            writer.write(json_answer(ANSWER))
+            await writer.drain()
+
+    async def go() -> None:
+        async with RawServer(slow) as server:
+            client = UpstreamClient(config(max_connections=1, connect_timeout=1), server.url)
+            try:
+                order: list[str] = []
+
+                async def hog() -> None:  # back to back, as a caller with several calls does
+                    for _ in range(10):
+                        await client.post_json({})
+                        order.append("hog")
+
+                async def once() -> None:
+                    await asyncio.sleep(0.01)
+                    await client.post_json({})
+                    order.append("once")
+
+                await asyncio.gather(hog(), once())
+                assert order.index("once") <= 1  # served next, not after the hog's ten
+            finally:
+                await client.aclose()
+
+    asyncio.run(go())

@@ -101,7 +101,9 @@ class CreateFastPath:
             else:
                 # What `ServerErrorMiddleware` does: the app's 500, then the error goes on up
                 # (to the server, which logs it).
-                unexpected: _Handler = app.exception_handlers.get(Exception)
+                unexpected: _Handler = app.exception_handlers.get(
+                    Exception, app.exception_handlers.get(500)
+                )
                 if unexpected is None:
                     raise
                 await (await unexpected(request, exc))(scope, receive, send)

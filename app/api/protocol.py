@@ -51,6 +51,17 @@ class _HeldHead:
             self._held = None
             self._transport.write(held)
 
+    def writelines(self, chunks: Any) -> None:
+        self.write(b"".join(chunks))
+
+    def write_eof(self) -> None:
+        self._holding = False
+        self._flush()
+        self._transport.write_eof()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + len(self._held or b"")
+
     def close(self) -> None:
         self._holding = False
         self._flush()

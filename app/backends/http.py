@@ -61,6 +61,7 @@ def _expire(waiter: asyncio.Future[Any], error: type[TimeoutError]) -> None:
 
 
 def _decoder(encoding: str | None) -> zlib._Decompress | None:
+    encoding = (encoding or "").strip().lower()
     if not encoding or encoding == "identity":
         return None
     if encoding in ("gzip", "x-gzip"):
@@ -86,6 +87,7 @@ class Response:
         "_keep_alive",
         "_released",
         "_whole",
+        "_compressed",
     )
 
     def __init__(self, connection: _Connection, status: int, headers: dict[str, str]) -> None:
@@ -101,6 +103,7 @@ class Response:
         self._keep_alive = False
         self._released = False
         self._whole = False  # `read` wants all of it: no pausing
+        self._compressed = 0  # bytes the decoder was given
 
     # --- fed by the connection ---------------------------------------------------------------
 
@@ -146,10 +149,17 @@ class Response:
         return data
 
     def _decompress(self, data: bytes) -> bytes:
-        assert self._decoder is not None
+        decoder = self._decoder
+        assert decoder is not None
         try:
-            data = self._decoder.decompress(data)
-            return data + self._decoder.flush() if self._done else data
+            self._compressed += len(data)
+            data = decoder.decompress(data)
+            if self._done:  # the last of it: the decoder is finished and dropped
+                data += decoder.flush()
+                self._decoder = None
+                if self._compressed and not decoder.eof:
+                    raise TransportError("the answer's compressed body is cut short")
+            return data
         except zlib.error as exc:
             raise TransportError(f"the answer's compressed body is corrupt: {exc}") from exc
 
@@ -236,8 +246,9 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._failed(TransportError(f"the server sent a malformed answer: {exc}"))
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            # An upgrade (101) is no answer to a POST of ours either.
+            self._failed(TransportError(f"the server sent a malformed answer: {exc!r}"))
             self.close()
 
     def eof_received(self) -> bool:
@@ -245,8 +256,8 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         response = self._response
-        if response is not None and self._until_close and not response._done:
-            response._finish(False)
+        if response is not None and self._until_close and not response._done and exc is None:
+            response._finish(False)  # its body ends here (a reset instead cuts it short)
         self._failed(TransportError("the server closed the connection before the answer ended"))
         self._gone()
 
@@ -286,6 +297,7 @@ class _Connection(asyncio.Protocol):
             self._response._feed(body)
 
     def on_message_complete(self) -> None:
+        self._fields = []  # a chunked body's trailer fields, which are not kept
         if self._informational:
             self._informational = False
             return
@@ -347,7 +359,11 @@ class _Connection(asyncio.Protocol):
 
 
 class ConnectionPool:
-    """Keep-alive connections to one server (host, port, TLS or not)."""
+    """Keep-alive connections to one server (host, port, TLS or not).
+
+    First come, first served: a request that finds every connection busy waits in line, and a
+    connection that comes back (or a slot that frees) goes to the first in line, not to whoever
+    asks next."""
 
     def __init__(
         self,
@@ -365,8 +381,9 @@ class ConnectionPool:
         self._limit = limit
         self._connect_timeout = connect_timeout
         self._idle: deque[_Connection] = deque()
-        self._open = 0
-        self._waiting: deque[asyncio.Future[None]] = deque()
+        self._open = 0  # connections open or being opened, and slots handed to waiters
+        # Each waiter gets a connection, or None: a slot, reserved for it, to connect with.
+        self._waiting: deque[asyncio.Future[_Connection | None]] = deque()
         self._closed = False
 
     async def post(self, data: bytes, read_timeout: float, connect_timeout: float) -> Response:
@@ -383,35 +400,60 @@ class ConnectionPool:
         while True:
             if self._closed:
                 raise TransportError("the client is closed")
-            now = time.monotonic()
-            while self._idle:
-                connection = self._idle.pop()
-                if connection.usable(now):
-                    return connection
-                connection.close()
-            if self._open < self._limit:
-                return await self._connect(deadline - now)
-            await self._wait_for_slot(deadline - now)
+            if not self._in_line():
+                now = time.monotonic()
+                while self._idle:
+                    connection = self._idle.pop()  # the newest: the likeliest still open
+                    if connection.usable(now):
+                        return connection
+                    connection.close()
+                if self._open < self._limit:
+                    self._open += 1
+                    return await self._connect(deadline - now)
+            handed = await self._wait_in_line(deadline - time.monotonic())
+            if handed is None:  # a slot, reserved for this caller
+                return await self._connect(deadline - time.monotonic())
+            if handed.usable(time.monotonic()):
+                return handed
+            handed.close()  # gone in the meantime: start over
 
-    async def _wait_for_slot(self, timeout: float) -> None:
+    async def _wait_in_line(self, timeout: float) -> _Connection | None:
         loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
+        waiter: asyncio.Future[_Connection | None] = loop.create_future()
         self._waiting.append(waiter)
         timer = loop.call_later(max(timeout, 0.0), _expire, waiter, ConnectTimeout)
         try:
-            await waiter
+            return await waiter
         except BaseException:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                self._wake()  # this caller's slot goes to the next one
+                # Handed something, then cancelled before it could be used: pass it on.
+                handed = waiter.result()
+                if handed is None:
+                    self._release_slot()
+                else:
+                    self.put_back(handed)
             raise
         finally:
             timer.cancel()
             if waiter in self._waiting:
                 self._waiting.remove(waiter)
 
+    def _in_line(self) -> bool:
+        """Whether anyone waits (the timed-out in front, not yet gone, do not count)."""
+        while self._waiting and self._waiting[0].done():
+            self._waiting.popleft()
+        return bool(self._waiting)
+
+    def _next_waiter(self) -> asyncio.Future[_Connection | None] | None:
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                return waiter
+        return None
+
     async def _connect(self, timeout: float) -> _Connection:
+        """Open a connection in a slot already counted in `_open`."""
         loop = asyncio.get_running_loop()
-        self._open += 1
         try:
             async with asyncio.timeout(max(timeout, 0.0)):
                 _, connection = await loop.create_connection(
@@ -441,8 +483,11 @@ class ConnectionPool:
             connection.close()
             return
         connection.idle_since = time.monotonic()
-        self._idle.append(connection)
-        self._wake()
+        waiter = self._next_waiter()
+        if waiter is not None:
+            waiter.set_result(connection)
+        else:
+            self._idle.append(connection)
 
     def lost(self, connection: _Connection) -> None:
         if connection in self._idle:
@@ -450,15 +495,11 @@ class ConnectionPool:
         self._release_slot()
 
     def _release_slot(self) -> None:
-        self._open -= 1
-        self._wake()
-
-    def _wake(self) -> None:
-        while self._waiting:
-            waiter = self._waiting.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
+        waiter = self._next_waiter()
+        if waiter is not None and not self._closed:
+            waiter.set_result(None)  # the slot passes to it, still counted
+        else:
+            self._open -= 1
 
     async def aclose(self) -> None:
         self._closed = True

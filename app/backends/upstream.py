@@ -27,7 +27,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, NamedTuple, Protocol
-from urllib.parse import unquote, urlencode, urlsplit
+from urllib.parse import quote, unquote, urlencode, urlsplit
 
 import certifi
 import orjson
@@ -120,6 +120,7 @@ def ssl_context() -> ssl.SSLContext:
 
 
 USER_AGENT = "responses-gateway"
+_URL_SAFE = "/?#[]@!$&'()*+,;=:-._~%"
 # Idle connections are closed after this long: under uvicorn's (vLLM's) 5 s, since a POST sent on
 # a connection the server closes at that moment would fail, and a POST is not retried.
 KEEPALIVE_SECONDS = 4.0
@@ -141,7 +142,10 @@ def _header_block(headers: Mapping[str, str]) -> bytes:
         if any(c in name or c in value for c in "\r\n\0") or ":" in name:
             raise ValueError(f"invalid upstream header {name!r}")
         lines.append(f"{name}: {value}\r\n")
-    return "".join(lines).encode("latin-1", "strict")
+    try:
+        return "".join(lines).encode("latin-1", "strict")
+    except UnicodeEncodeError as exc:
+        raise ValueError("an upstream header holds a character HTTP/1.1 cannot carry") from exc
 
 
 class _Target(NamedTuple):
@@ -217,7 +221,8 @@ class UpstreamClient:
                 keepalive=KEEPALIVE_SECONDS,
             )
         query = "&".join(q for q in (parts.query, urlencode(self._params)) if q)
-        path = (parts.path or "/") + (f"?{query}" if query else "")
+        # As yarl did: anything outside ASCII (or a space) percent-encoded, escapes kept.
+        path = quote((parts.path or "/") + (f"?{query}" if query else ""), safe=_URL_SAFE)
         host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
         if parts.port is not None:
             host += f":{parts.port}"
