@@ -218,16 +218,29 @@ class _Pooled:
         return self._connection
 
     async def __aexit__(self, kind: Any, exc: BaseException | None, traceback: Any) -> None:
+        if exc is None:
+            # The statement has returned (and committed): the connection goes back to the pool
+            # in a task of its own. `Pool.release` runs under `asyncio.shield`, itself a task,
+            # so awaiting it here would hold the caller's answer for a turn or two of the loop
+            # (70 µs at c=1 on the benchmark machine) for nothing the caller needs.
+            release = asyncio.ensure_future(self._pool.release(self._connection))
+            release.add_done_callback(_released)
+            return
         try:
             await self._pool.release(self._connection)
-        except _DRIVER_ERRORS as failure:
-            if exc is None:
-                raise storage_error(failure) from failure
+        except _DRIVER_ERRORS:
+            pass  # the statement's own error is the one to report
         if isinstance(exc, _DRIVER_ERRORS):
             raise storage_error(exc) from exc
 
 
 _DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+
+
+def _released(release: asyncio.Future[None]) -> None:
+    """A release that failed: asyncpg has terminated that connection; the pool opens another."""
+    if not release.cancelled() and release.exception() is not None:
+        log.warning("a database connection could not be returned: %s", release.exception())
 
 
 async def _keep_session(_connection: asyncpg.Connection) -> None:
