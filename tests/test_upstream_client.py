@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -85,6 +86,19 @@ class RawServer:
         return f"http://127.0.0.1:{port}/v1/chat/completions"
 
 
+@asynccontextmanager
+async def serving(
+    handler: Handler, **extra: Any
+) -> AsyncIterator[tuple[RawServer, UpstreamClient]]:
+    """A `RawServer` running `handler`, and a client of it (closed on the way out)."""
+    async with RawServer(handler) as server:
+        client = UpstreamClient(config(**extra), server.url)
+        try:
+            yield server, client
+        finally:
+            await client.aclose()
+
+
 async def keep_alive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     while True:
         await read_request(reader)
@@ -94,18 +108,14 @@ async def keep_alive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter)
 
 def test_connections_are_reused_then_expire(monkeypatch: pytest.MonkeyPatch) -> None:
     async def go() -> None:
-        async with RawServer(keep_alive) as server:
-            monkeypatch.setattr("app.backends.upstream.KEEPALIVE_SECONDS", 0.3)
-            client = UpstreamClient(config(), server.url)
-            try:
-                for _ in range(3):
-                    assert await client.post_json({"n": 1}) == ANSWER
-                assert server.connections == 1
-                await asyncio.sleep(0.4)  # past the keep-alive: a new connection
-                assert await client.post_json({"n": 2}) == ANSWER
-                assert server.connections == 2
-            finally:
-                await client.aclose()
+        monkeypatch.setattr("app.backends.upstream.KEEPALIVE_SECONDS", 0.3)
+        async with serving(keep_alive) as (server, client):
+            for _ in range(3):
+                assert await client.post_json({"n": 1}) == ANSWER
+            assert server.connections == 1
+            await asyncio.sleep(0.4)  # past the keep-alive: a new connection
+            assert await client.post_json({"n": 2}) == ANSWER
+            assert server.connections == 2
 
     asyncio.run(go())
 
@@ -117,15 +127,11 @@ def test_a_connection_the_server_dropped_while_idle_is_not_used() -> None:
         await writer.drain()
 
     async def go() -> None:
-        async with RawServer(answer_once) as server:
-            client = UpstreamClient(config(), server.url)
-            try:
-                assert await client.post_json({}) == ANSWER
-                await asyncio.sleep(0.1)
-                assert await client.post_json({}) == ANSWER
-                assert server.connections == 2
-            finally:
-                await client.aclose()
+        async with serving(answer_once) as (server, client):
+            assert await client.post_json({}) == ANSWER
+            await asyncio.sleep(0.1)
+            assert await client.post_json({}) == ANSWER
+            assert server.connections == 2
 
     asyncio.run(go())
 
@@ -139,14 +145,10 @@ def test_an_answer_without_length_ends_at_eof_and_is_not_reused() -> None:
         writer.close()
 
     async def go() -> None:
-        async with RawServer(until_close) as server:
-            client = UpstreamClient(config(), server.url)
-            try:
-                assert await client.post_json({}) == ANSWER
-                assert await client.post_json({}) == ANSWER
-                assert server.connections == 2
-            finally:
-                await client.aclose()
+        async with serving(until_close) as (server, client):
+            assert await client.post_json({}) == ANSWER
+            assert await client.post_json({}) == ANSWER
+            assert server.connections == 2
 
     asyncio.run(go())
 
@@ -164,13 +166,9 @@ def test_a_malformed_or_cut_answer_is_a_connection_failure(reply: bytes) -> None
         writer.close()
 
     async def go() -> None:
-        async with RawServer(bad) as server:
-            client = UpstreamClient(config(), server.url)
-            try:
-                with pytest.raises(UpstreamUnavailableError, match="failed: the server"):
-                    await client.post_json({})
-            finally:
-                await client.aclose()
+        async with serving(bad) as (server, client):
+            with pytest.raises(UpstreamUnavailableError, match="failed: the server"):
+                await client.post_json({})
 
     asyncio.run(go())
 
@@ -192,18 +190,14 @@ def test_a_large_stream_arrives_whole_through_a_slow_reader() -> None:
         await writer.drain()
 
     async def go() -> None:
-        async with RawServer(stream) as server:
-            client = UpstreamClient(config(), server.url)
-            try:
-                seen = []
-                async with client.stream_data({"stream": True}) as payloads:
-                    async for payload in payloads:
-                        seen.append(json.loads(payload)["n"])
-                        if len(seen) % 500 == 0:
-                            await asyncio.sleep(0.02)  # the reader falls behind
-                assert seen == list(range(4000))
-            finally:
-                await client.aclose()
+        async with serving(stream) as (server, client):
+            seen = []
+            async with client.stream_data({"stream": True}) as payloads:
+                async for payload in payloads:
+                    seen.append(json.loads(payload)["n"])
+                    if len(seen) % 500 == 0:
+                        await asyncio.sleep(0.02)  # the reader falls behind
+            assert seen == list(range(4000))
 
     asyncio.run(go())
 
@@ -214,20 +208,15 @@ def test_a_full_pool_waits_up_to_the_connect_timeout() -> None:
         await asyncio.sleep(5)
 
     async def go() -> None:
-        async with RawServer(never) as server:
-            client = UpstreamClient(
-                config(max_connections=1, connect_timeout=0.2, timeout=2), server.url
-            )
-            try:
-                first = asyncio.ensure_future(client.post_json({}))
-                await asyncio.sleep(0.05)
-                with pytest.raises(UpstreamTimeoutError):
-                    await client.post_json({})  # no free connection within 0.2 s
-                first.cancel()
-                await asyncio.gather(first, return_exceptions=True)
-                assert server.connections == 1
-            finally:
-                await client.aclose()
+        limits = {"max_connections": 1, "connect_timeout": 0.2, "timeout": 2}
+        async with serving(never, **limits) as (server, client):
+            first = asyncio.ensure_future(client.post_json({}))
+            await asyncio.sleep(0.05)
+            with pytest.raises(UpstreamTimeoutError):
+                await client.post_json({})  # no free connection within 0.2 s
+            first.cancel()
+            await asyncio.gather(first, return_exceptions=True)
+            assert server.connections == 1
 
     asyncio.run(go())
 
@@ -291,16 +280,12 @@ def test_a_gzip_stream_read_to_its_end_and_trailers_that_stay_with_their_answer(
         await reader.read()
 
     async def go() -> None:
-        async with RawServer(answers) as server:
-            client = UpstreamClient(config(), server.url)
-            try:
-                async with client.stream_data({"stream": True}) as payloads:
-                    seen = [json.loads(payload)["n"] async for payload in payloads]
-                assert seen == list(range(50))  # no [DONE]: read to the body's end
-                assert await client.post_json({}) == ANSWER  # no trailer on this answer
-                assert server.connections == 1
-            finally:
-                await client.aclose()
+        async with serving(answers) as (server, client):
+            async with client.stream_data({"stream": True}) as payloads:
+                seen = [json.loads(payload)["n"] async for payload in payloads]
+            assert seen == list(range(50))  # no [DONE]: read to the body's end
+            assert await client.post_json({}) == ANSWER  # no trailer on this answer
+            assert server.connections == 1
 
     asyncio.run(go())
 
@@ -314,24 +299,20 @@ def test_a_full_pool_serves_who_waits_first() -> None:
             await writer.drain()
 
     async def go() -> None:
-        async with RawServer(slow) as server:
-            client = UpstreamClient(config(max_connections=1, connect_timeout=1), server.url)
-            try:
-                order: list[str] = []
+        async with serving(slow, max_connections=1, connect_timeout=1) as (server, client):
+            order: list[str] = []
 
-                async def hog() -> None:  # back to back, as a caller with several calls does
-                    for _ in range(10):
-                        await client.post_json({})
-                        order.append("hog")
-
-                async def once() -> None:
-                    await asyncio.sleep(0.01)
+            async def hog() -> None:  # back to back, as a caller with several calls does
+                for _ in range(10):
                     await client.post_json({})
-                    order.append("once")
+                    order.append("hog")
 
-                await asyncio.gather(hog(), once())
-                assert order.index("once") <= 1  # served next, not after the hog's ten
-            finally:
-                await client.aclose()
+            async def once() -> None:
+                await asyncio.sleep(0.01)
+                await client.post_json({})
+                order.append("once")
+
+            await asyncio.gather(hog(), once())
+            assert order.index("once") <= 1  # served next, not after the hog's ten
 
     asyncio.run(go())
