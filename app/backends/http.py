@@ -23,6 +23,11 @@ What it does, as `UpstreamClient` relies on:
 - an answer read to its end goes back to the pool (`release`); one closed early (`close`) closes
   its connection, which is how the server learns that nobody reads any more.
 
+Not done, unlike aiohttp: proxies (the session never read `HTTP_PROXY` either), Happy Eyeballs
+(a name's addresses are tried one after the other within one connect timeout, which a first
+address that does not answer can use up), a DNS cache (a name is
+resolved for each new connection; pooled ones are reused).
+
 Faults are `TransportError` (refused, reset, closed before the answer ended, malformed) and
 `ConnectTimeout` / `ReadTimeout` (both `TimeoutError`s); `UpstreamClient` maps them to ours.
 """
