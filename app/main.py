@@ -167,7 +167,7 @@ def create_app(settings: Settings, models: ModelsFile) -> FastAPI:
                 cache_seconds=settings.gateway_key_cache_seconds,
             )
             yield {
-                "responses": ResponsesService(database, registry),
+                "responses": ResponsesService(database, registry, services.runner),
                 "conversations": ConversationsService(database),
                 "registry": registry,
                 "keys": keys,

@@ -4,6 +4,7 @@ streamed and re-streamed from any event, cancelled (running or queued), failed c
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -287,3 +288,49 @@ def test_worker_concurrency_bounds_jobs_per_process(
             assert len(upstream.requests) == 2
             done = [wait_status(client, i, TERMINAL, timeout=15).status for i in ids]
             assert done == ["completed"] * 4
+
+
+def test_a_job_enqueued_with_a_free_slot_is_run_by_the_enqueuing_process(
+    empty_database: Database, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """The hand-off: while this process's worker has a free slot, the job is stored already
+    claimed by it (running, first attempt, leased) and runs at once, with no claim; beyond its
+    slots, jobs are queued for any worker, and each job still runs exactly once."""
+    migrate(empty_database.url)
+    with gateway_on(empty_database.url, upstream, tmp_path, gateway_worker_concurrency=2) as server:
+        upstream.reset()
+        upstream.enqueue(*[Reply(content=f"slow {i}", delay=1.0) for i in range(4)])
+        with openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0) as client:
+            ids = []
+            for index in range(4):
+                created = client.responses.create(
+                    model="local-llama", input=f"job {index}", background=True
+                )
+                assert created.status == "queued"  # the reply is the enqueue's, as OpenAI's
+                ids.append(created.id)
+            jobs = {
+                row[0]: row[1:]
+                for row in run_sql(
+                    empty_database,
+                    "SELECT response_id, status, attempts, lease_owner, "
+                    "lease_expires_at - created_at FROM jobs",
+                )
+            }
+            owner = f":{os.getpid()}:"  # this test's process serves the gateway
+            for handed in ids[:2]:
+                status, attempts, lease_owner, lease = jobs[handed]
+                assert (status, attempts) == ("running", 1)
+                assert owner in lease_owner
+                # Leased in the statement that enqueued it (a claim comes later: a longer lease).
+                assert abs(lease - 30.0) < 1e-5
+                assert client.responses.retrieve(handed).status == "in_progress"
+            for queued in ids[2:]:
+                assert jobs[queued] == ("queued", 0, None, None)
+                assert client.responses.retrieve(queued).status == "queued"
+            done = [wait_status(client, i, TERMINAL, timeout=15) for i in ids]
+            assert [d.status for d in done] == ["completed"] * 4
+    assert sorted(r.body["messages"][-1]["content"] for r in upstream.requests) == [
+        f"job {i}" for i in range(4)
+    ]  # each exactly once
+    attempts = run_sql(empty_database, "SELECT status, attempts, lease_owner FROM jobs")
+    assert sorted(attempts) == [("done", 1, None)] * 4

@@ -346,6 +346,21 @@ def test_graceful_shutdown_hands_the_job_over(replicas: Cluster, upstream: FakeU
     assert time.monotonic() - stopped_at < 15
 
 
+def test_a_replica_with_free_slots_runs_the_jobs_it_enqueues(
+    replicas: Cluster, upstream: FakeUpstream
+) -> None:
+    """Jobs go to the worker of the replica that took the request while it has room (no
+    notification, no claim race with the idle other replica)."""
+    upstream.enqueue(*[slow(20, 0.05) for _ in range(6)])
+    with replicas.a.client() as a:
+        ids = [
+            a.responses.create(model="local-llama", input=f"local {i}", background=True).id
+            for i in range(6)
+        ]
+        assert {replicas.runner_of(i).name for i in ids} == {replicas.a.name}
+        assert [wait_status(a, i) for i in ids] == ["completed"] * 6
+
+
 def test_hundred_jobs_across_two_replicas_complete_exactly_once(
     replicas: Cluster, upstream: FakeUpstream
 ) -> None:

@@ -11,6 +11,12 @@ or in progress forever.
 Wake-ups are notifications (a queued job, a cancel), with polling as the fallback. A cancel
 reaches the task running the job within milliseconds through the `rg_cancels` notification;
 lease renewals also carry the cancel flag, in case a notification was missed.
+
+A process that enqueues a job while its own worker has a free slot hands the job over instead
+of queueing it (`reserve`, then `hand_off`): the job is inserted already claimed by this worker
+(`running`, leased) and starts from what the request handler prepared. That spares every job a
+notification, a claim statement and the rebuilding of its request; a job that finds no free
+slot here is queued for any replica as before.
 """
 
 from __future__ import annotations
@@ -94,6 +100,13 @@ class BackgroundRunner:
         self._responses = ResponseStore(database)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._running: dict[str, _Running] = {}
+        # Slots promised to jobs this process is enqueueing itself (`reserve`).
+        self._reserved = 0
+        # Whether a claim might find a job: set by every `rg_jobs` notification, cleared by a
+        # claim that found fewer jobs than it had room for and saw no notification meanwhile.
+        # A finished job wakes the claim loop only while it is set; polling covers the rest.
+        self._maybe_queued = True
+        self._notified = 0
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self._unsubscribe: list[Any] = []
@@ -103,7 +116,7 @@ class BackgroundRunner:
 
     async def start(self) -> None:
         self._unsubscribe = [
-            self._db.listen("rg_jobs", lambda _payload: self._wake.set()),
+            self._db.listen("rg_jobs", self._on_queued),
             self._db.listen("rg_cancels", self._on_cancel),
         ]
         self._loops = [
@@ -144,11 +157,15 @@ class BackgroundRunner:
         while not self._stopping:
             self._wake.clear()
             try:
-                free = self._settings.concurrency - len(self._running)
+                free = self._settings.concurrency - len(self._running) - self._reserved
                 if free > 0:
-                    for job in await self._jobs.claim(
+                    seen = self._notified
+                    jobs = await self._jobs.claim(
                         self.owner, free, self._settings.lease_seconds, self._settings.max_attempts
-                    ):
+                    )
+                    if len(jobs) < free and self._notified == seen:
+                        self._maybe_queued = False
+                    for job in jobs:
                         self._spawn(job)
                 # Jobs abandoned for good can only appear when a lease expires: no need to look
                 # on every wake-up.
@@ -195,6 +212,35 @@ class BackgroundRunner:
                     # Either a cancel was requested or the lease went to another worker.
                     self._interrupt(running, "cancel")
 
+    def _on_queued(self, _payload: str) -> None:
+        self._notified += 1
+        self._maybe_queued = True
+        self._wake.set()
+
+    # --- jobs this process enqueues ----------------------------------------------------------
+
+    @property
+    def lease_seconds(self) -> float:
+        return self._settings.lease_seconds
+
+    def reserve(self) -> str | None:
+        """A slot for a job the caller is about to enqueue, or None (no slot free, or
+        stopping: queue it for any worker). With a slot, the caller inserts the job claimed by
+        the returned owner and then calls `hand_off`, or `unreserve` if the insert failed."""
+        if self._stopping or len(self._running) + self._reserved >= self._settings.concurrency:
+            return None
+        self._reserved += 1
+        return self.owner
+
+    def unreserve(self) -> None:
+        self._reserved -= 1
+
+    def hand_off(self, job: ClaimedJob, prepared: Prepared) -> None:
+        """Run a job that was inserted claimed by this worker (`reserve`), from the caller's
+        prepared request: no claim, no re-read, no re-validation."""
+        self._reserved -= 1
+        self._spawn(job, prepared)
+
     def _on_cancel(self, response_id: str) -> None:
         running = self._running.get(response_id)
         if running is not None:
@@ -205,27 +251,28 @@ class BackgroundRunner:
             running.reason = reason
             running.task.cancel()
 
-    def _spawn(self, job: ClaimedJob) -> None:
+    def _spawn(self, job: ClaimedJob, prepared: Prepared | None = None) -> None:
         if self._usage is not None and job.created_at:
             self._usage.metrics.job_wait_seconds.observe(max(0.0, time.time() - job.created_at))
-        task = asyncio.create_task(self._execute(job), name=f"job-{job.response_id}")
+        task = asyncio.create_task(self._execute(job, prepared), name=f"job-{job.response_id}")
         self._running[job.response_id] = _Running(task)
         task.add_done_callback(lambda _t: self._finished(job.response_id))
 
     def _finished(self, response_id: str) -> None:
         self._running.pop(response_id, None)
-        self._wake.set()  # a slot is free
+        if self._maybe_queued:
+            self._wake.set()  # a slot is free for a queued job
 
     # --- one job -----------------------------------------------------------------------------
 
-    async def _execute(self, job: ClaimedJob) -> None:
+    async def _execute(self, job: ClaimedJob, prepared: Prepared | None) -> None:
         # The claim returned the response and its input: no re-read before generating.
         body = job.body
         try:
             if body is None:
                 return  # deleted while queued
             try:
-                await self._generate(job, body)
+                await self._generate(job, body, prepared)
             except asyncio.CancelledError:
                 # Cancelled before or after the generation loop's own handling: make sure the
                 # job ends as the reason says (both calls are no-ops once the job is done).
@@ -238,28 +285,34 @@ class BackgroundRunner:
         except Exception:
             log.exception("background job %s crashed", job.response_id)
 
-    async def _generate(self, job: ClaimedJob, stored_body: dict[str, Any]) -> None:
-        request = CreateResponseRequest.model_validate(job.request)
-        route = self._registry.resolve(request.model)
-        if job.cancel_requested or route is None:
-            await self._end_without_running(job, stored_body, job.stream, route is None)
-            return
+    async def _generate(
+        self, job: ClaimedJob, stored_body: dict[str, Any], handed: Prepared | None
+    ) -> None:
         items = job.input
-        hosted_tools = route.config.hosted_tools
-        generation = generation_request(
-            request,
-            route.upstream_model,
-            items,
-            dropped_tools(request, route.backend, hosted_tools),
-            hosted_items=hosted_tools != "drop",
-        )
-        try:
-            fit_generation(route, request, generation)  # checked at enqueue; the window may shrink
-        except BadRequestError as exc:
-            await self._store_failure(
-                job.response_id, job.project, stored_body, job.stream, exc, self.owner
+        if handed is not None:  # prepared (and checked) by this process's request handler
+            request, route, generation = handed.request, handed.route, handed.generation
+        else:
+            request = CreateResponseRequest.model_validate(job.request)
+            resolved = self._registry.resolve(request.model)
+            if job.cancel_requested or resolved is None:
+                await self._end_without_running(job, stored_body, job.stream, resolved is None)
+                return
+            route = resolved
+            hosted_tools = route.config.hosted_tools
+            generation = generation_request(
+                request,
+                route.upstream_model,
+                items,
+                dropped_tools(request, route.backend, hosted_tools),
+                hosted_items=hosted_tools != "drop",
             )
-            return
+            try:
+                fit_generation(route, request, generation)  # checked at enqueue; may shrink
+            except BadRequestError as exc:
+                await self._store_failure(
+                    job.response_id, job.project, stored_body, job.stream, exc, self.owner
+                )
+                return
         prepared = Prepared(
             request,
             route,
@@ -278,7 +331,8 @@ class BackgroundRunner:
             async for event in run_generation(prepared, ladder, sink):
                 sink.add(event)
             return
-        # The claim already set the status column to in_progress; the event goes out with the
+        # The claim (or a hand-off's insert) already set the status column to in_progress; the
+        # event goes out with the
         # first batch.
         body = response_body(prepared, "in_progress")
         sink.add(ladder.event("response.in_progress", response=render_response(body, [])))

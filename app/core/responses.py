@@ -15,6 +15,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from app.backends.registry import Registry, Route
+from app.core.background import BackgroundRunner
 from app.core.conversations import conversation_id_of, conversation_not_found
 from app.core.events import TERMINAL_EVENTS, Event, EventLadder
 from app.core.generation import (
@@ -40,7 +41,7 @@ from app.store.contexts import StoredItem
 from app.store.conversations import ConversationStore
 from app.store.database import Database
 from app.store.events import EventStore
-from app.store.jobs import RUNNING, JobStore, new_job
+from app.store.jobs import RUNNING, ClaimedJob, JobStore, new_job
 from app.store.responses import NewResponse, ResponseStore, StoredResponse
 
 log = logging.getLogger(__name__)
@@ -53,8 +54,13 @@ FOLLOW_POLL_SECONDS = 1.0
 
 
 class ResponsesService:
-    def __init__(self, database: Database, registry: Registry) -> None:
+    def __init__(
+        self, database: Database, registry: Registry, runner: BackgroundRunner | None = None
+    ) -> None:
+        """`runner`: this process's background worker, if it runs one; a job enqueued while it
+        has a free slot is handed to it rather than queued (`BackgroundRunner.reserve`)."""
         self._db = database
+        self._runner = runner
         self._store = ResponseStore(database)
         self._jobs = JobStore(database)
         self._events = EventStore(database)
@@ -215,12 +221,46 @@ class ResponsesService:
             ]
         payload = request.model_dump(mode="json", by_alias=True, exclude_unset=True)
         payload.pop("input", None)  # stored as items
-        await self._store.insert_response(
-            self._new_response(prepared, body, []),
-            job=new_job(prepared.id, prepared.project, payload, key_id=prepared.key_id),
-            events=events,
-            conversation_id=prepared.conversation_id,
+        runner = self._runner
+        owner = runner.reserve() if runner is not None else None
+        job = new_job(
+            prepared.id,
+            prepared.project,
+            payload,
+            key_id=prepared.key_id,
+            owner=owner,
+            lease_seconds=runner.lease_seconds if runner is not None else 0.0,
         )
+        response = self._new_response(prepared, body, [])
+        if owner is not None:
+            response.status = "in_progress"  # stored as claimed; the reply still says queued
+        try:
+            await self._store.insert_response(
+                response, job=job, events=events, conversation_id=prepared.conversation_id
+            )
+        except BaseException:
+            # Not handed off. If a cancel interrupted a commit that went through anyway, the
+            # job's lease expires unrenewed and a worker claims it then.
+            if runner is not None and owner is not None:
+                runner.unreserve()
+            raise
+        if runner is not None and owner is not None:
+            runner.hand_off(
+                ClaimedJob(
+                    prepared.id,
+                    prepared.project,
+                    attempts=1,
+                    request=payload,
+                    cancel_requested=False,
+                    key_id=prepared.key_id,
+                    created_at=job["created_at"],
+                    body=dict(body),
+                    stream=bool(request.stream),
+                    input=prepared.context.items,
+                    last_sequence=events[-1]["sequence_number"] if events else None,
+                ),
+                prepared,
+            )
         return body, events
 
     def _new_response(

@@ -156,18 +156,33 @@ SELECT pg_notify('rg_events', response_id) IS NULL FROM held
 
 
 def new_job(
-    response_id: str, project: str, request: dict[str, Any], *, key_id: str | None = None
+    response_id: str,
+    project: str,
+    request: dict[str, Any],
+    *,
+    key_id: str | None = None,
+    owner: str | None = None,
+    lease_seconds: float = 0.0,
 ) -> dict[str, Any]:
-    """The row that enqueues a background response (inserted with the response itself)."""
+    """The row that enqueues a background response (inserted with the response itself).
+
+    With `owner`, the job is inserted already claimed: `running`, first attempt, leased to the
+    worker of the process that enqueues it (a hand-off, see `BackgroundRunner.reserve`). From
+    then on it is like any claimed job: if that process dies, the lease expires and another
+    worker takes the job over."""
+    now = time.time()
+    claimed = owner is not None
     return {
         "response_id": response_id,
         "project": project,
         "key_id": key_id,
-        "status": QUEUED,
-        "attempts": 0,
+        "status": RUNNING if claimed else QUEUED,
+        "attempts": 1 if claimed else 0,
         "cancel_requested": False,
-        "created_at": time.time(),
+        "created_at": now,
         "request": request,
+        "lease_owner": owner,
+        "lease_expires_at": now + lease_seconds if claimed else None,
     }
 
 

@@ -124,18 +124,20 @@ SELECT input_pks::text, output_pks::text FROM response
 # arrays, as `event_arguments` builds them) and the notifications that wake the workers
 # (and followers) of every replica. Autocommitted, so the job is durable before the caller
 # acknowledges it, and the notifications go out exactly when it is visible. Referenced from the
-# final SELECT, pg_notify runs once per inserted row.
+# final SELECT, pg_notify runs once per inserted row. A job handed to the enqueuing process's
+# own worker (inserted `running`, with its lease) wakes no worker.
 _ENQUEUE_SQL = f"""
 WITH {_RESPONSE_CTES}, job AS (
     INSERT INTO jobs (response_id, project, key_id, status, attempts, cancel_requested,
-                      created_at, request)
-    VALUES ($1::text, $2::text, $16::text, $17::text, 0, false, $18::float8, $19::text::json)
+                      created_at, request, lease_owner, lease_expires_at)
+    VALUES ($1::text, $2::text, $16::text, $17::text, $22::int, false, $18::float8,
+            $19::text::json, $23::text, $24::float8)
 ), events AS (
     INSERT INTO response_events (response_id, sequence_number, data)
     SELECT $1::text, e.n, e.data::json
       FROM unnest($20::int[], $21::text[]) AS e(n, data)
 )
-SELECT pg_notify('rg_jobs', id),
+SELECT CASE WHEN $17::text = 'queued' THEN pg_notify('rg_jobs', id) END,
        CASE WHEN cardinality($20::int[]) > 0 THEN pg_notify('rg_events', id) END
   FROM response
 """
@@ -343,7 +345,8 @@ class ResponseStore:
                 await append_to_conversation(tx, conversation_id, input_pks + output_pks)
             if job is not None:
                 await tx.execute(insert(jobs_table), job)
-                await tx.notify("rg_jobs", response.id)
+                if job["status"] == "queued":  # a hand-off to this process's worker wakes none
+                    await tx.notify("rg_jobs", response.id)
             await append_events(tx, response.id, events or [])
         if job is None:  # a queued response gets its output later, elsewhere
             self._remember(response, input_pks, output_pks)
@@ -369,6 +372,9 @@ class ResponseStore:
                 job["created_at"],
                 orjson.dumps(job["request"]).decode(),
                 *event_arguments(events),
+                job["attempts"],
+                job["lease_owner"],
+                job["lease_expires_at"],
             )
 
     def _remember(self, response: NewResponse, input_pks: list[int], output_pks: list[int]) -> None:
