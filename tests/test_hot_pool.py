@@ -196,6 +196,10 @@ def test_close_closes_idle_connections_and_fails_waiters(pg_url: str) -> None:
         await pool.close()
         assert idle.is_closed()
         pool.release(held)  # in use at close: closed as it comes back
+        for _ in range(100):
+            if held.is_closed():
+                break
+            await asyncio.sleep(0.02)
         assert held.is_closed()
         with pytest.raises(asyncpg.InterfaceError):
             await pool.acquire()
@@ -245,6 +249,21 @@ async def _driver_errors(database: Database) -> None:
         async with db.driver() as connection:
             assert await backend_pid(connection) != pid  # dropped, not reused mid-statement
             assert await connection.fetchval("SELECT 1") == 1
+        # ...and the statement stopped on the server, rather than sleeping on for 30 s.
+        url = asyncpg_url(database.url)
+        probe = await asyncpg.connect(url)
+        try:
+            for _ in range(100):
+                sleeping = await probe.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%' "
+                    "AND pid <> pg_backend_pid() AND datname = current_database()"
+                )
+                if sleeping == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert sleeping == 0
+        finally:
+            await probe.close()
     finally:
         await db.stop()
         await engine.dispose()

@@ -22,6 +22,7 @@ slot here is queued for any replica as before.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import secrets
@@ -100,14 +101,17 @@ class BackgroundRunner:
         self._responses = ResponseStore(database)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._running: dict[str, _Running] = {}
-        # Slots promised to jobs this process is enqueueing itself (`reserve`).
+        # Slots promised to jobs this process is enqueueing itself (`reserve`), and to the jobs
+        # a claim in flight may return.
         self._reserved = 0
+        self._claiming = 0
         # Whether a claim might find a job: set by every `rg_jobs` notification, cleared by a
         # claim that found fewer jobs than it had room for and saw no notification meanwhile.
         # A finished job wakes the claim loop only while it is set; polling covers the rest.
         self._maybe_queued = True
         self._notified = 0
         self._wake = asyncio.Event()
+        self._releasing: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._unsubscribe: list[Any] = []
         self._stopping = False
@@ -149,6 +153,8 @@ class BackgroundRunner:
         for loop in self._loops:
             with suppress(asyncio.CancelledError):
                 await loop
+        if self._releasing:  # hand-offs that came in while stopping, going back to the queue
+            await asyncio.wait(list(self._releasing))
 
     # --- the loops ---------------------------------------------------------------------------
 
@@ -160,9 +166,16 @@ class BackgroundRunner:
                 free = self._settings.concurrency - len(self._running) - self._reserved
                 if free > 0:
                     seen = self._notified
-                    jobs = await self._jobs.claim(
-                        self.owner, free, self._settings.lease_seconds, self._settings.max_attempts
-                    )
+                    self._claiming = free
+                    try:
+                        jobs = await self._jobs.claim(
+                            self.owner,
+                            free,
+                            self._settings.lease_seconds,
+                            self._settings.max_attempts,
+                        )
+                    finally:
+                        self._claiming = 0
                     if len(jobs) < free and self._notified == seen:
                         self._maybe_queued = False
                     for job in jobs:
@@ -227,18 +240,28 @@ class BackgroundRunner:
         """A slot for a job the caller is about to enqueue, or None (no slot free, or
         stopping: queue it for any worker). With a slot, the caller inserts the job claimed by
         the returned owner and then calls `hand_off`, or `unreserve` if the insert failed."""
-        if self._stopping or len(self._running) + self._reserved >= self._settings.concurrency:
+        taken = len(self._running) + self._reserved + self._claiming
+        if self._stopping or taken >= self._settings.concurrency:
             return None
         self._reserved += 1
         return self.owner
 
     def unreserve(self) -> None:
         self._reserved -= 1
+        if self._maybe_queued:
+            self._wake.set()  # the slot is free for a queued job
 
     def hand_off(self, job: ClaimedJob, prepared: Prepared) -> None:
         """Run a job that was inserted claimed by this worker (`reserve`), from the caller's
         prepared request: no claim, no re-read, no re-validation."""
         self._reserved -= 1
+        if self._stopping:
+            # Enqueued while this worker was stopping: back to the queue for another worker
+            # (the attempt does not count), as `stop` does with the jobs it interrupts.
+            task = asyncio.create_task(self._jobs.release(self.owner, job.response_id))
+            self._releasing.add(task)
+            task.add_done_callback(self._releasing.discard)
+            return
         self._spawn(job, prepared)
 
     def _on_cancel(self, response_id: str) -> None:
@@ -254,7 +277,13 @@ class BackgroundRunner:
     def _spawn(self, job: ClaimedJob, prepared: Prepared | None = None) -> None:
         if self._usage is not None and job.created_at:
             self._usage.metrics.job_wait_seconds.observe(max(0.0, time.time() - job.created_at))
-        task = asyncio.create_task(self._execute(job, prepared), name=f"job-{job.response_id}")
+        # A context of its own: a job handed off by a request handler must not carry that
+        # request's id into its logs.
+        task = asyncio.create_task(
+            self._execute(job, prepared),
+            name=f"job-{job.response_id}",
+            context=contextvars.Context(),
+        )
         self._running[job.response_id] = _Running(task)
         task.add_done_callback(lambda _t: self._finished(job.response_id))
 

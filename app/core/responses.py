@@ -223,20 +223,33 @@ class ResponsesService:
         payload.pop("input", None)  # stored as items
         runner = self._runner
         owner = runner.reserve() if runner is not None else None
-        job = new_job(
-            prepared.id,
-            prepared.project,
-            payload,
-            key_id=prepared.key_id,
-            owner=owner,
-            lease_seconds=runner.lease_seconds if runner is not None else 0.0,
-        )
-        response = self._new_response(prepared, body, [])
-        if owner is not None:
-            response.status = "in_progress"  # stored as claimed; the reply still says queued
         try:
+            job = new_job(
+                prepared.id,
+                prepared.project,
+                payload,
+                key_id=prepared.key_id,
+                owner=owner,
+                lease_seconds=runner.lease_seconds if runner is not None else 0.0,
+            )
+            response = self._new_response(prepared, body, [])
+            if owner is not None:
+                response.status = "in_progress"  # stored as claimed; the reply still says queued
             await self._store.insert_response(
                 response, job=job, events=events, conversation_id=prepared.conversation_id
+            )
+            claimed = ClaimedJob(
+                prepared.id,
+                prepared.project,
+                attempts=1,
+                request=payload,
+                cancel_requested=False,
+                key_id=prepared.key_id,
+                created_at=job["created_at"],
+                body=dict(body),
+                stream=bool(request.stream),
+                input=prepared.context.items,
+                last_sequence=events[-1]["sequence_number"] if events else None,
             )
         except BaseException:
             # Not handed off. If a cancel interrupted a commit that went through anyway, the
@@ -245,22 +258,7 @@ class ResponsesService:
                 runner.unreserve()
             raise
         if runner is not None and owner is not None:
-            runner.hand_off(
-                ClaimedJob(
-                    prepared.id,
-                    prepared.project,
-                    attempts=1,
-                    request=payload,
-                    cancel_requested=False,
-                    key_id=prepared.key_id,
-                    created_at=job["created_at"],
-                    body=dict(body),
-                    stream=bool(request.stream),
-                    input=prepared.context.items,
-                    last_sequence=events[-1]["sequence_number"] if events else None,
-                ),
-                prepared,
-            )
+            runner.hand_off(claimed, prepared)
         return body, events
 
     def _new_response(

@@ -207,11 +207,14 @@ class HotPool:
     return, a shielded task per release, a reset round trip unless switched off); this is a
     list of idle connections and a queue of waiters. What it keeps of `Pool`: no session state
     is reset because `driver` users leave none (autocommitted statements: no transaction,
-    LISTEN or SET); a connection that is closed, in a transaction, or was interrupted in the
-    middle of a statement is dropped, never reused; an idle one is closed after `IDLE_SECONDS`.
+    LISTEN or SET); a connection that is closed, in a transaction, ended by the server, or was
+    interrupted in the middle of a statement is never reused — the interrupted one is closed in
+    the background, which first lets asyncpg's cancel request reach the server (the statement
+    stops there rather than running on), and keeps its slot until then; an idle one is closed
+    after `IDLE_SECONDS`.
     """
 
-    __slots__ = ("_url", "_max", "_idle", "_size", "_waiters", "_closed")
+    __slots__ = ("_url", "_max", "_idle", "_size", "_waiters", "_closed", "_retiring")
 
     def __init__(self, url: str, max_size: int) -> None:
         self._url = url
@@ -220,6 +223,7 @@ class HotPool:
         self._size = 0  # connections open or being opened, idle or in use
         self._waiters: deque[asyncio.Future[asyncpg.Connection | None]] = deque()
         self._closed = False
+        self._retiring: set[asyncio.Task[None]] = set()
 
     async def acquire(self) -> asyncpg.Connection:
         while True:
@@ -246,7 +250,7 @@ class HotPool:
             try:
                 connection = await waiter
             except BaseException:
-                if waiter.done() and not waiter.cancelled():
+                if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                     # Handed a connection (or a free slot) and cancelled before taking it.
                     handed = waiter.result()
                     if handed is not None:
@@ -262,12 +266,40 @@ class HotPool:
             # None: a connection was dropped, so one may be opened: go round again.
 
     def release(self, connection: asyncpg.Connection, *, reusable: bool = True) -> None:
-        if not reusable or self._closed or connection.is_closed() or connection.is_in_transaction():
+        if connection.is_closed():
             self._drop(connection)
-            self._wake(None)
-            return
-        if not self._wake(connection):
-            self._idle.append((connection, time.monotonic()))
+        elif not reusable or self._closed or connection.is_in_transaction():
+            self._retire(connection)
+        elif not self._wake(connection):
+            now = time.monotonic()
+            self._idle.append((connection, now))
+            # The oldest idle connections are at the bottom, where a last-in first-out pool
+            # under a lighter load never reaches: close them from there.
+            while now - self._idle[0][1] > IDLE_SECONDS:
+                self._drop(self._idle.pop(0)[0])
+
+    def _retire(self, connection: asyncpg.Connection) -> None:
+        """Close a connection that is still open, in the background; its slot stays taken until
+        it is closed."""
+
+        async def close() -> None:
+            try:
+                await asyncio.wait_for(connection.close(), 5)
+            except BaseException:
+                connection.terminate()
+                raise
+            finally:
+                self._size -= 1
+                self._wake(None)
+
+        task = asyncio.get_running_loop().create_task(close())
+        self._retiring.add(task)
+        task.add_done_callback(self._retired)
+
+    def _retired(self, task: asyncio.Task[None]) -> None:
+        self._retiring.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("a database connection closed uncleanly: %r", task.exception())
 
     def _wake(self, connection: asyncpg.Connection | None) -> bool:
         """Hand `connection` (or, with None, a free slot) to the first live waiter."""
@@ -279,8 +311,10 @@ class HotPool:
         return False
 
     def _drop(self, connection: asyncpg.Connection) -> None:
+        """Let go of a connection that is closed or idle (no statement running on it)."""
         self._size -= 1
         connection.terminate()
+        self._wake(None)
 
     async def close(self) -> None:
         """Close the idle connections; those in use are closed as they come back."""
@@ -296,6 +330,8 @@ class HotPool:
                 await asyncio.wait_for(connection.close(), 5)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
                 connection.terminate()
+        if self._retiring:
+            await asyncio.wait(list(self._retiring))
 
 
 class _Pooled:
@@ -318,9 +354,12 @@ class _Pooled:
 
     async def __aexit__(self, kind: Any, exc: BaseException | None, traceback: Any) -> None:
         # A statement the server refused leaves the connection as it was; anything else (a
-        # broken connection, a cancel in the middle of a statement) drops it.
+        # broken connection, a cancel in the middle of a statement, the server ending the
+        # session) retires it.
         self._pool.release(
-            self._connection, reusable=exc is None or isinstance(exc, asyncpg.PostgresError)
+            self._connection,
+            reusable=exc is None
+            or (isinstance(exc, asyncpg.PostgresError) and not _session_ended(exc)),
         )
         if isinstance(exc, _DRIVER_ERRORS):
             raise storage_error(exc) from exc
@@ -328,12 +367,21 @@ class _Pooled:
 
 # InternalClientError: what asyncpg may raise for a statement on a session the server has just
 # ended (its protocol finds itself mid-way through another state).
+# TimeoutError: asyncpg's connect timeout (and a statement timeout, if one is ever set).
 _DRIVER_ERRORS = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
     asyncpg.InternalClientError,
     OSError,
+    TimeoutError,
 )
+
+
+def _session_ended(exc: asyncpg.PostgresError) -> bool:
+    """An error after which the server's session is gone or going: an operator intervention
+    (SQLSTATE class 57P: shutdown, crash, terminated) or a connection exception (class 08)."""
+    state = str(getattr(exc, "sqlstate", "") or "")
+    return state.startswith(("57P", "08"))
 
 
 def asyncpg_url(database_url: str) -> str:
