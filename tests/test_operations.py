@@ -132,9 +132,14 @@ def test_readyz_fails_when_the_database_is_behind(upstream: FakeUpstream, tmp_pa
 def test_retention_purges_old_responses_in_the_workers(
     upstream: FakeUpstream, tmp_path: Path
 ) -> None:
+    """The purge keeps its own period, even one shorter than the job poll's."""
     upstream.reset()
     server, _ = own_gateway(
-        upstream, tmp_path, gateway_response_ttl_seconds=1, gateway_prune_seconds=0.2
+        upstream,
+        tmp_path,
+        gateway_response_ttl_seconds=1,
+        gateway_prune_seconds=0.2,
+        gateway_job_poll_seconds=60,
     )
     try:
         with openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0) as client:
@@ -165,12 +170,12 @@ def test_a_purged_turn_leaves_the_context_of_later_turns(
         empty_database.url,
         upstream,
         tmp_path,
-        gateway_response_ttl_seconds=3,
+        gateway_response_ttl_seconds=4,
         gateway_prune_seconds=0.1,
     ) as server:
         with openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0) as client:
             old = client.responses.create(model="local-llama", input="old turn")
-            time.sleep(1.5)
+            time.sleep(2.5)  # the later turn outlives the old one by 2.5 s: room for a slow CI
             later = client.responses.create(
                 model="local-llama", input="later turn", previous_response_id=old.id
             )

@@ -193,8 +193,12 @@ class BackgroundRunner:
                     await self._prune()
             except StorageError as exc:
                 log.warning("background worker: %s", exc)
+            # The housekeeping keeps its own period even when it is shorter than the poll's.
+            until_prune = self._settings.prune_seconds - (time.monotonic() - last_prune)
             with suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._settings.poll_seconds)
+                await asyncio.wait_for(
+                    self._wake.wait(), max(0.0, min(self._settings.poll_seconds, until_prune))
+                )
 
     async def _prune(self) -> None:
         """Housekeeping every replica's worker does (each statement is idempotent): expired
