@@ -290,6 +290,39 @@ def test_worker_concurrency_bounds_jobs_per_process(
             assert done == ["completed"] * 4
 
 
+def test_a_claim_in_flight_does_not_hold_back_the_hand_off(
+    empty_database: Database, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """With the worker polling all the time (a claim nearly always in flight), every job
+    enqueued while slots are free is still handed to it, none queued for a later claim."""
+    migrate(empty_database.url)
+    with gateway_on(
+        empty_database.url,
+        upstream,
+        tmp_path,
+        gateway_worker_concurrency=32,
+        gateway_job_poll_seconds=0.001,
+    ) as server:
+        upstream.reset()
+        upstream.enqueue(*[Reply(content=f"slow {i}", delay=2.0) for i in range(20)])
+        with openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0) as client:
+            ids = [
+                client.responses.create(
+                    model="local-llama", input=f"job {index}", background=True
+                ).id
+                for index in range(20)
+            ]
+            leases = run_sql(
+                empty_database,
+                "SELECT response_id, lease_expires_at - created_at FROM jobs "
+                "WHERE status = 'running'",
+            )
+            # Leased in the statement that enqueued it; a claim would have leased it later.
+            assert sorted(row[0] for row in leases if abs(row[1] - 30.0) < 1e-5) == sorted(ids)
+            done = [wait_status(client, i, TERMINAL, timeout=20) for i in ids]
+            assert [d.status for d in done] == ["completed"] * 20
+
+
 def test_a_job_enqueued_with_a_free_slot_is_run_by_the_enqueuing_process(
     empty_database: Database, upstream: FakeUpstream, tmp_path: Path
 ) -> None:

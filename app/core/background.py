@@ -101,10 +101,8 @@ class BackgroundRunner:
         self._responses = ResponseStore(database)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._running: dict[str, _Running] = {}
-        # Slots promised to jobs this process is enqueueing itself (`reserve`), and to the jobs
-        # a claim in flight may return.
+        # Slots promised to jobs this process is enqueueing itself (`reserve`).
         self._reserved = 0
-        self._claiming = 0
         # Whether a claim might find a job: set by every `rg_jobs` notification, cleared by a
         # claim that found fewer jobs than it had room for and saw no notification meanwhile.
         # A finished job wakes the claim loop only while it is set; polling covers the rest.
@@ -166,20 +164,21 @@ class BackgroundRunner:
                 free = self._settings.concurrency - len(self._running) - self._reserved
                 if free > 0:
                     seen = self._notified
-                    self._claiming = free
-                    try:
-                        jobs = await self._jobs.claim(
-                            self.owner,
-                            free,
-                            self._settings.lease_seconds,
-                            self._settings.max_attempts,
-                        )
-                    finally:
-                        self._claiming = 0
+                    jobs = await self._jobs.claim(
+                        self.owner,
+                        free,
+                        self._settings.lease_seconds,
+                        self._settings.max_attempts,
+                    )
                     if len(jobs) < free and self._notified == seen:
                         self._maybe_queued = False
-                    for job in jobs:
+                    # A claim in flight does not hold back hand-offs (`reserve`); if they took
+                    # slots meanwhile, the jobs beyond the slots left go back to the queue.
+                    room = max(0, self._settings.concurrency - len(self._running) - self._reserved)
+                    for job in jobs[:room]:
                         self._spawn(job)
+                    for job in jobs[room:]:
+                        await self._jobs.release(self.owner, job.response_id)
                 # Jobs abandoned for good can only appear when a lease expires: no need to look
                 # on every wake-up.
                 if time.monotonic() - last_sweep > self._settings.lease_seconds / 2:
@@ -244,7 +243,7 @@ class BackgroundRunner:
         """A slot for a job the caller is about to enqueue, or None (no slot free, or
         stopping: queue it for any worker). With a slot, the caller inserts the job claimed by
         the returned owner and then calls `hand_off`, or `unreserve` if the insert failed."""
-        taken = len(self._running) + self._reserved + self._claiming
+        taken = len(self._running) + self._reserved
         if self._stopping or taken >= self._settings.concurrency:
             return None
         self._reserved += 1
