@@ -3,13 +3,17 @@ streamed and re-streamed from any event, cancelled (running or queued), failed c
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import asyncpg
 import httpx
 import openai
 import pytest
@@ -321,6 +325,154 @@ def test_a_claim_in_flight_does_not_hold_back_the_hand_off(
             assert sorted(row[0] for row in leases if abs(row[1] - 30.0) < 1e-5) == sorted(ids)
             done = [wait_status(client, i, TERMINAL, timeout=20) for i in ids]
             assert [d.status for d in done] == ["completed"] * 20
+
+
+def test_a_worker_whose_storage_fails_retries_once_per_poll(
+    empty_database: Database,
+    upstream: FakeUpstream,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A claim that keeps failing (here: its table gone) is retried once per poll, however
+    short the housekeeping's period: no busy loop against a failing database."""
+    migrate(empty_database.url)
+    with gateway_on(
+        empty_database.url,
+        upstream,
+        tmp_path,
+        gateway_job_poll_seconds=0.5,
+        gateway_prune_seconds=0.05,
+    ):
+        caplog.set_level("WARNING", logger="app")
+        run_sql(empty_database, "ALTER TABLE jobs RENAME TO jobs_away")
+        try:
+            time.sleep(2)
+        finally:
+            run_sql(empty_database, "ALTER TABLE jobs_away RENAME TO jobs")
+    failures = [r for r in caplog.records if r.getMessage().startswith("background worker:")]
+    assert 1 <= len(failures) <= 8
+
+
+class RowLock:
+    """A PostgreSQL transaction of the test's own, on a thread of its own, holding a response
+    row `FOR UPDATE` until `release`: a claim that reaches that row waits for it."""
+
+    def __init__(self, database: Database, response_id: str) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._connection: asyncpg.Connection = self._run(
+            asyncpg.connect(database.url.replace("+asyncpg", "", 1))
+        )
+        self._run(self._connection.execute("BEGIN"))
+        self._run(
+            self._connection.execute(
+                "SELECT 1 FROM responses WHERE id = $1 FOR UPDATE", response_id
+            )
+        )
+
+    def _run(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(10)
+
+    def release(self) -> None:
+        self._run(self._connection.execute("COMMIT"))
+        self._run(self._connection.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+
+def claim_waiting_on_a_lock(database: Database, client: openai.OpenAI) -> tuple[str, str, RowLock]:
+    """On a gateway with one worker slot: a first job runs, a second is queued and its row
+    locked; the first ends and the worker's claim of the second waits on the lock."""
+    first = client.responses.create(model="local-llama", input="1", background=True)
+    second = client.responses.create(model="local-llama", input="2", background=True)
+    status = run_sql(database, f"SELECT status FROM jobs WHERE response_id = '{second.id}'")
+    assert status == [("queued",)]
+    lock = RowLock(database, second.id)
+    deadline = time.monotonic() + 10
+    while not run_sql(database, "SELECT 1 FROM pg_locks WHERE NOT granted"):
+        if time.monotonic() > deadline:
+            lock.release()
+            raise AssertionError("the claim never reached the lock")
+        time.sleep(0.02)
+    return first.id, second.id, lock
+
+
+def job_row(database: Database, response_id: str) -> list[tuple]:
+    return run_sql(
+        database,
+        f"SELECT status, attempts, lease_owner FROM jobs WHERE response_id = '{response_id}'",
+    )
+
+
+def wait_for_row(database: Database, response_id: str, row: tuple, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while job_row(database, response_id) != [row]:
+        assert time.monotonic() < deadline, f"the job is {job_row(database, response_id)}"
+        time.sleep(0.02)
+
+
+def test_a_claim_that_finds_its_slots_taken_gives_the_job_back(
+    empty_database: Database, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """A claim in flight while a hand-off takes the last slot: the claimed job goes back to the
+    queue (reads `queued`, the attempt uncounted) and runs once the slot is free again."""
+    if empty_database.kind == "sqlite":
+        pytest.skip("holds a row lock that a PostgreSQL claim waits for")
+    migrate(empty_database.url)
+    with gateway_on(empty_database.url, upstream, tmp_path, gateway_worker_concurrency=1) as server:
+        upstream.reset()
+        upstream.enqueue(
+            Reply(content="first", delay=1.0), Reply(content="third", delay=2.0), Reply("second")
+        )
+        with openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0) as client:
+            first, second, lock = claim_waiting_on_a_lock(empty_database, client)
+            try:
+                third = client.responses.create(model="local-llama", input="3", background=True)
+                lease = run_sql(
+                    empty_database,
+                    "SELECT lease_expires_at - created_at FROM jobs "
+                    f"WHERE response_id = '{third.id}'",
+                )
+                assert abs(lease[0][0] - 30.0) < 1e-5  # handed off, claim or no claim
+            finally:
+                lock.release()
+            wait_for_row(empty_database, second, ("queued", 0, None))
+            assert client.responses.retrieve(second).status == "queued"
+            assert client.responses.retrieve(third.id).status == "in_progress"
+            done = [wait_status(client, i, TERMINAL, timeout=20) for i in (first, third.id)]
+            assert [d.output_text for d in done] == ["first", "third"]
+            assert wait_status(client, second, TERMINAL, timeout=20).output_text == "second"
+    attempts = run_sql(empty_database, "SELECT attempts FROM jobs")
+    assert attempts == [(1,)] * 3
+
+
+def test_a_claim_that_returns_while_the_worker_stops_gives_the_job_back(
+    empty_database: Database, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """Shutdown with a claim in flight: the worker waits for it and queues what it claimed
+    again for another replica (the attempt uncounted), rather than starting it or leaving it
+    leased to a process that is gone."""
+    if empty_database.kind == "sqlite":
+        pytest.skip("holds a row lock that a PostgreSQL claim waits for")
+    migrate(empty_database.url)
+    with gateway_on(empty_database.url, upstream, tmp_path, gateway_worker_concurrency=1) as server:
+        upstream.reset()
+        upstream.enqueue(Reply(content="first", delay=1.0))
+        with openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0) as client:
+            first, second, lock = claim_waiting_on_a_lock(empty_database, client)
+        stopping = threading.Thread(target=server.stop)
+        try:
+            stopping.start()
+            time.sleep(0.5)
+        finally:
+            lock.release()
+        stopping.join(20)
+        assert not stopping.is_alive()
+    assert job_row(empty_database, first) == [("done", 1, None)]
+    assert job_row(empty_database, second) == [("queued", 0, None)]
+    assert len(upstream.requests) == 1  # the second job was not started
 
 
 def test_a_job_enqueued_with_a_free_slot_is_run_by_the_enqueuing_process(

@@ -146,12 +146,16 @@ class BackgroundRunner:
         remaining = [running.task for running in self._running.values()]
         if remaining:
             await asyncio.wait(remaining)
+        if self._loops:
+            # The claim loop ends by itself once it sees `_stopping` (a claim in flight then
+            # gives its jobs back); cancelled only if the database keeps it longer.
+            await asyncio.wait(self._loops[:1], timeout=5)
         for loop in self._loops:
             loop.cancel()
         for loop in self._loops:
             with suppress(asyncio.CancelledError):
                 await loop
-        if self._releasing:  # hand-offs that came in while stopping, going back to the queue
+        if self._releasing:  # jobs that came in while stopping, going back to the queue
             await asyncio.wait(list(self._releasing))
 
     # --- the loops ---------------------------------------------------------------------------
@@ -160,6 +164,7 @@ class BackgroundRunner:
         last_prune = last_sweep = 0.0
         while not self._stopping:
             self._wake.clear()
+            failed = False
             try:
                 free = self._settings.concurrency - len(self._running) - self._reserved
                 if free > 0:
@@ -172,13 +177,7 @@ class BackgroundRunner:
                     )
                     if len(jobs) < free and self._notified == seen:
                         self._maybe_queued = False
-                    # A claim in flight does not hold back hand-offs (`reserve`); if they took
-                    # slots meanwhile, the jobs beyond the slots left go back to the queue.
-                    room = max(0, self._settings.concurrency - len(self._running) - self._reserved)
-                    for job in jobs[:room]:
-                        self._spawn(job)
-                    for job in jobs[room:]:
-                        await self._jobs.release(self.owner, job.response_id)
+                    self._start_claimed(jobs)
                 # Jobs abandoned for good can only appear when a lease expires: no need to look
                 # on every wake-up.
                 if time.monotonic() - last_sweep > self._settings.lease_seconds / 2:
@@ -188,16 +187,44 @@ class BackgroundRunner:
                     ):
                         await self._fail_abandoned(response_id, project, attempts)
                 if time.monotonic() - last_prune > self._settings.prune_seconds:
-                    last_prune = time.monotonic()
-                    await self._prune()
+                    try:
+                        await self._prune()
+                    finally:
+                        last_prune = time.monotonic()  # a period between prunes, however long
             except StorageError as exc:
                 log.warning("background worker: %s", exc)
-            # The housekeeping keeps its own period even when it is shorter than the poll's.
-            until_prune = self._settings.prune_seconds - (time.monotonic() - last_prune)
+                failed = True
+            # The housekeeping keeps its own period even when it is shorter than the poll's;
+            # after a storage error, the next try waits a whole poll.
+            timeout = self._settings.poll_seconds
+            if not failed:
+                until_prune = self._settings.prune_seconds - (time.monotonic() - last_prune)
+                timeout = max(0.0, min(timeout, until_prune))
             with suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._wake.wait(), max(0.0, min(self._settings.poll_seconds, until_prune))
-                )
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def _start_claimed(self, jobs: list[ClaimedJob]) -> None:
+        """Run what a claim returned. A claim in flight does not hold back hand-offs
+        (`reserve`): if they took slots meanwhile, or the worker began stopping, the jobs
+        beyond the slots left go back to the queue, in one statement that `stop` waits for."""
+        room = self._settings.concurrency - len(self._running) - self._reserved
+        room = 0 if self._stopping else max(0, room)
+        for job in jobs[:room]:
+            self._spawn(job)
+        if jobs[room:]:
+            self._release_later(*(job.response_id for job in jobs[room:]))
+
+    def _release_later(self, *response_ids: str) -> None:
+        task = asyncio.create_task(self._release(*response_ids))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+
+    async def _release(self, *response_ids: str) -> None:
+        try:
+            await self._jobs.release(self.owner, *response_ids)
+        except StorageError as exc:
+            # Their leases expire and another claim takes them (the attempt then counts).
+            log.warning("background worker: giving jobs back to the queue failed: %s", exc)
 
     async def _prune(self) -> None:
         """Housekeeping every replica's worker does (each statement is idempotent): expired
@@ -261,9 +288,7 @@ class BackgroundRunner:
         if self._stopping:
             # Enqueued while this worker was stopping: back to the queue for another worker
             # (the attempt does not count), as `stop` does with the jobs it interrupts.
-            task = asyncio.create_task(self._jobs.release(self.owner, job.response_id))
-            self._releasing.add(task)
-            task.add_done_callback(self._releasing.discard)
+            self._release_later(job.response_id)
             return
         self._spawn(job, prepared)
 

@@ -317,24 +317,41 @@ class JobStore:
             held = {response_id: cancel for response_id, cancel in rows.all()}
         return {rid for rid in response_ids if rid not in held or held[rid]}
 
-    async def release(self, owner: str, response_id: str) -> None:
-        """Give a job back to the queue (graceful shutdown); the attempt does not count."""
+    async def release(self, owner: str, *response_ids: str) -> None:
+        """Give jobs back to the queue (graceful shutdown, a claim beyond the slots left): the
+        attempt does not count, and their responses read `queued` again."""
         async with self._db.transaction() as tx:
-            await tx.execute(
-                update(jobs_table)
-                .where(
-                    jobs_table.c.response_id == response_id,
-                    jobs_table.c.lease_owner == owner,
-                    jobs_table.c.status == RUNNING,
+            released = (
+                (
+                    await tx.execute(
+                        update(jobs_table)
+                        .where(
+                            jobs_table.c.response_id.in_(response_ids),
+                            jobs_table.c.lease_owner == owner,
+                            jobs_table.c.status == RUNNING,
+                        )
+                        .values(
+                            status=QUEUED,
+                            lease_owner=None,
+                            lease_expires_at=None,
+                            attempts=jobs_table.c.attempts - 1,
+                        )
+                        .returning(jobs_table.c.response_id)
+                    )
                 )
-                .values(
-                    status=QUEUED,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    attempts=jobs_table.c.attempts - 1,
-                )
+                .scalars()
+                .all()
             )
-            await tx.notify("rg_jobs", "")
+            if released:
+                await tx.execute(
+                    update(responses_table)
+                    .where(
+                        responses_table.c.id.in_(released),
+                        responses_table.c.status == "in_progress",
+                    )
+                    .values(status="queued")
+                )
+                await tx.notify("rg_jobs", "")
 
     async def request_cancel(
         self, response_id: str, cancelled_body: Callable[[dict[str, Any]], dict[str, Any]]
