@@ -62,7 +62,7 @@ class UsageMeter:
         self._limiter = limiter
         self.metrics = metrics
         self._flush_seconds = flush_seconds
-        self._rows: list[dict[str, Any]] = []
+        self._rows: list[tuple[Any, ...]] = []
         self._tokens: dict[str, int] = defaultdict(int)
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -110,22 +110,22 @@ class UsageMeter:
         model, backend = prepared.route.config.name, prepared.route.config.backend
         input_tokens, output_tokens, reasoning, cached = _tokens(usage)
         now = time.time()
-        self._rows.append(
-            {
-                "created_at": now,
-                "day": time.strftime("%Y-%m-%d", time.gmtime(now)),
-                "project": prepared.project,
-                "key_id": key_id,
-                "response_id": prepared.id,
-                "model": model,
-                "backend": backend,
-                "input_tokens": input_tokens,
-                "output_tokens": output_tokens,
-                "reasoning_tokens": reasoning,
-                "cached_tokens": cached,
-                "latency_ms": round(latency * 1000, 3),
-                "status": status,
-            }
+        self._rows.append(  # in USAGE_COLUMNS order
+            (
+                now,
+                time.strftime("%Y-%m-%d", time.gmtime(now)),
+                prepared.project,
+                key_id,
+                prepared.id,
+                model,
+                backend,
+                input_tokens,
+                output_tokens,
+                reasoning,
+                cached,
+                round(latency * 1000, 3),
+                status,
+            )
         )
         if key_id is not None and input_tokens + output_tokens:
             self._tokens[key_id] += input_tokens + output_tokens
