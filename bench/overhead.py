@@ -61,6 +61,7 @@ from loadgen import cpu_seconds
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 LITELLM_VERSION = "1.108.7"
+MOCK_MODEL = "mock-model"  # the model name the mocks answer as
 TOKENS, LONG_TOKENS, PACED_TOKENS = 16, 128, 32
 PACED_TTFT_MS, PACED_ITL_MS = 20, 5
 
@@ -264,6 +265,7 @@ def ab(
     model: str | None = None,
     events: int = TOKENS,
     body_b: Path | None = None,
+    body_a: Path | None = None,
     rounds: int | None = None,
     per_round: int | None = None,
 ) -> dict[str, Any]:
@@ -289,6 +291,8 @@ def ab(
     ]
     if body_b is not None:
         args += ["--body-file_b", str(body_b)]
+    if body_a is not None:
+        args += ["--body-file_a", str(body_a)]
     result = rig.loadgen(args)
     system.served += result["B"]["requests"] + load.ab_warmup
     return result
@@ -346,20 +350,35 @@ def closed_loop(
     return result
 
 
-def build_chain(system: System, turns: int) -> list[str]:
+def build_chain(system: System, turns: int) -> tuple[list[str], list[dict[str, str]]]:
+    """A `previous_response_id` chain of `turns` responses: their ids, and the conversation they
+    hold as Responses input messages (what a client without stored state would send)."""
     ids: list[str] = []
+    conversation: list[dict[str, str]] = []
     with httpx.Client(base_url=system.base, headers={"Authorization": system.auth}) as client:
         previous: str | None = None
         for turn in range(turns):
-            body: dict[str, Any] = {"model": system.model, "input": f"Turn {turn + 1}, briefly."}
+            prompt = f"Turn {turn + 1}, briefly."
+            body: dict[str, Any] = {"model": system.model, "input": prompt}
             if previous is not None:
                 body["previous_response_id"] = previous
             response = client.post("/v1/responses", json=body, timeout=60)
             response.raise_for_status()
-            previous = str(response.json()["id"])
+            answer = response.json()
+            previous = str(answer["id"])
             ids.append(previous)
+            text = "".join(
+                part.get("text", "")
+                for item in answer["output"]
+                if item["type"] == "message"
+                for part in item["content"]
+            )
+            conversation += [
+                {"role": "user", "content": prompt},
+                {"role": "assistant", "content": text},
+            ]
     system.served += turns
-    return ids
+    return ids, conversation
 
 
 def measure_background(rig: Rig, system: System, load: Load) -> dict[str, Any]:
@@ -478,11 +497,20 @@ def measure(
         )
     if system.stateful:
         say(f"[{system.name}] previous_response_id: depth 1 and depth {load.depth}")
-        chain = build_chain(system, load.depth - 1)
+        chain, conversation = build_chain(system, load.depth - 1)
         prompt = "Say something short. " + "x" * 43
         deep = rig.workdir / "deep.json"
         deep.write_text(
             json.dumps({"model": system.model, "input": prompt, "previous_response_id": chain[-1]})
+        )
+        # The direct request of the depth-N pairs carries the same conversation, as a client
+        # without stored state sends it: "added" is then what the gateway adds over an upstream
+        # doing the same work (reading and answering a 2N-message context), not that work.
+        deep_direct = rig.workdir / "deep-direct.json"
+        deep_direct.write_text(
+            json.dumps(
+                {"model": MOCK_MODEL, "input": [*conversation, {"role": "user", "content": prompt}]}
+            )
         )
         out["depth_1"] = ab(
             rig, system, load, label="ab depth 1", rounds=max(2, load.ab_rounds // 2)
@@ -493,6 +521,7 @@ def measure(
             load,
             label=f"ab depth {load.depth}",
             body_b=deep,
+            body_a=deep_direct,
             rounds=max(2, load.ab_rounds // 2),
         )
         say(f"[{system.name}] background: enqueue latency, {load.background_jobs} jobs")
@@ -742,7 +771,7 @@ def start_ours(
         "models:\n"
         + "".join(
             f"  - name: {name}\n    backend: chat_completions\n    base_url: {url}/v1\n"
-            f"    upstream_model: mock-model\n"
+            f"    upstream_model: {MOCK_MODEL}\n"
             for name, url in (
                 ("bench-model", rig.instant),
                 ("bench-model-long", rig.long),
@@ -895,7 +924,7 @@ def start_floor(
         time.sleep(0.1)
     # No long-stream route: the floor forwards by a `-paced"` marker only.
     system = System(
-        f"floor {app}+{client}", base, server.process.pid, "mock-model", "mock-model-paced", None
+        f"floor {app}+{client}", base, server.process.pid, MOCK_MODEL, f"{MOCK_MODEL}-paced", None
     )
     return system, server
 
