@@ -635,6 +635,9 @@ def rows(result: dict[str, Any]) -> dict[str, str]:
             f"{_f(rss[-1][1], 0)} after {rss[-1][0]:,} requests "
             f"({_f(rss[1][1] if len(rss) > 1 else rss[0][1], 0)} after warm-up)"
         )
+        if len(rss) > 3:  # the memory phase's samples show whether it stays flat
+            path = " → ".join(f"{mb:.0f} ({served // 1000}k)" for served, mb in rss[1:])
+            cells["rss"] += f"; along the run: {path}"
     return cells
 
 
