@@ -293,7 +293,10 @@ def ab(
         args += ["--body-file_b", str(body_b)]
     if body_a is not None:
         args += ["--body-file_a", str(body_a)]
+    times = cpu_times()
     result = rig.loadgen(args)
+    # The c=1 rows are the ones a busy host moves most: each report says how busy it was.
+    result["steal_percent"] = steal_percent(times, cpu_times())
     system.served += result["B"]["requests"] + load.ab_warmup
     return result
 
@@ -381,17 +384,55 @@ def build_chain(system: System, turns: int) -> tuple[list[str], list[dict[str, s
     return ids, conversation
 
 
+def commit_floor(rig: Rig, system: System, dsn: str, samples: int) -> dict[str, Any]:
+    """`commit_floor.py` on the gateway's CPU: what one durable INSERT + COMMIT takes on this
+    database right now, the floor under every enqueue."""
+    cpus = ",".join(str(cpu) for cpu in sorted(os.sched_getaffinity(system.pid)))
+    argv = [*pinning(cpus), rig.python, str(BENCH_DIR / "commit_floor.py"), "--dsn", dsn]
+    result = subprocess.run(
+        [*argv, "-n", str(samples)], capture_output=True, text=True, timeout=300, check=False
+    )
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    if result.returncode != 0 or not lines:
+        raise RuntimeError(f"commit_floor failed:\n{result.stderr[-2000:]}")
+    floor: dict[str, Any] = json.loads(lines[-1])
+    return floor
+
+
+def cpu_times() -> list[int] | None:
+    """The machine's CPU time counters (`/proc/stat`, jiffies; the 8th is steal: time a
+    hypervisor gave this VM's CPUs to someone else), or None off Linux."""
+    try:
+        with open("/proc/stat") as stat:
+            return [int(value) for value in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+
+
+def steal_percent(before: list[int] | None, after: list[int] | None) -> float | None:
+    """The share of CPU time stolen by the hypervisor between two `cpu_times`."""
+    if before is None or after is None or len(before) < 8:
+        return None
+    deltas = [b - a for a, b in zip(before, after, strict=False)]
+    total = sum(deltas[:8])  # user … steal (guest time is already counted in user)
+    return 100 * deltas[7] / total if total else None
+
+
 def measure_background(rig: Rig, system: System, load: Load) -> dict[str, Any]:
-    """Enqueue latency at c=1, then jobs/s: enqueue `background_jobs` at c=32 and wait until
-    the workers have finished them all; the gateway's CPU over that window per job."""
+    """Enqueue latency at c=1 (between two timings of the database's commit floor), then
+    jobs/s: enqueue `background_jobs` at c=32 and wait until the workers have finished them
+    all; the gateway's CPU over that window per job."""
     body = rig.workdir / "background.json"
     prompt = "Say something short. " + "x" * 43
     body.write_text(json.dumps({"model": system.model, "input": prompt, "background": True}))
+    assert system.database_url is not None
+    dsn = system.database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    floor_samples = load.ab_rounds * load.ab_per_round
+    floor_before = commit_floor(rig, system, dsn, floor_samples)
     # As many samples as the non-stream c=1 row (until 2026-12-02 evening: 2 rounds, 200
     # samples, whose p99 is the second-slowest request); the jobs they queue finish first.
     enqueue = ab(rig, system, load, label="background enqueue", body_b=body)
-    assert system.database_url is not None
-    dsn = system.database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    floor_after = commit_floor(rig, system, dsn, floor_samples)
 
     async def drain(interval: float) -> None:
         """Wait until every job is done, on one connection (a connection per poll fails
@@ -430,6 +471,7 @@ def measure_background(rig: Rig, system: System, load: Load) -> dict[str, Any]:
     jobs = run["ok"]
     return {
         "enqueue": enqueue,
+        "commit_floor": {"before": floor_before, "after": floor_after},
         "jobs": jobs,
         "jobs_per_s": jobs / wall,
         "jobs_per_core_s": jobs / cpu if cpu else None,
@@ -579,12 +621,19 @@ def _per_event_us(result: dict[str, Any]) -> tuple[float | None, float | None]:
     return average, marginal
 
 
+def _steal(ab_result: dict[str, Any] | None) -> str:
+    """The text " (CPU steal x%)" for an A/B phase that measured it, else nothing."""
+    steal = (ab_result or {}).get("steal_percent")
+    return "" if steal is None else f" (CPU steal {steal:.1f}%)"
+
+
 def rows(result: dict[str, Any]) -> dict[str, str]:
     """The issue-8 table's cells for one system."""
     cells: dict[str, str] = {}
     added = _get(result, "ab", "added_B_minus_A") or {}
     load = result.get("load") or {}
     cells["added"] = f"{_f(added.get('lat_p50_ms'))} / {_f(added.get('lat_p99_ms'))}"
+    cells["added"] += _steal(result.get("ab"))
     cells["rps"] = (
         f"{_f(load.get('sut_rps_per_core'), 0)} ({_f(load.get('rps'), 0)} req/s, p99 "
         f"{_f(_get(load, 'lat_ms', 'p99'), 1)} ms, {sum(load.get('errors', {}).values())} errors)"
@@ -593,6 +642,7 @@ def rows(result: dict[str, Any]) -> dict[str, str]:
     cells["cpu"] = _f(cpu / 1000 if cpu else None)
     stream_added = _get(result, "ab_stream", "added_B_minus_A") or {}
     cells["ttft"] = f"{_f(stream_added.get('ttft_p50_ms'))} / {_f(stream_added.get('ttft_p99_ms'))}"
+    cells["ttft"] += _steal(result.get("ab_stream"))
     paced = result.get("paced_ab") or {}
     first = _get(paced, "B", "tfe_ms", "p99")
     upstream_first_token = _get(paced, "A", "ttft_ms", "p50")
@@ -623,12 +673,20 @@ def rows(result: dict[str, Any]) -> dict[str, str]:
     if background:
         enqueue = background["enqueue"]["B"]["lat_ms"]
         cells["enqueue"] = f"{_f(enqueue['p50'])} / {_f(enqueue['p99'])}"
+        cells["enqueue"] += _steal(background["enqueue"])
+        floors = background.get("commit_floor") or {}
+        cells["floor"] = " · ".join(
+            f"{_f(floors[when]['p50'])} / {_f(floors[when]['p99'])} ({when})"
+            for when in ("before", "after")
+            if when in floors
+        )
         cells["jobs"] = (
             f"{_f(background['jobs_per_core_s'], 0)} ({_f(background['jobs_per_s'], 0)} jobs/s, "
             f"{_f(background['cpu_ms_per_job'])} ms CPU/job)"
         )
     else:
         cells["enqueue"] = cells["jobs"] = "– (no background mode)"
+        cells["floor"] = "–"
     rss = result.get("rss") or []
     if rss:
         cells["rss"] = (
@@ -651,6 +709,7 @@ ROWS = [
     ("streams", "Streams/s per gateway core (16 tokens), c=32", "≥ 800"),
     ("depth", "Added latency, depth 100 ÷ depth 1 (p50)", "≤ 1.5×"),
     ("enqueue", "Background enqueue c=1, p50 / p99 ms", "p99 ≤ 2"),
+    ("floor", "Its floor: one durable INSERT + COMMIT alone, p50 / p99 ms", "–"),
     ("jobs", "Background jobs/s per gateway core", "≥ 500"),
     ("rss", "RSS, MB", "≤ 150 after 100k, flat"),
 ]
