@@ -18,6 +18,7 @@ ITEM_PREFIX = {
     "custom_tool_call_output": "ctco",
     "reasoning": "rs",
     "item_reference": "ref",
+    "compaction": "cmp",
 }
 
 

@@ -84,6 +84,19 @@ async def count_input_tokens(request: Request, responses: Responses, caller: Cal
     return json_response(await responses.count_input_tokens(body, caller.project))
 
 
+@router.post("/compact")
+async def compact_response(request: Request, deps: CreateDeps) -> Response:
+    """`POST /v1/responses/compact`: the context's user messages and one compaction item
+    summarizing the rest (`app.core.compaction`). Admitted and accounted like a create."""
+    caller, responses = deps.caller, deps.responses
+    request.state.ratelimit_headers = await deps.limits.admit(caller)
+    body = await read_body(request, CreateResponseRequest)
+    request.state.model = body.model
+    check_input_size(body, request.app.state.max_input_items)
+    prepared = await responses.prepare_compaction(body, caller.project, caller.key_id)
+    return json_response(await deps.usage.compact(responses, prepared, caller.key_id))
+
+
 @router.get("/{response_id}", dependencies=[checked_include])
 async def retrieve_response(
     request: Request,

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from app.backends.base import Backend, GenerationRequest
+from app.core import compaction
 from app.errors import BadRequestError
 from app.schemas.requests import (
     HOSTED_ITEM_TYPES,
@@ -82,7 +83,7 @@ def check_request(
     native = backend.responses_native
     if not native and hosted_tools != "drop" and not isinstance(request.input, str):
         for index, item in enumerate(request.input):
-            if isinstance(item, HostedItem):
+            if isinstance(item, HostedItem) and not compaction.is_ours(item.model_dump()):
                 raise BadRequestError(
                     f"Input items of type {item.type!r} come from hosted tools, which model "
                     f"{request.model!r} cannot run; its backend does not speak the Responses "
@@ -353,6 +354,7 @@ def generation_request(
     hosted tools' items (`web_search_call`…) are left out of the context too (`hosted_tools:
     drop`: a model that does not get the tools gets none of their calls either)."""
     dropped = set(drop or ())
+    items = compaction.expand(items)
     if not hosted_items:
         items = [item for item in items if item.get("type") not in HOSTED_ITEM_TYPES]
     tools = [

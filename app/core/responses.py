@@ -15,6 +15,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from app.backends.registry import Registry, Route
+from app.core import compaction
 from app.core.background import BackgroundRunner
 from app.core.conversations import conversation_id_of, conversation_not_found
 from app.core.events import TERMINAL_EVENTS, Event, EventLadder
@@ -131,6 +132,45 @@ class ResponsesService:
                 route.upstream_model, request.instructions, generation.items, generation.tools
             )
         return {"object": "response.input_tokens", "input_tokens": count}
+
+    async def prepare_compaction(
+        self, request: CreateResponseRequest, project: str = "", key_id: str | None = None
+    ) -> Prepared:
+        """`POST /v1/responses/compact`, checked: the context its body names (input, a
+        previous response, a conversation), on the model's route. The compact body has no
+        tools, output format or storage: any sent are not part of the summary call."""
+        request = request.model_copy(
+            update={
+                "tools": None,
+                "tool_choice": None,
+                "text": None,
+                "store": False,
+                "stream": False,
+                "background": False,
+                "include": None,
+                "top_logprobs": None,
+            }
+        )
+        prepared = await self.prepare(request, project, key_id)
+        prepared.generation = compaction.summary_request(prepared.generation)
+        return prepared
+
+    async def compact(self, prepared: Prepared) -> dict[str, Any]:
+        """Summarize the prepared context: the `response.compaction` object. Nothing is
+        stored."""
+        check = self._check_previous(prepared)
+        try:
+            result = await prepared.route.backend.generate(prepared.generation)
+        except Exception:
+            await _checked(check)  # a 404 for the previous response wins over other failures
+            raise
+        except BaseException:
+            _abandon(check)
+            raise
+        await _checked(check)
+        return compaction.compacted_response(
+            prepared.id, prepared.created_at, prepared.context.items, result
+        )
 
     async def create(self, prepared: Prepared) -> dict[str, Any]:
         """Generate without streaming (the stored row is committed before this returns), or

@@ -169,6 +169,21 @@ class UsageMeter:
             self.record_response(prepared, key_id, response, time.perf_counter() - started)
         return response
 
+    async def compact(
+        self, service: ResponsesService, prepared: Prepared, key_id: str | None
+    ) -> dict[str, Any]:
+        """`service.compact`, accounted like a generation (its tokens count for the key)."""
+        started = time.perf_counter()
+        try:
+            compacted = await service.compact(prepared)
+        except GatewayError:
+            self.record(prepared, key_id, "failed", None, time.perf_counter() - started)
+            raise
+        self.record(
+            prepared, key_id, "completed", compacted["usage"], time.perf_counter() - started
+        )
+        return compacted
+
     async def stream(
         self,
         events: AsyncGenerator[Event, None],

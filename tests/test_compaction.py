@@ -1,0 +1,220 @@
+"""`POST /v1/responses/compact` and the compaction items it returns, on a Chat Completions
+backend and on backends that speak Responses: what the client gets back, what the upstream is
+asked, and what the next turn sends once its history is compacted."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from openai.types.responses import CompactedResponse, ResponseCompactionItem
+
+from tests.conftest import NativeStack, Stack
+from tests.fake_responses import Answer
+from tests.fake_upstream import Fail, Reply
+from tests.wire import strict_items
+
+SUMMARY = "Ada is building a landing page for a dog cafe; the hero section is done."
+FOREIGN = {"type": "compaction", "id": "cmp_openai", "encrypted_content": "gAAAAABpM0Yj-opaque="}
+
+
+def chain(client: openai.OpenAI, model: str, *texts: str) -> str:
+    """Create one turn per text, each continuing the last; the last response's id."""
+    previous: str | None = None
+    for text in texts:
+        kwargs: dict[str, Any] = {"previous_response_id": previous} if previous else {}
+        previous = client.responses.create(model=model, input=text, **kwargs).id
+    assert previous is not None
+    return previous
+
+
+def compact(client: openai.OpenAI, **kwargs: Any) -> dict[str, Any]:
+    """`client.responses.compact`, returning the JSON as sent: its `output` is what a client
+    sends as the next input (the SDK types user messages there as output messages, and so
+    would warn re-serializing them)."""
+    raw = client.responses.with_raw_response.compact(**kwargs)
+    assert isinstance(raw.parse(), CompactedResponse)
+    data: dict[str, Any] = json.loads(raw.text)
+    return data
+
+
+def as_input(compacted: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(compacted["output"])
+
+
+def test_compact_a_chain_on_a_chat_backend(client: openai.OpenAI, gw: Stack) -> None:
+    last = chain(client, "local-llama", "My name is Ada.", "I am building a landing page.")
+    gw.upstream.enqueue(
+        Reply(content=SUMMARY, usage={"prompt_tokens": 57, "completion_tokens": 14})
+    )
+    raw = client.responses.with_raw_response.compact(
+        model="local-llama", previous_response_id=last, instructions="Be brief."
+    )
+    data = json.loads(raw.text)
+    compacted = raw.parse()
+    assert isinstance(compacted, CompactedResponse)
+    assert compacted.object == "response.compaction" and compacted.id.startswith("resp_")
+    assert set(data) == {"id", "object", "created_at", "output", "usage"}
+    # The user messages of the context, in order, then one compaction item.
+    items = strict_items(data["output"])
+    users = data["output"][:-1]
+    assert [u["role"] for u in users] == ["user", "user"]
+    assert [u["content"][0]["text"] for u in users] == [
+        "My name is Ada.",
+        "I am building a landing page.",
+    ]
+    assert all(u["id"].startswith("msg_") and u["status"] == "completed" for u in users)
+    item = ResponseCompactionItem.model_validate(data["output"][-1])
+    assert isinstance(items[-1], ResponseCompactionItem)
+    assert item.id.startswith("cmp_") and item.encrypted_content
+    assert SUMMARY not in item.encrypted_content  # opaque to the client, as OpenAI's is
+    assert compacted.usage.input_tokens == 57 and compacted.usage.output_tokens == 14
+    assert compacted.usage.total_tokens == 71
+    # The upstream got the whole conversation, then the request for a summary, and no tools.
+    sent = gw.upstream.last.body
+    assert sent["model"] == "llama3.2"
+    messages = sent["messages"]
+    assert messages[0] == {"role": "system", "content": "Be brief."}
+    assert [m["role"] for m in messages[1:]] == ["user", "assistant", "user", "assistant", "user"]
+    assert messages[1]["content"] == "My name is Ada."
+    assert messages[4]["content"] == "echo: I am building a landing page."
+    assert "summary" in messages[-1]["content"]
+    assert "tools" not in sent and "response_format" not in sent
+    # Nothing was stored: the compaction object is not a response.
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(compacted.id)
+
+
+def test_the_next_turn_sends_the_summary_instead_of_the_history(
+    client: openai.OpenAI, gw: Stack
+) -> None:
+    last = chain(client, "local-llama", "one", "two")
+    gw.upstream.enqueue(Reply(content=SUMMARY))
+    compacted = compact(client, model="local-llama", previous_response_id=last)
+    nxt = client.responses.create(
+        model="local-llama",
+        input=[*as_input(compacted), {"role": "user", "content": "three"}],  # type: ignore[list-item]
+    )
+    assert nxt.status == "completed" and nxt.output_text == "echo: three"
+    messages = gw.upstream.last.body["messages"]
+    assert [m["role"] for m in messages] == ["user", "user", "user", "user"]
+    assert [m["content"] for m in messages[:2]] == ["one", "two"]
+    assert messages[2]["content"].endswith(SUMMARY) and messages[2]["content"] != SUMMARY
+    assert messages[3]["content"] == "three"
+    # The compaction item is kept as this response's input, as sent.
+    listed = client.responses.input_items.list(nxt.id, order="asc")
+    assert [item.type for item in listed.data] == ["message", "message", "compaction", "message"]
+    # And it stays in the chain: the turn after sees the summary again, from storage.
+    client.responses.create(model="local-llama", input="four", previous_response_id=nxt.id)
+    chained = gw.upstream.last.body["messages"]
+    assert chained[2]["content"].endswith(SUMMARY)
+    assert [m["content"] for m in chained[-3:]] == ["three", "echo: three", "four"]
+
+
+def test_compacting_again_folds_the_earlier_summary_in(client: openai.OpenAI, gw: Stack) -> None:
+    gw.upstream.enqueue(Reply(content="first summary"))
+    first = compact(client, model="local-llama", input="hello")
+    gw.upstream.enqueue(Reply(content="second summary"))
+    again = compact(
+        client,
+        model="local-llama",
+        input=[*as_input(first), {"role": "user", "content": "more"}],  # type: ignore[list-item]
+    )
+    # The model saw the earlier summary; the output has one compaction item, the new one.
+    assert any(m["content"].endswith("first summary") for m in gw.upstream.last.body["messages"])
+    kinds = [item["type"] for item in again["output"]]
+    assert kinds == ["message", "message", "compaction"]
+    nxt = client.responses.create(
+        model="local-llama",
+        input=[*as_input(again), {"role": "user", "content": "go on"}],  # type: ignore[list-item]
+    )
+    assert nxt.status == "completed"
+    sent = [m["content"] for m in gw.upstream.last.body["messages"]]
+    assert sent[0] == "hello" and sent[1] == "more" and sent[2].endswith("second summary")
+
+
+def test_compact_streamed_create_and_async_client(gw: Stack) -> None:
+    import asyncio
+
+    async def run() -> None:
+        async with openai.AsyncOpenAI(
+            base_url=f"{gw.gateway.url}/v1", api_key="sk-client", max_retries=0
+        ) as client:
+            gw.upstream.enqueue(Reply(content=SUMMARY))
+            raw = await client.responses.with_raw_response.compact(
+                model="local-llama", input="Ada here."
+            )
+            compacted = json.loads(raw.text)
+            stream = await client.responses.create(
+                model="local-llama",
+                input=[*as_input(compacted), {"role": "user", "content": "next"}],  # type: ignore[list-item]
+                stream=True,
+            )
+            types = [event.type async for event in stream]
+            assert types[-1] == "response.completed"
+
+    asyncio.run(run())
+    assert gw.upstream.last.body["messages"][1]["content"].endswith(SUMMARY)
+
+
+def test_compact_refusals(client: openai.OpenAI, gw: Stack) -> None:
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.responses.compact(model="local-llama", previous_response_id="resp_nope")
+    assert missing.value.body["param"] == "previous_response_id"  # type: ignore[index]
+    with pytest.raises(openai.NotFoundError):
+        client.responses.compact(model="no-such-model", input="hi")
+    r = httpx.post(f"{gw.gateway.url}/v1/responses/compact", json={"input": "hi"}, timeout=10)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "model"
+    assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+    # A compaction item only OpenAI can read cannot reach a Chat Completions upstream.
+    with pytest.raises(openai.BadRequestError) as foreign:
+        client.responses.create(
+            model="local-llama", input=[FOREIGN, {"role": "user", "content": "x"}]
+        )  # type: ignore[list-item]
+    assert foreign.value.body["param"] == "input[0].type"  # type: ignore[index]
+    # ... unless the model drops hosted items (`hosted_tools: drop`): it is left out.
+    dropped = client.responses.create(
+        model="local-agent",
+        input=[FOREIGN, {"role": "user", "content": "x"}],  # type: ignore[list-item]
+    )
+    assert dropped.status == "completed"
+    assert gw.upstream.last.body["messages"] == [{"role": "user", "content": "x"}]
+
+
+def test_upstream_fault_fails_the_compaction_cleanly(client: openai.OpenAI, gw: Stack) -> None:
+    gw.upstream.enqueue(Fail(503, {"error": {"message": "overloaded"}}))
+    with pytest.raises(openai.APIStatusError) as failed:
+        client.responses.compact(model="local-llama", input="hello")
+    assert failed.value.status_code >= 500
+    body = failed.value.response.json()
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    # The gateway still answers the next one.
+    gw.upstream.enqueue(Reply(content=SUMMARY))
+    assert (
+        client.responses.compact(model="local-llama", input="hello").output[-1].type == "compaction"
+    )
+
+
+def test_compaction_on_a_native_backend(native: NativeStack, nclient: openai.OpenAI) -> None:
+    native.fake.enqueue(Answer(text=SUMMARY))
+    compacted = compact(nclient, model="vllm/qwen3", input="Ada is here.")
+    sent = native.fake.last
+    assert sent.path == "/v1/responses"
+    assert sent.body["input"][-1]["role"] == "user" and "tools" not in sent.body
+    nclient.responses.create(
+        model="vllm/qwen3",
+        input=[*as_input(compacted), {"role": "user", "content": "next"}],  # type: ignore[list-item]
+    )
+    items = native.fake.last.body["input"]
+    # Ours became a message the upstream can read; nothing of type compaction went out.
+    assert [i.get("type", "message") for i in items] == ["message", "message", "message"]
+    assert items[1]["content"][0]["text"].endswith(SUMMARY)
+    # OpenAI's own compaction items go to a Responses upstream as they are.
+    nclient.responses.create(
+        model="gpt-5-mini",
+        input=[FOREIGN, {"role": "user", "content": "next"}],  # type: ignore[list-item]
+    )
+    assert native.fake.last.body["input"][0] == FOREIGN
