@@ -15,7 +15,7 @@ from openai.types.responses import CompactedResponse, ResponseCompactionItem
 from tests.conftest import NativeStack, Stack
 from tests.fake_responses import Answer
 from tests.fake_upstream import Fail, Reply
-from tests.wire import strict_items
+from tests.wire import raw_create, stream_raw, strict_items, strict_response, strict_stream
 
 SUMMARY = "Ada is building a landing page for a dog cafe; the hero section is done."
 FOREIGN = {"type": "compaction", "id": "cmp_openai", "encrypted_content": "gAAAAABpM0Yj-opaque="}
@@ -70,7 +70,7 @@ def test_compact_a_chain_on_a_chat_backend(client: openai.OpenAI, gw: Stack) -> 
     item = ResponseCompactionItem.model_validate(data["output"][-1])
     assert isinstance(items[-1], ResponseCompactionItem)
     assert item.id.startswith("cmp_") and item.encrypted_content
-    assert SUMMARY not in item.encrypted_content  # opaque to the client, as OpenAI's is
+    assert item.encrypted_content.startswith("rgc1.") and SUMMARY not in item.encrypted_content
     assert compacted.usage.input_tokens == 57 and compacted.usage.output_tokens == 14
     assert compacted.usage.total_tokens == 71
     # The upstream got the whole conversation, then the request for a summary, and no tools.
@@ -218,3 +218,201 @@ def test_compaction_on_a_native_backend(native: NativeStack, nclient: openai.Ope
         input=[FOREIGN, {"role": "user", "content": "next"}],  # type: ignore[list-item]
     )
     assert native.fake.last.body["input"][0] == FOREIGN
+
+
+TRIGGER = {"type": "compaction_trigger"}
+
+
+def test_compaction_trigger_compacts_a_chain(client: openai.OpenAI, gw: Stack) -> None:
+    last = chain(client, "local-llama", "one", "two")
+    gw.upstream.enqueue(Reply(content=SUMMARY, usage={"prompt_tokens": 40, "completion_tokens": 9}))
+    data = raw_create(client, model="local-llama", input=[TRIGGER], previous_response_id=last)
+    response = strict_response(data)
+    assert response.status == "completed" and response.usage and response.usage.output_tokens == 9
+    assert [item["type"] for item in data["output"]] == ["compaction"]
+    item = ResponseCompactionItem.model_validate(data["output"][0])
+    assert item.id.startswith("cmp_") and SUMMARY not in item.encrypted_content
+    # The upstream was asked for a summary of the chain; the trigger itself never goes out.
+    sent = gw.upstream.last.body
+    assert [m["content"] for m in sent["messages"][:4]] == ["one", "echo: one", "two", "echo: two"]
+    assert "summary" in sent["messages"][-1]["content"] and "tools" not in sent
+    # The next turn stands on the user messages and the summary, not on what was compacted.
+    nxt = client.responses.create(
+        model="local-llama", input="three", previous_response_id=data["id"]
+    )
+    assert nxt.output_text == "echo: three"
+    messages = gw.upstream.last.body["messages"]
+    assert [m["role"] for m in messages] == ["user", "user", "user", "user"]
+    assert [m["content"] for m in messages[:2]] == ["one", "two"]
+    assert messages[2]["content"].endswith(SUMMARY) and messages[3]["content"] == "three"
+    listed = client.responses.input_items.list(data["id"], order="asc")
+    assert [i.type for i in listed.data] == ["message", "message"]  # no trigger stored
+
+
+def test_compaction_trigger_streamed_as_codex_sends_it(client: openai.OpenAI, gw: Stack) -> None:
+    """Codex CLI's remote compaction: `store: false`, the whole history, the trigger last, a
+    stream; it needs exactly one compaction output item."""
+    history: list[dict[str, Any]] = [
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "fix it"}]},
+        {"type": "function_call", "call_id": "call_1", "name": "exec_command", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "call_1", "output": "ok"},
+        {
+            "type": "message",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": "done"}],
+        },
+    ]
+    tools = [{"type": "function", "name": "exec_command", "parameters": {"type": "object"}}]
+    gw.upstream.enqueue(Reply(content=SUMMARY))
+    stream = stream_raw(
+        gw.gateway.url,
+        {"model": "local-llama", "input": [*history, TRIGGER], "store": False, "tools": tools},
+    )
+    strict_stream(stream)
+    kinds = [e["type"] for e in stream.events]
+    assert kinds == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    done = stream.events[3]["item"]
+    assert done["type"] == "compaction" and done["id"] == stream.events[2]["item"]["id"]
+    final = stream.events[-1]["response"]["output"]
+    assert final == [done]
+    sent = gw.upstream.last.body
+    assert sent["messages"][1]["tool_calls"][0]["function"]["name"] == "exec_command"
+    assert "tools" not in sent and "summary" in sent["messages"][-1]["content"]
+    # Codex then sends the user messages and the compaction item: the summary goes upstream.
+    client.responses.create(
+        model="local-llama",
+        input=[history[0], done, {"role": "user", "content": "go on"}],  # type: ignore[list-item]
+        store=False,
+    )
+    contents = [m["content"] for m in gw.upstream.last.body["messages"]]
+    assert contents[0] == "fix it" and contents[1].endswith(SUMMARY) and contents[2] == "go on"
+
+
+def test_compaction_trigger_refusals(client: openai.OpenAI, gw: Stack) -> None:
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"input": [TRIGGER, {"role": "user", "content": "x"}]}, "input[0]"),
+        ({"input": [{"role": "user", "content": "x"}, TRIGGER], "background": True}, "background"),
+        ({"input": [TRIGGER]}, "input"),
+    ]
+    for extra, param in cases:
+        r = httpx.post(
+            f"{gw.gateway.url}/v1/responses", json={"model": "local-llama", **extra}, timeout=10
+        )
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == param
+    conversation = client.conversations.create()
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.create(
+            model="local-llama",
+            input=[{"role": "user", "content": "x"}, TRIGGER],  # type: ignore[list-item]
+            conversation=conversation.id,
+        )
+    assert refused.value.body["param"] == "conversation"  # type: ignore[index]
+    # A conversation cannot hold a trigger: it is no content.
+    with pytest.raises(openai.BadRequestError):
+        client.conversations.items.create(conversation.id, items=[TRIGGER])  # type: ignore[list-item]
+    # Counting the input of a compaction counts what it compacts.
+    counted = client.responses.input_tokens.count(
+        model="local-llama",
+        input=[{"role": "user", "content": "count me"}, TRIGGER],  # type: ignore[list-item]
+    )
+    assert counted.input_tokens > 0
+
+
+def test_compaction_trigger_on_a_native_backend(
+    native: NativeStack, nclient: openai.OpenAI
+) -> None:
+    native.fake.enqueue(Answer(text=SUMMARY))
+    data = raw_create(
+        nclient,
+        model="vllm/qwen3",
+        input=[{"role": "user", "content": "Ada."}, TRIGGER],  # type: ignore[list-item]
+    )
+    assert [item["type"] for item in data["output"]] == ["compaction"]
+    sent = native.fake.last.body["input"]
+    assert all(item.get("type") != "compaction_trigger" for item in sent)
+    assert sent[-1]["role"] == "user" and "tools" not in native.fake.last.body
+
+
+def test_compact_ignores_what_a_create_body_adds(client: openai.OpenAI, gw: Stack) -> None:
+    """Clients build the compact body from their create body (Codex does): tools, tool choice,
+    output format, logprobs. None of it reaches the summary call, and none is refused."""
+    gw.upstream.enqueue(Reply(content=SUMMARY))
+    r = httpx.post(
+        f"{gw.gateway.url}/v1/responses/compact",
+        json={
+            "model": "local-agent",
+            "input": [{"role": "user", "content": "hi"}],
+            "tools": [
+                {"type": "function", "name": "exec_command", "parameters": {"type": "object"}},
+                {"type": "web_search"},
+            ],
+            "tool_choice": {"type": "function", "name": "exec_command"},
+            "parallel_tool_calls": False,
+            "text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "object"}}},
+            "include": ["message.output_text.logprobs"],
+            "top_logprobs": 3,
+            "store": False,
+            "stream": True,
+        },
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["object"] == "response.compaction"  # not a stream: compaction never is
+    sent = gw.upstream.last.body
+    for key in ("tools", "tool_choice", "parallel_tool_calls", "response_format", "logprobs"):
+        assert key not in sent, key
+
+
+def test_compact_a_conversation(client: openai.OpenAI, gw: Stack) -> None:
+    conversation = client.conversations.create(
+        items=[
+            {"type": "message", "role": "user", "content": "first"},
+            {"type": "message", "role": "assistant", "content": "answer"},
+        ]
+    )
+    gw.upstream.enqueue(Reply(content=SUMMARY))
+    data = compact(client, model="local-llama", extra_body={"conversation": conversation.id})
+    assert [i["type"] for i in data["output"]] == ["message", "compaction"]
+    assert data["output"][0]["content"][0]["text"] == "first"
+    assert [m["content"] for m in gw.upstream.last.body["messages"][:2]] == ["first", "answer"]
+    # Nothing was added to the conversation.
+    assert len(client.conversations.items.list(conversation.id).data) == 2
+
+
+def test_an_unusable_summary_is_an_upstream_fault(client: openai.OpenAI, gw: Stack) -> None:
+    gw.upstream.enqueue(Reply(content="   "))
+    with pytest.raises(openai.APIStatusError) as empty:
+        client.responses.compact(model="local-llama", input="hello")
+    assert empty.value.status_code == 502
+    gw.upstream.enqueue(Reply(content="cut sho", finish_reason="length"))
+    with pytest.raises(openai.APIStatusError) as cut:
+        client.responses.compact(model="local-llama", input="hello")
+    assert cut.value.status_code == 502 and "max_output_tokens" in cut.value.message
+    # Through the trigger, streamed: the response fails with the reason, no compaction item.
+    gw.upstream.enqueue(Reply(content=""))
+    stream = stream_raw(
+        gw.gateway.url,
+        {"model": "local-llama", "input": [{"role": "user", "content": "x"}, TRIGGER]},
+    )
+    strict_stream(stream)
+    assert stream.events[-1]["type"] == "response.failed"
+    assert stream.events[-1]["response"]["output"] == []
+
+
+def test_a_full_context_is_truncated_not_refused(client: openai.OpenAI, gw: Stack) -> None:
+    """`tiny-window` holds 120 tokens: a create this long is a 400; its compaction drops the
+    oldest items to fit instead."""
+    long = [{"role": "user", "content": f"Turn {n}: " + "many words here " * 12} for n in range(4)]
+    with pytest.raises(openai.BadRequestError):
+        client.responses.create(model="tiny-window", input=long)  # type: ignore[arg-type]
+    gw.upstream.enqueue(Reply(content=SUMMARY))
+    data = compact(client, model="tiny-window", input=long)
+    assert data["output"][-1]["type"] == "compaction"
+    assert len(gw.upstream.last.body["messages"]) < len(long) + 1

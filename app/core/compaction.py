@@ -9,6 +9,14 @@ summary travels in the item's `encrypted_content` as `rgc1.` + base64url(UTF-8 t
 opaque to clients, as OpenAI's is, but not encrypted: it holds nothing the caller did not send
 or receive.
 
+A create whose input ends in `{"type": "compaction_trigger"}` (Codex CLI's remote compaction
+when it talks to OpenAI, or to us under OpenAI's name) is answered the same way through the
+normal response lifecycle: the upstream is asked for the summary, and the response's one output
+item is the compaction item (`CompactingBackend`; streamed as `response.output_item.added` /
+`.done`). Stored, such a response stands on the context's user messages only
+(`ResponsesService.prepare`): the next turn of its `previous_response_id` chain gets those and the
+summary, not the history it compacted.
+
 When an item of ours comes back as input, the upstream gets a user message carrying the summary
 in its place (`expand`). A `compaction` item the gateway did not make (OpenAI's own) is a hosted
 item like any other: passed on as it is to a backend that speaks Responses, refused (400, with
@@ -20,10 +28,13 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+from collections.abc import AsyncGenerator
 from typing import Any
 
-from app.backends.base import Generation, GenerationRequest
+from app.backends.base import Backend, Delta, Finish, Generation, GenerationRequest, NativeEvent
+from app.errors import BadRequestError, UpstreamError
 from app.ids import new_id
+from app.schemas.requests import CompactionTriggerItem, CreateResponseRequest
 from app.schemas.responses import usage_object
 
 PREFIX = "rgc1."
@@ -34,6 +45,20 @@ SUMMARY_PROMPT = (
     "question and unfinished task; state what was done, what was found and what is to be done "
     "next. Leave out pleasantries. Write the summary only, with no preamble."
 )
+
+
+# What a compaction request sets aside: the summary call gets no tools and writes free text,
+# and it truncates (oldest items first) rather than failing on a context that is too long —
+# the case compaction exists for.
+UNUSED_FIELDS: dict[str, Any] = {
+    "tools": None,
+    "tool_choice": None,
+    "parallel_tool_calls": None,
+    "text": None,
+    "include": None,
+    "top_logprobs": None,
+    "truncation": "auto",
+}
 
 
 def encode(summary: str) -> str:
@@ -101,14 +126,91 @@ def summary_request(generation: GenerationRequest) -> GenerationRequest:
 
 
 def summary_text(generation: Generation) -> str:
-    """The text of the summary a generation answered with."""
-    return "".join(
+    """The text of the summary a generation answered with. A summary cut short or missing is
+    an upstream fault (502): a client drops its history for what it gets."""
+    text = "".join(
         part.get("text", "")
         for item in generation.output
         if item.get("type") == "message"
         for part in item.get("content") or ()
         if part.get("type") == "output_text"
     ).strip()
+    if generation.status != "completed" or not text:
+        reason = generation.incomplete_reason or "no text"
+        raise UpstreamError(
+            f"The model's summary of the context was not usable ({reason}); nothing was "
+            "compacted. Retry, or compact with a model that has room to answer."
+        )
+    return text
+
+
+def compaction_item(generation: Generation) -> dict[str, Any]:
+    return {
+        "id": new_id("cmp"),
+        "type": "compaction",
+        "encrypted_content": encode(summary_text(generation)),
+    }
+
+
+def is_user_message(item: dict[str, Any]) -> bool:
+    return item.get("type", "message") == "message" and item.get("role") == "user"
+
+
+def without_trigger(request: CreateResponseRequest) -> CreateResponseRequest | None:
+    """`request` without its closing `compaction_trigger`, and without what a compaction does
+    not use (tools, output format): None if it has no trigger. A trigger anywhere else, or
+    with what a compaction cannot be, is a 400 naming it."""
+    if isinstance(request.input, str):
+        return None
+    triggers = [
+        i for i, item in enumerate(request.input) if isinstance(item, CompactionTriggerItem)
+    ]
+    if not triggers:
+        return None
+    last = len(request.input) - 1
+    if triggers != [last]:
+        raise BadRequestError(
+            "The 'compaction_trigger' item must be the final input item.",
+            param=f"input[{triggers[0]}]",
+        )
+    if request.background:
+        raise BadRequestError(
+            "A compaction ('compaction_trigger') cannot run in the background: send it without "
+            "'background', or use POST /v1/responses/compact.",
+            param="background",
+        )
+    if request.conversation is not None:
+        raise BadRequestError(
+            "A compaction ('compaction_trigger') of a conversation is not supported: name its "
+            "context with 'input' or 'previous_response_id', or use POST /v1/responses/compact.",
+            param="conversation",
+        )
+    return request.model_copy(update={**UNUSED_FIELDS, "input": request.input[:last]})
+
+
+class CompactingBackend(Backend):
+    """The backend of a create that ends in `compaction_trigger`: asks the model's own backend
+    for the summary (`summary_request` built the request) and answers with the compaction
+    item instead of the model's message."""
+
+    def __init__(self, inner: Backend) -> None:
+        self._inner = inner
+        self.name = inner.name
+        self.responses_native = inner.responses_native
+
+    async def generate(self, request: GenerationRequest) -> Generation:
+        result = await self._inner.generate(request)
+        return Generation([compaction_item(result)], usage=result.usage, model=result.model)
+
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
+        result = await self.generate(request)
+        item = result.output[0]
+        for kind in ("response.output_item.added", "response.output_item.done"):
+            yield NativeEvent({"type": kind, "output_index": 0, "item": item})
+        yield Finish(usage=result.usage, model=result.model)
+
+    async def aclose(self) -> None:  # the inner backend belongs to the registry
+        return None
 
 
 def compacted_response(
@@ -116,25 +218,18 @@ def compacted_response(
 ) -> dict[str, Any]:
     """The `response.compaction` object: the context's user messages, in order, then one
     compaction item holding the summary of everything."""
-    output: list[dict[str, Any]] = []
-    for item in context:
-        if item.get("type", "message") == "message" and item.get("role") == "user":
-            output.append(
-                {
-                    "id": item.get("id") or new_id("msg"),
-                    "type": "message",
-                    "status": "completed",
-                    "content": item["content"],
-                    "role": "user",
-                }
-            )
-    output.append(
+    output = [
         {
-            "id": new_id("cmp"),
-            "type": "compaction",
-            "encrypted_content": encode(summary_text(generation)),
+            "id": item.get("id") or new_id("msg"),
+            "type": "message",
+            "status": "completed",
+            "content": item["content"],
+            "role": "user",
         }
-    )
+        for item in context
+        if is_user_message(item)
+    ]
+    output.append(compaction_item(generation))
     usage = generation.usage
     return {
         "id": response_id,

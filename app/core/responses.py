@@ -36,7 +36,7 @@ from app.core.requests import (
 )
 from app.core.tokens import count_tokens, fit_generation
 from app.errors import BadRequestError, NotFoundError, UpstreamError
-from app.schemas.requests import CreateResponseRequest
+from app.schemas.requests import CompactionTriggerItem, CreateResponseRequest
 from app.schemas.responses import error_object, list_object, render_response
 from app.store.contexts import StoredItem
 from app.store.conversations import ConversationStore
@@ -71,9 +71,18 @@ class ResponsesService:
     # --- create ------------------------------------------------------------------------------
 
     async def prepare(
-        self, request: CreateResponseRequest, project: str = "", key_id: str | None = None
+        self,
+        request: CreateResponseRequest,
+        project: str = "",
+        key_id: str | None = None,
+        *,
+        summarize: bool = False,
     ) -> Prepared:
-        """Every check that can refuse the request, before any upstream call or any byte sent."""
+        """Every check that can refuse the request, before any upstream call or any byte sent.
+        `summarize`: the generation asks for a summary of the context (`compaction`)."""
+        compacting = compaction.without_trigger(request)
+        if compacting is not None:  # the input ends in `compaction_trigger`
+            request = compacting
         route = self._resolve(request.model)
         check_request(request, route.backend, route.config.hosted_tools)
         # A plain create checks that a cached previous response still exists while the
@@ -103,7 +112,20 @@ class ResponsesService:
             dropped,
             hosted_items=hosted_tools != "drop",
         )
+        if compacting is not None or summarize:
+            if not context.items:
+                raise BadRequestError(
+                    "There is nothing to compact: give a context (input items, or a "
+                    "'previous_response_id') before asking for its compaction.",
+                    param="input",
+                )
+            # Fitted with the summary's prompt: a compaction is asked for when the context is
+            # full, and its request is `truncation: "auto"` (oldest items out, not a 400).
+            generation = compaction.summary_request(generation)
         fit_generation(route, request, generation)
+        if compacting is not None:
+            route = Route(route.config, compaction.CompactingBackend(route.backend))
+            context = _retained_context(context)
         return Prepared(
             request,
             route,
@@ -119,6 +141,7 @@ class ResponsesService:
         self, request: CreateResponseRequest, project: str = ""
     ) -> dict[str, Any]:
         """`POST /v1/responses/input_tokens`: the tokens the same create body would send."""
+        request = compaction.without_trigger(request) or request  # counts what it compacts
         route = self._resolve(request.model)
         check_context_source(request)
         context = await self._assemble(request, project)
@@ -138,22 +161,15 @@ class ResponsesService:
     ) -> Prepared:
         """`POST /v1/responses/compact`, checked: the context its body names (input, a
         previous response, a conversation), on the model's route. The compact body has no
-        tools, output format or storage: any sent are not part of the summary call."""
+        tools or output format: any sent are not part of the summary call. Nothing is stored
+        (`compact` stores nothing)."""
+        if not isinstance(request.input, str):  # a trigger here asks for what this does
+            kept = [item for item in request.input if not isinstance(item, CompactionTriggerItem)]
+            request = request.model_copy(update={"input": kept})
         request = request.model_copy(
-            update={
-                "tools": None,
-                "tool_choice": None,
-                "text": None,
-                "store": False,
-                "stream": False,
-                "background": False,
-                "include": None,
-                "top_logprobs": None,
-            }
+            update={**compaction.UNUSED_FIELDS, "stream": False, "background": False}
         )
-        prepared = await self.prepare(request, project, key_id)
-        prepared.generation = compaction.summary_request(prepared.generation)
-        return prepared
+        return await self.prepare(request, project, key_id, summarize=True)
 
     async def compact(self, prepared: Prepared) -> dict[str, Any]:
         """Summarize the prepared context: the `response.compaction` object. Nothing is
@@ -367,8 +383,10 @@ class ResponsesService:
             # context's ids (2,000 at chain depth 1000) need no scan.
             entries = [user_text_item(raw)]
         else:
+            # (A closing `compaction_trigger` was taken off by `prepare`: it is no content.)
+            content = [item for item in raw if not isinstance(item, CompactionTriggerItem)]
             entries = await resolve_items(
-                self._store, list(raw), project, reuse=request.store is not False, param="input"
+                self._store, content, project, reuse=request.store is not False, param="input"
             )
             check_unique_ids((entry.data["id"] for entry in history), entries, "input")
         items: list[dict[str, Any]] = [entry.data for entry in history]
@@ -554,6 +572,22 @@ class _ForegroundSink:
     async def interrupted(self, ladder: EventLadder) -> None:
         body = response_body(self._prepared, "cancelled")
         await self._service._insert(self._prepared, body, ladder.snapshot_output())
+
+
+def _retained_context(context: Context) -> Context:
+    """What a compacted response (`compaction_trigger`) stands on once stored: the context's
+    user messages (stored ones by reference), no inherited history. The next turn of its chain
+    gets those and the compaction item, not what was compacted."""
+    pairs: list[tuple[Any, dict[str, Any]]] = [(item.pk, item.data) for item in context.history]
+    pairs += zip(context.entries, context.items[len(context.history) :], strict=True)
+    kept = [(entry, data) for entry, data in pairs if compaction.is_user_message(data)]
+    return Context(
+        history=[],
+        entries=[entry for entry, _ in kept],
+        items=[data for _, data in kept],
+        cache_epoch=context.cache_epoch,
+        unverified=context.unverified,
+    )
 
 
 def cancelled_body(body: dict[str, Any]) -> dict[str, Any]:

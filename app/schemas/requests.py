@@ -139,6 +139,13 @@ class ItemReference(WireModel):
     id: str
 
 
+class CompactionTriggerItem(WireModel):
+    """`{"type": "compaction_trigger"}`, last in `input`: answer with a compaction of the context
+    instead of a turn (Codex CLI's remote compaction). Never stored."""
+
+    type: Literal["compaction_trigger"]
+
+
 # Items of tools OpenAI hosts, replayed by clients that keep their own history (Codex sends
 # `store: false` and the whole history each call). Kept as sent; only backends that speak the
 # Responses API natively can take them (checked in core).
@@ -183,7 +190,13 @@ def _item_tag(value: Any) -> str:
     return "hosted" if tag in HOSTED_ITEM_TYPES else str(tag)
 
 
-InputItem = Annotated[
+_ITEM_TAG = Discriminator(
+    _item_tag,
+    custom_error_type="unsupported_item_type",
+    custom_error_message="unsupported input item type",
+)
+# An item a conversation can hold.
+StorableItem = Annotated[
     Annotated[MessageItem, Tag("message")]
     | Annotated[FunctionCallItem, Tag("function_call")]
     | Annotated[FunctionCallOutputItem, Tag("function_call_output")]
@@ -192,11 +205,20 @@ InputItem = Annotated[
     | Annotated[ReasoningItem, Tag("reasoning")]
     | Annotated[ItemReference, Tag("item_reference")]
     | Annotated[HostedItem, Tag("hosted")],
-    Discriminator(
-        _item_tag,
-        custom_error_type="unsupported_item_type",
-        custom_error_message="unsupported input item type",
-    ),
+    _ITEM_TAG,
+]
+# An item of a create's `input`: those, and the control item that asks for a compaction.
+InputItem = Annotated[
+    Annotated[MessageItem, Tag("message")]
+    | Annotated[FunctionCallItem, Tag("function_call")]
+    | Annotated[FunctionCallOutputItem, Tag("function_call_output")]
+    | Annotated[CustomToolCallItem, Tag("custom_tool_call")]
+    | Annotated[CustomToolCallOutputItem, Tag("custom_tool_call_output")]
+    | Annotated[ReasoningItem, Tag("reasoning")]
+    | Annotated[ItemReference, Tag("item_reference")]
+    | Annotated[HostedItem, Tag("hosted")]
+    | Annotated[CompactionTriggerItem, Tag("compaction_trigger")],
+    _ITEM_TAG,
 ]
 
 
@@ -412,7 +434,7 @@ class CreateConversationRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     metadata: Metadata | None = None
-    items: list[InputItem] | None = Field(default=None, max_length=CONVERSATION_ITEMS_MAX)
+    items: list[StorableItem] | None = Field(default=None, max_length=CONVERSATION_ITEMS_MAX)
 
 
 class UpdateConversationRequest(BaseModel):
@@ -424,4 +446,4 @@ class UpdateConversationRequest(BaseModel):
 class AddConversationItemsRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    items: list[InputItem] = Field(min_length=1, max_length=CONVERSATION_ITEMS_MAX)
+    items: list[StorableItem] = Field(min_length=1, max_length=CONVERSATION_ITEMS_MAX)
