@@ -1,13 +1,15 @@
 """Codex CLI (npm `@openai/codex`) as a client: `codex exec` with a custom model provider
 (`wire_api = "responses"`) pointing at the gateway, on a Chat Completions-backed model with
-`hosted_tools: drop` (Codex sends `web_search` on every call). A plain answer, and a turn where
-the model calls Codex's `exec_command` tool, Codex runs it and sends the output back.
+`hosted_tools: drop` (Codex sends `web_search` on every call). A plain answer, a turn where
+the model calls Codex's `exec_command` tool, Codex runs it and sends the output back, and a
+turn whose context Codex has the gateway compact (its provider under OpenAI's name).
 
 The package is installed by `make codex` (run by `.ci/run`) into `.codex-test/`; where it is
 missing and npm cannot install it, these tests are skipped, saying why."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -62,12 +64,12 @@ def codex() -> Path:
     return CODEX
 
 
-def codex_exec(codex: Path, gw: Stack, tmp_path: Path, prompt: str) -> str:
+def codex_exec(codex: Path, gw: Stack, tmp_path: Path, prompt: str, config: str = CONFIG) -> str:
     home = tmp_path / "codex-home"
     work = tmp_path / "work"
     home.mkdir()
     work.mkdir()
-    (home / "config.toml").write_text(CONFIG.format(base_url=f"{gw.gateway.url}/v1"))
+    (home / "config.toml").write_text(config.format(base_url=f"{gw.gateway.url}/v1"))
     env = {
         "PATH": os.environ["PATH"],
         "HOME": str(tmp_path),
@@ -115,3 +117,41 @@ def test_codex_runs_exec_command_and_answers(codex: Path, gw: Stack, tmp_path: P
     result = second["messages"][-1]
     assert result["role"] == "tool" and result["tool_call_id"] == "call_x"
     assert "codex-ran-42" in str(result["content"])
+
+
+# Codex asks the server to compact (instead of compacting with a summary turn of its own) when
+# its provider goes by OpenAI's name; a tiny auto-compact limit makes the first tool call's
+# usage cross it.
+OPENAI_NAMED = CONFIG.replace('name = "responses-gateway"', 'name = "OpenAI"').replace(
+    "check_for_update_on_startup = false",
+    "check_for_update_on_startup = false\nmodel_auto_compact_token_limit = 2000",
+)
+
+
+def test_codex_compacts_through_the_gateway(
+    codex: Path, gw: Stack, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    gw.upstream.enqueue(
+        Reply(
+            tool_calls=[tool_call("exec_command", {"cmd": "echo hi"}, "call_c")],
+            usage={"prompt_tokens": 50_000, "completion_tokens": 10},
+        ),
+        Reply(content="Ran echo; it printed hi. Next: answer the user."),
+        Reply(content="All done after compaction."),
+    )
+    with caplog.at_level(logging.INFO, logger="app.access"):
+        out = codex_exec(codex, gw, tmp_path, "run echo", OPENAI_NAMED)
+    assert "All done after compaction." in out
+    paths = [(r.method, r.path, r.status) for r in caplog.records if hasattr(r, "path")]  # type: ignore[attr-defined]
+    # Codex 0.169 compacts with a closing `compaction_trigger` on an ordinary create (remote
+    # compaction v2), not with POST /v1/responses/compact: three creates, all answered.
+    assert paths == [("POST", "/v1/responses", 200)] * 3, paths
+    calls, summary, after = (recorded.body for recorded in gw.upstream.requests[:3])
+    # The gateway asked its model for the summary of everything so far…
+    assert summary["messages"][-1]["content"].startswith("Compact the conversation above")
+    assert summary["messages"][-2]["role"] == "tool" and "tools" not in summary
+    # …and Codex went on with the user's messages and that summary instead of the history.
+    contents = [str(m["content"]) for m in after["messages"]]
+    assert contents[-1].endswith("Ran echo; it printed hi. Next: answer the user.")
+    assert "run echo" in contents and not any(m["role"] == "tool" for m in after["messages"])
+    assert len(after["messages"]) < len(calls["messages"]) + 3
