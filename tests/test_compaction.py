@@ -273,12 +273,14 @@ def test_compaction_trigger_streamed_as_codex_sends_it(client: openai.OpenAI, gw
     assert kinds == [
         "response.created",
         "response.in_progress",
+        "response.compaction.compacting",  # the summary is coming in (one: it came fast)
         "response.output_item.added",
         "response.output_item.done",
         "response.completed",
     ]
-    done = stream.events[3]["item"]
-    assert done["type"] == "compaction" and done["id"] == stream.events[2]["item"]["id"]
+    done = stream.events[4]["item"]
+    assert done["type"] == "compaction" and done["id"] == stream.events[3]["item"]["id"]
+    assert stream.events[2]["item_id"] == done["id"] and stream.events[2]["output_index"] == 0
     final = stream.events[-1]["response"]["output"]
     assert final == [done]
     sent = gw.upstream.last.body
@@ -333,11 +335,37 @@ def test_compaction_trigger_on_a_native_backend(
         nclient,
         model="vllm/qwen3",
         input=[{"role": "user", "content": "Ada."}, TRIGGER],  # type: ignore[list-item]
+        tools=[{"type": "function", "name": "f", "parameters": {"type": "object"}}],
+        tool_choice="required",
     )
     assert [item["type"] for item in data["output"]] == ["compaction"]
-    sent = native.fake.last.body["input"]
-    assert all(item.get("type") != "compaction_trigger" for item in sent)
-    assert sent[-1]["role"] == "user" and "tools" not in native.fake.last.body
+    body = native.fake.last.body
+    assert all(item.get("type") != "compaction_trigger" for item in body["input"])
+    assert body["input"][-1]["role"] == "user"
+    assert "tools" not in body and "tool_choice" not in body
+    assert body["truncation"] == "auto"  # a Responses upstream truncates a full context itself
+    # Streamed from a Responses upstream: its text deltas are read, the item comes out.
+    native.fake.enqueue(Answer(text=SUMMARY))
+    with nclient.responses.stream(
+        model="vllm/qwen3",
+        input=[{"role": "user", "content": "Ada."}, TRIGGER],  # type: ignore[list-item]
+    ) as stream:
+        final = stream.get_final_response()
+    assert [item.type for item in final.output] == ["compaction"]
+    assert native.fake.last.body["stream"] is True
+
+
+def test_compaction_trigger_upstream_fault(client: openai.OpenAI, gw: Stack) -> None:
+    gw.upstream.enqueue(Fail(503, {"error": {"message": "overloaded"}}))
+    stream = stream_raw(
+        gw.gateway.url,
+        {"model": "local-llama", "input": [{"role": "user", "content": "x"}, TRIGGER]},
+    )
+    strict_stream(stream)
+    failed = stream.events[-1]
+    assert failed["type"] == "response.failed" and failed["response"]["output"] == []
+    stored = client.responses.retrieve(failed["response"]["id"])
+    assert stored.status == "failed" and stored.error is not None
 
 
 def test_compact_ignores_what_a_create_body_adds(client: openai.OpenAI, gw: Stack) -> None:
@@ -415,4 +443,8 @@ def test_a_full_context_is_truncated_not_refused(client: openai.OpenAI, gw: Stac
     gw.upstream.enqueue(Reply(content=SUMMARY))
     data = compact(client, model="tiny-window", input=long)
     assert data["output"][-1]["type"] == "compaction"
-    assert len(gw.upstream.last.body["messages"]) < len(long) + 1
+    sent = gw.upstream.last.body
+    assert len(sent["messages"]) < len(long) + 1  # oldest turns out
+    assert sent["messages"][-1]["content"].startswith("Compact the conversation above")
+    # Room for the summary is kept: a quarter of the window when the request names none.
+    assert sent.get("max_completion_tokens", sent.get("max_tokens")) == 30

@@ -7,12 +7,13 @@ and extra keys a client sent (`phase`, `namespace`…) are kept.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, cast
 
 from app.errors import BadRequestError, NotFoundError
 from app.ids import new_item_id
 from app.schemas.requests import (
+    CompactionTriggerItem,
     ConcreteItem,
     CustomToolCallOutputItem,
     FunctionCallOutputItem,
@@ -98,9 +99,15 @@ def _check_file(part: InputFile, at: str) -> None:
         )
 
 
-def check_item(item: ConcreteItem | ItemReference, index: int, param: str = "input") -> None:
+def check_item(
+    item: ConcreteItem | ItemReference | CompactionTriggerItem, index: int, param: str = "input"
+) -> None:
     """Reject content this gateway cannot pass on, naming the param."""
     where = f"{param}[{index}]"
+    if isinstance(item, CompactionTriggerItem):  # one that closes the input was taken off
+        raise BadRequestError(
+            "The 'compaction_trigger' item must be the final input item.", param=where
+        )
     if isinstance(item, MessageItem) and isinstance(item.content, list):
         _check_parts(item.content, item.role, f"{where}.content")
     elif isinstance(item, FunctionCallOutputItem | CustomToolCallOutputItem) and isinstance(
@@ -152,7 +159,7 @@ def user_text_item(text: str) -> dict[str, Any]:
 
 async def resolve_items(
     store: ResponseStore,
-    items: list[ConcreteItem | ItemReference],
+    items: Sequence[ConcreteItem | ItemReference | CompactionTriggerItem],
     project: str,
     *,
     reuse: bool,
@@ -163,11 +170,12 @@ async def resolve_items(
     instead of storing them twice. Only ids the client chose can name stored items."""
     for index, item in enumerate(items):
         check_item(item, index, param)
+    checked = cast("Sequence[ConcreteItem | ItemReference]", items)  # no trigger is left
     canonical = [
-        item if isinstance(item, ItemReference) else canonical_item(item) for item in items
+        item if isinstance(item, ItemReference) else canonical_item(item) for item in checked
     ]
-    references = {item.id for item in items if isinstance(item, ItemReference)}
-    replayed = {item.id for item in items if not isinstance(item, ItemReference) and item.id}
+    references = {item.id for item in checked if isinstance(item, ItemReference)}
+    replayed = {item.id for item in checked if not isinstance(item, ItemReference) and item.id}
     stored = await store.find_items(references | (replayed if reuse else set()), project)
     resolved: list[StoredItem | dict[str, Any]] = []
     for index, entry in enumerate(canonical):

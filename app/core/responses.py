@@ -119,9 +119,15 @@ class ResponsesService:
                     "'previous_response_id') before asking for its compaction.",
                     param="input",
                 )
-            # Fitted with the summary's prompt: a compaction is asked for when the context is
-            # full, and its request is `truncation: "auto"` (oldest items out, not a 400).
+            # Fitted with the summary's prompt and room for its answer: a compaction is asked
+            # for when the context is full, and its request is `truncation: "auto"` (oldest
+            # items out, not a 400).
             generation = compaction.summary_request(generation)
+            window = route.config.context_window
+            if window is not None and request.max_output_tokens is None:
+                room = min(window // 4, compaction.SUMMARY_TOKENS)
+                request = request.model_copy(update={"max_output_tokens": room})
+                generation.max_output_tokens = room
         fit_generation(route, request, generation)
         if compacting is not None:
             route = Route(route.config, compaction.CompactingBackend(route.backend))
@@ -383,10 +389,10 @@ class ResponsesService:
             # context's ids (2,000 at chain depth 1000) need no scan.
             entries = [user_text_item(raw)]
         else:
-            # (A closing `compaction_trigger` was taken off by `prepare`: it is no content.)
-            content = [item for item in raw if not isinstance(item, CompactionTriggerItem)]
+            # A closing `compaction_trigger` was taken off by `prepare`; `resolve_items` refuses
+            # one anywhere else.
             entries = await resolve_items(
-                self._store, content, project, reuse=request.store is not False, param="input"
+                self._store, list(raw), project, reuse=request.store is not False, param="input"
             )
             check_unique_ids((entry.data["id"] for entry in history), entries, "input")
         items: list[dict[str, Any]] = [entry.data for entry in history]
