@@ -225,6 +225,13 @@ models:
     upstream_model: gpt-4o-mini
     context_window: 120
     max_retries: 0
+  # A local model under an OpenAI name, as teams alias them (the Agents SDK's compaction
+  # session insists on one).
+  - name: gpt-4.1-mini
+    backend: chat_completions
+    base_url: {upstream.base_url}
+    upstream_model: llama3.2
+    max_retries: 0
 """
 
 

@@ -11,7 +11,11 @@ from typing import Any
 import openai
 import pytest
 from agents import Agent, OpenAIResponsesModel, Runner, function_tool, set_tracing_disabled
-from agents.memory import OpenAIConversationsSession
+from agents.memory import (
+    OpenAIConversationsSession,
+    OpenAIResponsesCompactionSession,
+    SQLiteSession,
+)
 
 from tests.conftest import Stack
 from tests.fake_upstream import Reply, tool_call
@@ -130,3 +134,53 @@ def test_agent_session_kept_in_a_conversation(gw: Stack) -> None:
         "assistant",
         "user",
     ]
+
+
+def test_agent_session_compacted_through_the_gateway(gw: Stack) -> None:
+    """`OpenAIResponsesCompactionSession`: after a turn, the SDK has the gateway compact the
+    session's history (`responses.compact`) and keeps what comes back; the next turn sends
+    that, and the model gets the summary in place of the earlier turn."""
+
+    async def run() -> tuple[list[str], list[Any]]:
+        async with openai.AsyncOpenAI(
+            base_url=f"{gw.gateway.url}/v1", api_key="sk-client", max_retries=0
+        ) as client:
+            agent = weather_agent(client)
+            session = OpenAIResponsesCompactionSession(
+                "weather-chat",
+                SQLiteSession("weather-chat"),
+                client=client,
+                model="gpt-4.1-mini",  # a local model under an OpenAI name (conftest)
+                should_trigger_compaction=lambda context: True,
+            )
+            first = await Runner.run(agent, "Weather in Paris?", session=session)
+            second = await Runner.run(agent, "And what did I ask?", session=session)
+            return [str(first.final_output), str(second.final_output)], await session.get_items()
+
+    gw.upstream.enqueue(
+        Reply(tool_calls=[tool_call("get_weather", {"city": "Paris"}, "call_k1")]),
+        Reply(content="Sunny in Paris."),
+        Reply(content="The user asked for the weather in Paris; it is sunny, 24 C."),
+        Reply(content="You asked about the weather in Paris."),
+    )
+    finals, items = asyncio.run(run())
+    assert finals[0] == "Sunny in Paris."
+    summary_call = next(
+        recorded.body
+        for recorded in gw.upstream.requests
+        if recorded.body["messages"][-1]["content"].startswith("Compact the conversation above")
+    )
+    assert summary_call["model"] == "llama3.2" and "tools" not in summary_call
+    assert finals[1] == "You asked about the weather in Paris."
+    # The turn after the compaction got the summary instead of the tool call and its output.
+    turn = next(
+        recorded.body["messages"]
+        for recorded in gw.upstream.requests
+        if recorded.body["messages"][-1]["content"] == "And what did I ask?"
+    )
+    assert [m["role"] for m in turn] == ["system", "user", "user", "user"]
+    assert turn[1]["content"] == "Weather in Paris?"
+    assert turn[2]["content"].endswith("it is sunny, 24 C.")
+    # The session holds the user messages and the latest compaction item (it compacted again
+    # after the second turn).
+    assert [item.get("type") for item in items] == ["message", "message", "compaction"]

@@ -395,6 +395,7 @@ def test_models_list(client: openai.OpenAI) -> None:
         "url-credentials",
         "one-connection",
         "tiny-window",
+        "gpt-4.1-mini",
         "echo",
     ]  # echo: built in
     assert client.models.retrieve("local-llama").id == "local-llama"
