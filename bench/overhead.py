@@ -432,7 +432,6 @@ def measure_background(rig: Rig, system: System, load: Load) -> dict[str, Any]:
     # As many samples as the non-stream c=1 row (until 2026-12-02 evening: 2 rounds, 200
     # samples, whose p99 is the second-slowest request); the jobs they queue finish first.
     enqueue = ab(rig, system, load, label="background enqueue", body_b=body)
-    floor_after = commit_floor(rig, system, dsn, floor_samples)
 
     async def drain(interval: float) -> None:
         """Wait until every job is done, on one connection (a connection per poll fails
@@ -455,6 +454,7 @@ def measure_background(rig: Rig, system: System, load: Load) -> dict[str, Any]:
 
     deadline = time.monotonic() + 300
     asyncio.run(drain(0.2))  # the enqueue test's own jobs finish first
+    floor_after = commit_floor(rig, system, dsn, floor_samples)  # with nothing else running
     cpu0, t0 = cpu_seconds([system.pid]), time.perf_counter()
     run = closed_loop(
         rig,

@@ -3,7 +3,8 @@
 OpenAI's compaction hands back the conversation's user messages followed by one `compaction`
 item whose `encrypted_content` only OpenAI can read; the client sends those items as the input
 of its next request instead of the whole history (Codex CLI does so whenever its context fills
-up, and has no fallback when the endpoint is missing). The gateway compacts the same way on any
+up, through this endpoint in older versions and a `compaction_trigger` in 0.169, with no
+fallback when the server cannot). The gateway compacts the same way on any
 backend, local servers included: the model is asked for a summary of the conversation, and the
 summary travels in the item's `encrypted_content` as `rgc1.` + base64url(UTF-8 text). It is
 opaque to clients, as OpenAI's is, but not encrypted: it holds nothing the caller did not send
