@@ -5,6 +5,7 @@ asked, and what the next turn sends once its history is compacted."""
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import httpx
@@ -15,6 +16,7 @@ from openai.types.responses import CompactedResponse, ResponseCompactionItem
 from tests.conftest import NativeStack, Stack
 from tests.fake_responses import Answer
 from tests.fake_upstream import Fail, Reply
+from tests.tenancy import Tenants
 from tests.wire import raw_create, stream_raw, strict_items, strict_response, strict_stream
 
 SUMMARY = "Ada is building a landing page for a dog cafe; the hero section is done."
@@ -448,3 +450,25 @@ def test_a_full_context_is_truncated_not_refused(client: openai.OpenAI, gw: Stac
     assert sent["messages"][-1]["content"].startswith("Compact the conversation above")
     # Room for the summary is kept: a quarter of the window when the request names none.
     assert sent.get("max_completion_tokens", sent.get("max_tokens")) == 30
+
+
+def test_compaction_is_accounted_to_the_key(tenants: Tenants) -> None:
+    """A compaction's tokens count for its key like a create's, also when the summary came
+    back unusable (the model answered; the 502 is ours)."""
+    key = tenants.new_key("compactor")
+    tenants.upstream.enqueue(
+        Reply(content=SUMMARY, usage={"prompt_tokens": 40, "completion_tokens": 7}),
+        Reply(content="", usage={"prompt_tokens": 41, "completion_tokens": 3}),
+    )
+    with tenants.client(key) as client:
+        client.responses.compact(model="local-llama", input="hello")
+        with pytest.raises(openai.APIStatusError) as unusable:
+            client.responses.compact(model="local-llama", input="hello")
+    assert unusable.value.status_code == 502
+    time.sleep(0.5)  # the usage flush
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    report = tenants.admin("GET", "/admin/usage", params={"project": "compactor", "start": today})
+    [row] = report.json()["data"]
+    assert row["model"] == "local-llama" and row["requests"] == 2
+    assert row["input_tokens"] == 81 and row["output_tokens"] == 10
+    assert row["not_completed"] == 1

@@ -42,6 +42,7 @@ from app.backends.base import (
     GenerationRequest,
     NativeEvent,
     TextDelta,
+    Usage,
 )
 from app.errors import BadRequestError, UpstreamError
 from app.ids import new_id
@@ -145,6 +146,23 @@ def summary_request(generation: GenerationRequest) -> GenerationRequest:
     )
 
 
+class UnusableSummaryError(UpstreamError):
+    """The model answered, but with no summary to keep (empty, or cut short): a 502 that
+    still carries the tokens the answer cost, so that they are accounted."""
+
+    def __init__(self, message: str, usage: Usage | None) -> None:
+        super().__init__(message)
+        self.usage = usage
+
+    def wire_usage(self) -> dict[str, Any] | None:
+        usage = self.usage
+        if usage is None:
+            return None
+        return usage_object(
+            usage.input_tokens, usage.output_tokens, usage.cached_tokens, usage.reasoning_tokens
+        )
+
+
 def summary_text(generation: Generation) -> str:
     """The text of the summary a generation answered with. A summary cut short or missing is
     an upstream fault (502): a client drops its history for what it gets."""
@@ -157,9 +175,10 @@ def summary_text(generation: Generation) -> str:
     ).strip()
     if generation.status != "completed" or not text:
         reason = generation.incomplete_reason or "no text"
-        raise UpstreamError(
+        raise UnusableSummaryError(
             f"The model's summary of the context was not usable ({reason}); nothing was "
-            "compacted. Retry, or compact with a model that has room to answer."
+            "compacted. Retry, or compact with a model that has room to answer.",
+            generation.usage,
         )
     return text
 
@@ -245,6 +264,7 @@ class CompactingBackend(Backend):
             [{"type": "message", "content": [{"type": "output_text", "text": "".join(text)}]}],
             status="incomplete" if finish.incomplete_reason else "completed",
             incomplete_reason=finish.incomplete_reason,
+            usage=finish.usage,
         )
         item = {
             "id": item_id,

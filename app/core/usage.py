@@ -20,6 +20,7 @@ from collections.abc import AsyncGenerator
 from contextlib import aclosing, suppress
 from typing import TYPE_CHECKING, Any
 
+from app.core.compaction import UnusableSummaryError
 from app.core.events import Event
 from app.core.generation import Prepared
 from app.core.limits import RateLimiter
@@ -176,6 +177,10 @@ class UsageMeter:
         started = time.perf_counter()
         try:
             compacted = await service.compact(prepared)
+        except UnusableSummaryError as exc:  # the model answered: what it cost counts
+            usage = exc.wire_usage()
+            self.record(prepared, key_id, "failed", usage, time.perf_counter() - started)
+            raise
         except GatewayError:
             self.record(prepared, key_id, "failed", None, time.perf_counter() - started)
             raise
