@@ -146,6 +146,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # uvicorn[standard]) fails loudly instead of silently costing twice the CPU.
         loop="uvloop",
         http=GatewayHttpProtocol,  # uvicorn's httptools protocol, the head sent with the body
+        ws_max_size=settings.gateway_max_body_bytes,  # a WebSocket frame is a create body
     )
     return 0
 

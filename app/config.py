@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     gateway_max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     # Seconds of upstream silence after which a stream gets an SSE keep-alive comment.
     gateway_sse_keepalive: float = Field(default=15.0, gt=0)
+    # WebSocket mode (`/v1/responses` over a WebSocket): how long one connection may stay
+    # open (OpenAI's limit: 60 minutes), and how many lanes (`stream_id`) may have responses
+    # running or queued on one connection at once.
+    gateway_websocket_max_seconds: float = Field(default=3600.0, gt=0)
+    gateway_websocket_max_streams: int = Field(default=8, ge=1)
     # PostgreSQL connections one process keeps open (bursts may open half as many again).
     gateway_db_pool_size: int = Field(default=30, ge=1)
     # Background mode: jobs one process runs at once, the lease a running job holds (renewed

@@ -17,6 +17,7 @@ from app.api import conversations as conversations_routes
 from app.api import health as health_routes
 from app.api import models as models_routes
 from app.api import responses as responses_routes
+from app.api import websocket as websocket_routes
 from app.api.errors import install_error_handlers
 from app.api.fastpath import CreateFastPath, GatewayApp, find_route
 from app.api.middleware import ObservabilityMiddleware
@@ -183,10 +184,13 @@ def create_app(settings: Settings, models: ModelsFile) -> FastAPI:
     app.state.max_body_bytes = settings.gateway_max_body_bytes
     app.state.max_input_items = settings.gateway_max_input_items
     app.state.sse_keepalive = settings.gateway_sse_keepalive
+    app.state.websocket_max_seconds = settings.gateway_websocket_max_seconds
+    app.state.websocket_max_streams = settings.gateway_websocket_max_streams
     app.state.log_prompts = settings.gateway_log_prompts
     app.state.metrics = metrics
     install_error_handlers(app)
     app.include_router(responses_routes.router)
+    app.include_router(websocket_routes.router)
     app.include_router(models_routes.router)
     app.include_router(conversations_routes.router)
     app.include_router(admin_routes.router)

@@ -156,6 +156,7 @@ class GatewayServer:
             lifespan="on",
             loop="asyncio",
             http=GatewayHttpProtocol,  # as `serve` runs it
+            ws_max_size=settings.gateway_max_body_bytes,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(

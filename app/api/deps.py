@@ -9,6 +9,7 @@ from typing import Annotated, Any, TypeVar, cast
 import orjson
 from fastapi import Depends, Request
 from pydantic import BaseModel, ValidationError
+from starlette.requests import HTTPConnection
 from starlette.responses import Response
 
 from app.api.errors import bad_json, most_specific, validation_error
@@ -40,7 +41,7 @@ async def _registry(request: Request) -> Registry:
     return cast(Registry, request.state.registry)
 
 
-def _keys(request: Request) -> KeyService:
+def _keys(request: HTTPConnection) -> KeyService:
     return cast(KeyService, request.state.keys)
 
 
@@ -56,8 +57,9 @@ async def _database(request: Request) -> Database:
     return cast(Database, request.state.database)
 
 
-async def _principal(request: Request) -> Principal:
-    """The caller of a `/v1` route, from its API key (401 `invalid_api_key` otherwise)."""
+async def principal(request: HTTPConnection) -> Principal:
+    """The caller of a `/v1` route (or WebSocket), from its API key (401 `invalid_api_key`
+    otherwise)."""
     client = request.client.host if request.client is not None else None
     principal = await _keys(request).authenticate(request.headers.get("authorization"), client)
     request.state.project = principal.project  # for the access log
@@ -82,7 +84,7 @@ class CreateServices:
 
 async def create_services(request: Request) -> CreateServices:
     state = request.state
-    return CreateServices(await _principal(request), state.responses, state.limits, state.usage)
+    return CreateServices(await principal(request), state.responses, state.limits, state.usage)
 
 
 Responses = Annotated[ResponsesService, Depends(_responses)]
@@ -124,7 +126,7 @@ async def read_body(request: Request, model: type[M], reader: BodyReader | None 
 
 
 async def _include(
-    request: Request, _caller: Annotated[Principal, Depends(_principal)]
+    request: Request, _caller: Annotated[Principal, Depends(principal)]
 ) -> list[str]:
     """The `include` query of a GET (or of adding conversation items), checked after the key
     (a 401 comes first): the SDKs send `include[]=…`, hand-written URLs `include=…`. There is
@@ -139,8 +141,8 @@ Keys = Annotated[KeyService, Depends(_key_service)]
 checked_include = Depends(_include)
 Usage = Annotated[UsageMeter, Depends(_usage)]
 DatabaseDep = Annotated[Database, Depends(_database)]
-Caller = Annotated[Principal, Depends(_principal)]
-require_key = Depends(_principal)
+Caller = Annotated[Principal, Depends(principal)]
+require_key = Depends(principal)
 require_admin = Depends(_admin)
 
 

@@ -14,6 +14,7 @@ import logging
 from collections.abc import AsyncGenerator
 from typing import Any
 
+from app.backends.base import Usage
 from app.backends.registry import Registry, Route
 from app.core import compaction
 from app.core.background import BackgroundRunner
@@ -34,6 +35,7 @@ from app.core.requests import (
     dropped_tools,
     generation_request,
 )
+from app.core.session import LocalContexts
 from app.core.tokens import count_tokens, fit_generation
 from app.errors import BadRequestError, NotFoundError, UpstreamError
 from app.schemas.requests import CompactionTriggerItem, CreateResponseRequest
@@ -77,9 +79,12 @@ class ResponsesService:
         key_id: str | None = None,
         *,
         summarize: bool = False,
+        local: LocalContexts | None = None,
     ) -> Prepared:
         """Every check that can refuse the request, before any upstream call or any byte sent.
-        `summarize`: the generation asks for a summary of the context (`compaction`)."""
+        `summarize`: the generation asks for a summary of the context (`compaction`). `local`:
+        the contexts a WebSocket connection keeps of its own recent responses, where a
+        `previous_response_id` is looked up first (`store: false` ones exist only there)."""
         compacting = compaction.without_trigger(request)
         if compacting is not None:  # the input ends in `compaction_trigger`
             request = compacting
@@ -88,7 +93,7 @@ class ResponsesService:
         # A plain create checks that a cached previous response still exists while the
         # upstream answers, not before: one database round trip less on the path of every turn.
         context = await self._assemble(
-            request, project, defer_check=not (request.stream or request.background)
+            request, project, defer_check=not (request.stream or request.background), local=local
         )
         check_file_urls(
             context.items,
@@ -222,6 +227,18 @@ class ResponsesService:
         )
         await self._insert(prepared, body, result.output)
         return render_response(body, result.output)
+
+    async def stand(self, prepared: Prepared) -> AsyncGenerator[Event, None]:
+        """`generate: false` (WebSocket mode): the response stands on its context with no
+        output and nothing asked of the upstream: stored `completed` (unless `store: false`),
+        its id a later turn's `previous_response_id`. The events a stream opens and ends with."""
+        ladder = EventLadder()
+        opened = render_response(response_body(prepared, "in_progress"), [])
+        yield ladder.event("response.created", response=opened)
+        yield ladder.event("response.in_progress", response=opened)
+        body = response_body(prepared, "completed", Usage())
+        await self._insert(prepared, body, [])
+        yield ladder.event("response.completed", response=render_response(body, []))
 
     def _check_previous(self, prepared: Prepared) -> asyncio.Task[None] | None:
         """The deferred check that a cached previous response still exists (a delete on
@@ -364,13 +381,21 @@ class ResponsesService:
         return route
 
     async def _assemble(
-        self, request: CreateResponseRequest, project: str, *, defer_check: bool = False
+        self,
+        request: CreateResponseRequest,
+        project: str,
+        *,
+        defer_check: bool = False,
+        local: LocalContexts | None = None,
     ) -> Context:
         epoch = self._store.cache_epoch()
         history: list[StoredItem] = []
         unverified: str | None = None
         previous = request.previous_response_id
-        if previous is not None:
+        # A previous response this connection remembers: its context, taken as this request's
+        # own input (it may never have been stored).
+        inherited = local.get(previous) if local is not None and previous is not None else None
+        if previous is not None and inherited is None:
             loaded = await self._store.load_context(previous, project, unverified=defer_check)
             if loaded is None:
                 raise _previous_not_found(previous)
@@ -394,7 +419,12 @@ class ResponsesService:
             entries = await resolve_items(
                 self._store, list(raw), project, reuse=request.store is not False, param="input"
             )
-            check_unique_ids((entry.data["id"] for entry in history), entries, "input")
+            if inherited is not None:
+                check_unique_ids((item["id"] for item in inherited), entries, "input")
+            else:
+                check_unique_ids((entry.data["id"] for entry in history), entries, "input")
+        if inherited is not None:
+            entries = [*inherited, *entries]
         items: list[dict[str, Any]] = [entry.data for entry in history]
         items += [entry.data if isinstance(entry, StoredItem) else entry for entry in entries]
         return Context(
