@@ -1,16 +1,25 @@
 """The official `openai-agents` SDK as a client: an agent with a function tool on a Chat
 Completions-backed model through the gateway, plain and streamed, chained by
-`auto_previous_response_id` or kept in a conversation (`conversation_id`). The fake upstream
+`auto_previous_response_id` or kept in a conversation (`conversation_id`), and over one
+WebSocket (`responses_websocket_session`). The fake upstream
 calls the tool first, then answers with the tool's result."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import openai
 import pytest
-from agents import Agent, OpenAIResponsesModel, Runner, function_tool, set_tracing_disabled
+from agents import (
+    Agent,
+    OpenAIResponsesModel,
+    Runner,
+    function_tool,
+    responses_websocket_session,
+    set_tracing_disabled,
+)
 from agents.memory import (
     OpenAIConversationsSession,
     OpenAIResponsesCompactionSession,
@@ -184,3 +193,49 @@ def test_agent_session_compacted_through_the_gateway(gw: Stack) -> None:
     # The session holds the user messages and the latest compaction item (it compacted again
     # after the second turn).
     assert [item.get("type") for item in items] == ["message", "message", "compaction"]
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["run", "run_streamed"])
+def test_agent_runs_over_a_websocket_session(
+    gw: Stack, streamed: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`responses_websocket_session`: the SDK's Responses model over one WebSocket for the
+    whole run, each model call a `response.create` on it."""
+    gw.upstream.enqueue(
+        Reply(tool_calls=[tool_call("get_weather", {"city": "Oslo"}, "call_ws")]),
+        Reply(content="Sunny in Oslo."),
+    )
+
+    async def run() -> str:
+        async with responses_websocket_session(
+            api_key="sk-client", base_url=f"{gw.gateway.url}/v1"
+        ) as session:
+            agent: Agent[Any] = Agent(
+                name="weather",
+                instructions="Answer in one sentence.",
+                tools=[get_weather],
+                model="local-llama",
+            )
+            if streamed:
+                result = session.run_streamed(agent, "Weather in Oslo?")
+                kinds = {event.type async for event in result.stream_events()}
+                assert "raw_response_event" in kinds
+            else:
+                result = await session.run(agent, "Weather in Oslo?")
+            return str(result.final_output)
+
+    with caplog.at_level(logging.INFO, logger="app.access"):
+        assert asyncio.run(run()) == "Sunny in Oslo."
+    lines = [
+        (r.getMessage(), r.path, r.status, getattr(r, "responses", None))
+        for r in caplog.records
+        if hasattr(r, "path")
+    ]
+    assert lines == [("websocket", "/v1/responses", 101, 2)], lines
+    first, second = (recorded.body for recorded in gw.upstream.requests)
+    assert first["messages"][-1] == {"role": "user", "content": "Weather in Oslo?"}
+    assert second["messages"][-1] == {
+        "role": "tool",
+        "tool_call_id": "call_ws",
+        "content": "Sunny, 24 C in Oslo",
+    }

@@ -2,7 +2,8 @@
 (`wire_api = "responses"`) pointing at the gateway, on a Chat Completions-backed model with
 `hosted_tools: drop` (Codex sends `web_search` on every call). A plain answer, a turn where
 the model calls Codex's `exec_command` tool, Codex runs it and sends the output back, and a
-turn whose context Codex has the gateway compact (its provider under OpenAI's name).
+turn whose context Codex has the gateway compact (its provider under OpenAI's name), and a turn
+over WebSocket mode (a provider with `supports_websockets`, as OpenAI's built-in one).
 
 The package is installed by `make codex` (run by `.ci/run`) into `.codex-test/`; where it is
 missing and npm cannot install it, these tests are skipped, saying why."""
@@ -155,3 +156,39 @@ def test_codex_compacts_through_the_gateway(
     assert contents[-1].endswith("Ran echo; it printed hi. Next: answer the user.")
     assert "run echo" in contents and not any(m["role"] == "tool" for m in after["messages"])
     assert len(after["messages"]) < len(calls["messages"]) + 3
+
+
+# A provider that says it speaks WebSocket mode, as OpenAI's built-in one does. Codex then keeps
+# one connection for the session: a `generate: false` prewarm, then each request of the turn as
+# a `response.create` with `store: false`, `previous_response_id` and only the new items.
+WEBSOCKETS = CONFIG.replace(
+    'wire_api = "responses"', 'wire_api = "responses"\nsupports_websockets = true'
+)
+
+
+def test_codex_over_websockets(
+    codex: Path, gw: Stack, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    gw.upstream.enqueue(
+        Reply(tool_calls=[tool_call("exec_command", {"cmd": "echo ws-$((6*7))"}, "call_w")]),
+        Reply(content="Over the socket: ws-42."),
+    )
+    with caplog.at_level(logging.INFO, logger="app.access"):
+        out = codex_exec(codex, gw, tmp_path, "run echo over ws", WEBSOCKETS)
+    assert "Over the socket: ws-42." in out
+    lines = [
+        (r.getMessage(), r.method, r.path, r.status, getattr(r, "responses", None))  # type: ignore[attr-defined]
+        for r in caplog.records
+        if hasattr(r, "path")
+    ]
+    # One WebSocket, three responses on it (the prewarm and the turn's two), no HTTP create.
+    assert lines == [("websocket", "GET", "/v1/responses", 101, 3)], lines
+    assert len(gw.upstream.requests) == 2  # the prewarm asked nothing of the model
+    first, second = (recorded.body for recorded in gw.upstream.requests[:2])
+    # Only the new items came over the socket; the gateway rebuilt the rest from the
+    # connection's memory of its `store: false` responses.
+    assert second["messages"][: len(first["messages"])] == first["messages"]
+    call = second["messages"][-2]["tool_calls"][0]
+    assert call["id"] == "call_w" and call["function"]["name"] == "exec_command"
+    result = second["messages"][-1]
+    assert result["role"] == "tool" and "ws-42" in str(result["content"])

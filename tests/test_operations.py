@@ -19,6 +19,8 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import websockets.exceptions
+import websockets.sync.client
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.config import Settings
@@ -330,6 +332,36 @@ def test_sigterm_ends_an_open_stream_with_a_complete_body(
         _, err = served.stop()
     assert not any("response.completed" in line for line in rest)
     assert "without completing response" not in err
+
+
+def test_sigterm_closes_a_websocket_as_a_restart_and_stores_its_response_cancelled(
+    process_env: dict[str, str], tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    """`serve` (uvloop, the real WebSocket stack): shutdown closes an open WebSocket with 1012,
+    a code the SDK reconnects on, and the generation it cut short is stored cancelled."""
+    upstream.enqueue(Reply(content="one two three four", stall_after=2, stall=3))
+    served = Served(process_env, tmp_path)
+    url = served.url.replace("http://", "ws://") + "/v1/responses"
+    try:
+        with websockets.sync.client.connect(url) as socket_:
+            create = {"type": "response.create", "model": "local-llama", "input": "x"}
+            socket_.send(json.dumps(create))
+            created = json.loads(socket_.recv(timeout=10))
+            while json.loads(socket_.recv(timeout=10))["type"] != "response.output_text.delta":
+                pass
+            served.process.send_signal(signal.SIGTERM)
+            with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+                while True:
+                    socket_.recv(timeout=10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
+    finally:
+        served.stop()
+    again = Served(process_env, tmp_path)
+    try:
+        stored = httpx.get(f"{again.url}/v1/responses/{created['response']['id']}").json()
+    finally:
+        again.stop()
+    assert stored["status"] == "cancelled" and stored["output"]
 
 
 def log_lines(text: str) -> list[dict[str, Any]]:
