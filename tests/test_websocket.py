@@ -400,3 +400,14 @@ def test_a_bad_key_is_refused_at_the_handshake(tenants: Tenants) -> None:  # noq
     assert tenants.client(tenants.a).responses.retrieve(done["id"]).status == "completed"
     with pytest.raises(openai.NotFoundError):
         tenants.client(tenants.b).responses.retrieve(done["id"])
+
+
+def test_a_rate_limited_request_is_a_429_event_with_its_headers(tenants: Tenants) -> None:  # noqa: F811
+    key = tenants.new_key("ws-limited", rpm=1)
+    tenants.upstream.enqueue(Reply(content="the one allowed"))
+    with tenants.client(key).responses.connect() as connection:
+        assert text_of(final(turn(connection, model="local-llama", input="a"))) == "the one allowed"
+        [limited] = turn(connection, model="local-llama", input="b")
+    assert limited["status"] == 429 and limited["error"]["code"] == "rate_limit_exceeded"
+    assert "retry-after" in {name.lower() for name in limited["error"]["headers"]}
+    assert len(tenants.upstream.requests) == 1
