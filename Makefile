@@ -6,7 +6,7 @@ HOST   ?= $(or $(GATEWAY_HOST),127.0.0.1)
 PORT   ?= $(or $(GATEWAY_PORT),8000)
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint format migrate check-config bench bench-compare bench-smoke bench-depth codex clean
+.PHONY: help run test lint format migrate check-config bench bench-compare bench-smoke bench-depth bench-websocket codex clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -55,8 +55,12 @@ bench: $(VENV)/.stamp-test ## overhead benchmark on Postgres: issue-8 table for 
 bench-compare: $(VENV)/.stamp-test ## the same, plus LiteLLM (own venv in /tmp) and the bare floor (~10 min)
 	$(BIN)/python bench/overhead.py --compare $(BENCH_ARGS)
 
-bench-smoke: $(VENV)/.stamp-test ## tiny-load run of the overhead benchmark (CI: it runs and reports)
+bench-smoke: $(VENV)/.stamp-test ## tiny-load runs of the benchmarks (CI: they run and report)
 	$(BIN)/python bench/overhead.py --smoke
+	$(BIN)/python bench/websocket.py --smoke
+
+bench-websocket: $(VENV)/.stamp-test ## WebSocket mode against HTTP streaming: chains of turns at c=1 (~1 min)
+	$(BIN)/python bench/websocket.py $(BENCH_ARGS)
 
 bench-depth: $(VENV)/.stamp-test ## time turn N of a previous_response_id chain (N=1,10,100,1000) on Postgres
 	$(BIN)/python bench/context_depth.py
