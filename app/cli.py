@@ -146,7 +146,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # uvicorn[standard]) fails loudly instead of silently costing twice the CPU.
         loop="uvloop",
         http=GatewayHttpProtocol,  # uvicorn's httptools protocol, the head sent with the body
-        ws_max_size=settings.gateway_max_body_bytes,  # a WebSocket frame is a create body
+        # WebSocket mode: a frame is a create body. One over the body limit gets a 413 event;
+        # one over twice the limit closes the connection (1009) before it is read.
+        ws="websockets-sansio",
+        ws_max_size=2 * settings.gateway_max_body_bytes,
     )
     return 0
 

@@ -156,7 +156,8 @@ class GatewayServer:
             lifespan="on",
             loop="asyncio",
             http=GatewayHttpProtocol,  # as `serve` runs it
-            ws_max_size=settings.gateway_max_body_bytes,
+            ws="websockets-sansio",  # as `serve` runs it
+            ws_max_size=2 * settings.gateway_max_body_bytes,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
@@ -422,3 +423,16 @@ def native(native_stack: NativeStack, upstream: FakeUpstream) -> Iterator[Native
 def nclient(native: NativeStack) -> Iterator[openai.OpenAI]:
     with native.client() as c:
         yield c
+
+
+def access_lines(caplog: pytest.LogCaptureFixture, closed_websockets: int = 0) -> list[Any]:
+    """The access-log records captured so far, once `closed_websockets` WebSocket lines are
+    among them: a connection's line is written by the server when it has seen the close, a
+    moment after the client is done."""
+    deadline = time.monotonic() + 5
+    while True:
+        lines = [r for r in caplog.records if hasattr(r, "path")]
+        if sum(r.getMessage() == "websocket" for r in lines) >= closed_websockets:
+            return lines
+        assert time.monotonic() < deadline, "no access line for the closed WebSocket"
+        time.sleep(0.02)

@@ -26,7 +26,7 @@ from agents.memory import (
     SQLiteSession,
 )
 
-from tests.conftest import Stack
+from tests.conftest import Stack, access_lines
 from tests.fake_upstream import Reply, tool_call
 
 # Traces would go to OpenAI's platform; nothing here may leave the machine.
@@ -226,11 +226,8 @@ def test_agent_runs_over_a_websocket_session(
 
     with caplog.at_level(logging.INFO, logger="app.access"):
         assert asyncio.run(run()) == "Sunny in Oslo."
-    lines = [
-        (r.getMessage(), r.path, r.status, getattr(r, "responses", None))
-        for r in caplog.records
-        if hasattr(r, "path")
-    ]
+        records = access_lines(caplog, closed_websockets=1)
+    lines = [(r.getMessage(), r.path, r.status, getattr(r, "responses", None)) for r in records]
     assert lines == [("websocket", "/v1/responses", 101, 2)], lines
     first, second = (recorded.body for recorded in gw.upstream.requests)
     assert first["messages"][-1] == {"role": "user", "content": "Weather in Oslo?"}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Stack
+from tests.conftest import Stack, access_lines
 from tests.fake_upstream import Reply, tool_call
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -175,11 +175,10 @@ def test_codex_over_websockets(
     )
     with caplog.at_level(logging.INFO, logger="app.access"):
         out = codex_exec(codex, gw, tmp_path, "run echo over ws", WEBSOCKETS)
+        records = access_lines(caplog, closed_websockets=1)
     assert "Over the socket: ws-42." in out
     lines = [
-        (r.getMessage(), r.method, r.path, r.status, getattr(r, "responses", None))  # type: ignore[attr-defined]
-        for r in caplog.records
-        if hasattr(r, "path")
+        (r.getMessage(), r.method, r.path, r.status, getattr(r, "responses", None)) for r in records
     ]
     # One WebSocket, three responses on it (the prewarm and the turn's two), no HTTP create.
     assert lines == [("websocket", "GET", "/v1/responses", 101, 3)], lines

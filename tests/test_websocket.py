@@ -19,10 +19,10 @@ from openai.types.responses.responses_server_event import ResponsesServerEvent, 
 from pydantic import TypeAdapter
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.conftest import Stack, gateway_on, migrate, new_database
+from tests.conftest import Stack, gateway_on, migrate, new_database, run_sql
 from tests.fake_upstream import Fail, Reply
 from tests.schemas import check_event_schemas, open_responses, openai_components
-from tests.tenancy import Tenants, tenants, tenants_stack  # noqa: F401 (fixtures)
+from tests.tenancy import CACHE_SECONDS, Tenants, tenants, tenants_stack  # noqa: F401 (fixtures)
 
 ENDING = {"response.completed", "response.failed", "response.incomplete"}
 SERVER_EVENT = TypeAdapter(ResponsesServerEvent)
@@ -225,6 +225,13 @@ def test_a_refused_continuation_evicts_too(gw: Stack, connection: Any) -> None:
             "model",
             "model_not_found",
         ),
+        (
+            '{"type": "response.create", "model": "local-llama", "generate": false, "input": '
+            '[{"role": "user", "content": "hi"}, {"type": "compaction_trigger"}]}',
+            400,
+            "generate",
+            "invalid_value",
+        ),
     ],
 )
 def test_bad_events_get_an_error_event_and_the_connection_stays_open(
@@ -329,24 +336,33 @@ def test_the_stream_limit_is_an_error_on_the_new_lane(upstream: Any, tmp_path: P
 
 
 def test_the_connection_time_limit_closes_it_with_an_error(upstream: Any, tmp_path: Path) -> None:
+    """At the limit, what the connection already took still runs; a request after it gets
+    the limit's error in its turn; then the final error and a close the SDK reconnects on."""
     upstream.reset()
     for database in new_database("sqlite", tmp_path):
         migrate(database.url)
         with gateway_on(database.url, upstream, tmp_path, gateway_websocket_max_seconds=1) as gw:
             url = gw.url.replace("http://", "ws://") + "/v1/responses"
+            upstream.enqueue(Reply(content="word " * 30, token_delay=0.05), Reply(content="B"))
             with websockets.sync.client.connect(url) as socket:
-                upstream.enqueue(Reply(content="in time"))
-                socket.send(
-                    json.dumps({"type": "response.create", "model": "local-llama", "input": "hi"})
-                )
-                while json.loads(socket.recv(timeout=5))["type"] != "response.completed":
-                    pass
-                event = json.loads(socket.recv(timeout=5))  # at the limit
-                check_error_event(event)
-                assert event["error"]["code"] == "websocket_connection_limit_reached"
+                create = {"type": "response.create", "model": "local-llama"}
+                socket.send(json.dumps({**create, "input": "running at the limit"}))
+                socket.send(json.dumps({**create, "input": "queued before it"}))
+                time.sleep(1.2)  # the limit passes while the first one runs
+                socket.send(json.dumps({**create, "input": "sent after it"}))
+                events = []
                 with pytest.raises(ConnectionClosed) as closed:
-                    socket.recv(timeout=5)
-                assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+                    while True:
+                        events.append(json.loads(socket.recv(timeout=10)))
+            kinds = [event["type"] for event in events]
+            assert kinds.count("response.completed") == 2  # both taken before the limit
+            errors = [event for event in events if event["type"] == "error"]
+            assert len(errors) == 2 and kinds[-2:] == ["error", "error"]
+            for error in errors:
+                check_error_event(error)
+                assert error["error"]["code"] == "websocket_connection_limit_reached"
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+            assert len(upstream.requests) == 2
 
 
 def test_a_client_gone_mid_answer_leaves_it_stored_cancelled(
@@ -410,4 +426,122 @@ def test_a_rate_limited_request_is_a_429_event_with_its_headers(tenants: Tenants
         [limited] = turn(connection, model="local-llama", input="b")
     assert limited["status"] == 429 and limited["error"]["code"] == "rate_limit_exceeded"
     assert "retry-after" in {name.lower() for name in limited["error"]["headers"]}
+    assert len(tenants.upstream.requests) == 1
+
+
+def test_a_refusal_keeps_its_place_among_its_lanes_answers(gw: Stack, connection: Any) -> None:
+    gw.upstream.enqueue(Reply(content="A " * 10, token_delay=0.02), Reply(content="C"))
+    connection.response.create(model="local-llama", input="first")
+    connection.response.create(model="local-llama", input="second", temperature=9)
+    connection.response.create(model="local-llama", input="third")
+    first, refused, third = answer(connection), answer(connection), answer(connection)
+    assert final(first)["status"] == "completed"
+    assert [e["type"] for e in refused] == ["error"] and refused[0]["error"][
+        "param"
+    ] == "temperature"
+    assert text_of(final(third)) == "C"
+
+
+def test_a_refused_frame_evicts_what_it_continued_from(gw: Stack, connection: Any) -> None:
+    gw.upstream.enqueue(Reply(content="base"))
+    base = final(turn(connection, model="local-llama", input="one", store=False))
+    [refused] = turn(
+        connection,
+        model="local-llama",
+        input="two",
+        store=False,
+        previous_response_id=base["id"],
+        temperature=9,
+    )
+    assert refused["status"] == 400
+    [error] = turn(connection, model="local-llama", input="3", previous_response_id=base["id"])
+    assert error["error"]["code"] == "previous_response_not_found"
+
+
+def test_more_than_64_waiting_requests_are_refused_and_the_rest_answered(
+    gw: Stack, connection: Any
+) -> None:
+    gw.upstream.enqueue(Reply(content="slow " * 20, token_delay=0.05))
+    for n in range(70):
+        connection.response.create(model="local-llama", input=f"request {n}")
+    events: list[dict[str, Any]] = []
+    while sum(e["type"] in ("response.completed", "error") for e in events) < 70:
+        events.append(receive(connection))
+    refused = [e for e in events if e["type"] == "error"]
+    assert len(refused) == 6
+    assert all(e["error"]["code"] == "websocket_stream_limit_reached" for e in refused)
+    assert sum(e["type"] == "response.completed" for e in events) == 64
+    assert len(gw.upstream.requests) == 64
+
+
+def test_a_stored_ancestor_deleted_ends_its_unstored_descendants(
+    gw: Stack, client: openai.OpenAI, connection: Any
+) -> None:
+    gw.upstream.enqueue(Reply(content="stored root"), Reply(content="unstored child"))
+    root = final(turn(connection, model="local-llama", input="root"))
+    child = final(
+        turn(
+            connection,
+            model="local-llama",
+            input="child",
+            store=False,
+            previous_response_id=root["id"],
+        )
+    )
+    client.responses.delete(root["id"])
+    [error] = turn(connection, model="local-llama", input="x", previous_response_id=child["id"])
+    assert error["status"] == 404 and error["error"]["code"] == "previous_response_not_found"
+
+
+def test_a_stored_turn_on_an_unstored_one_refers_to_the_stored_items(
+    gw: Stack, client: openai.OpenAI, connection: Any
+) -> None:
+    gw.upstream.enqueue(Reply(content="root"), Reply(content="child"), Reply(content="grand"))
+    root = final(turn(connection, model="local-llama", input="r"))
+    child = final(
+        turn(
+            connection, model="local-llama", input="c", store=False, previous_response_id=root["id"]
+        )
+    )
+    grand = final(
+        turn(connection, model="local-llama", input="g", previous_response_id=child["id"])
+    )
+    contents = [m["content"] for m in gw.upstream.last.body["messages"]]
+    assert contents == ["r", "root", "c", "child", "g"]
+    root_message = root["output"][0]["id"]
+    rows = run_sql(gw.database, f"SELECT response_id FROM items WHERE id = '{root_message}'")
+    assert rows == [(root["id"],)]  # referred to by the grandchild, not stored again
+    items = client.responses.input_items.list(grand["id"], order="asc").data
+    assert len(items) == 5 and items[1].id == root_message
+
+
+def test_an_oversized_frame_is_a_413_event(upstream: Any, tmp_path: Path) -> None:
+    upstream.reset()
+    for database in new_database("sqlite", tmp_path):
+        migrate(database.url)
+        with gateway_on(database.url, upstream, tmp_path, gateway_max_body_bytes=10_000) as gw:
+            client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="sk-x", max_retries=0)
+            with client.responses.connect() as connection:
+                for text in ("x" * 12_000, "é" * 6_000):  # 12 KB each; the second 6,000 chars
+                    create = {"type": "response.create", "model": "local-llama", "input": text}
+                    connection.send_raw(json.dumps(create, ensure_ascii=False))
+                    [error] = answer(connection)
+                    assert error["status"] == 413, error
+                    assert error["error"]["code"] == "request_too_large"
+                upstream.enqueue(Reply(content="fits"))
+                assert text_of(final(turn(connection, model="local-llama", input="ok"))) == "fits"
+
+
+def test_a_key_revoked_while_connected_stops_the_connection(tenants: Tenants) -> None:  # noqa: F811
+    created = tenants.admin("POST", "/admin/keys", json={"project": "ws-revoked"}).json()
+    tenants.upstream.enqueue(Reply(content="before"))
+    with tenants.client(created["key"]).responses.connect() as connection:
+        assert text_of(final(turn(connection, model="local-llama", input="a"))) == "before"
+        assert tenants.admin("DELETE", f"/admin/keys/{created['id']}").status_code == 200
+        time.sleep(CACHE_SECONDS + 0.2)  # what each replica may trust a lookup for
+        [refused] = turn(connection, model="local-llama", input="b")
+        assert refused["status"] == 401 and refused["error"]["code"] == "invalid_api_key"
+        with pytest.raises(ConnectionClosed) as closed:
+            connection.recv_bytes()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
     assert len(tenants.upstream.requests) == 1

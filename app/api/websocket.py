@@ -7,16 +7,18 @@ Each is answered with the events an HTTP stream of the same request sends, one t
 each, echoing the lane's `stream_id`. The responses of one lane run one after another, in the
 order sent; lanes run side by side, at most `max_streams` with work at once. A request refused
 before its first event gets an `error` event carrying the HTTP status it would have had
-(`{"type": "error", "status", "error": {type, code, message, param}}`), and the connection
-stays open for the next one.
+(`{"type": "error", "status", "error": {type, code, message, param}}`), in its place among its
+lane's answers, and the connection stays open for the next one. The key is checked again on
+every `response.create` (a cached lookup, as on HTTP): a key revoked while its connection is
+open gets a 401 event, and the connection is closed (1008).
 
 What a connection keeps between turns (`store: false` responses, for `previous_response_id`)
 is `app.core.session.LocalContexts`. A connection lives at most `max_seconds` (OpenAI's limit
 is 60 minutes): then it takes no new request, answers any with
 `websocket_connection_limit_reached`, and closes with code 1001 (which clients reconnect on)
-once its running responses have ended. When the client goes away, or the server shuts down
-(uvicorn closes every WebSocket with 1012), running generations end as an HTTP stream's do
-when its client disconnects: stored `cancelled`.
+once the responses it already took (running or queued) have ended. When the client goes away,
+or the server shuts down (uvicorn closes every WebSocket with 1012), running generations end as
+an HTTP stream's do when its client disconnects: stored `cancelled`.
 """
 
 from __future__ import annotations
@@ -26,23 +28,25 @@ import logging
 import re
 import time
 from collections import deque
+from collections.abc import Coroutine
 from contextlib import aclosing
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, WebSocket
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 from starlette.responses import Response
 
 from app.api.deps import body_too_large, principal
 from app.api.errors import bad_json, error_response, most_specific, validation_error
 from app.api.middleware import request_id
+from app.api.responses import request_input
 from app.core.keys import Principal
 from app.core.limits import check_input_size
 from app.core.responses import ResponsesService
 from app.core.session import DEFAULT_CAPACITY, LocalContexts
 from app.core.usage import ENDING_EVENTS, UsageMeter
-from app.errors import BadRequestError, GatewayError
+from app.errors import AuthenticationError, BadRequestError, GatewayError
 from app.logs import REQUEST_ID
 from app.schemas.requests import CreateResponseRequest
 
@@ -52,8 +56,7 @@ access_log = logging.getLogger("app.access")
 
 # OpenAI's pattern for a lane's name.
 STREAM_ID = re.compile(r"^[A-Za-z0-9_.-]{1,256}$")
-# Requests read but not yet answered, at most, before the connection stops reading (the
-# client's sends then wait on TCP, as an HTTP client's would on a busy server).
+# Requests taken but not yet answered, at most, on one connection; another is refused.
 MAX_PENDING = 64
 # What the server does not run over WebSocket, and what `response.create` may carry that a
 # create body does not.
@@ -70,6 +73,7 @@ async def responses_socket(websocket: WebSocket) -> None:
             caller = await principal(websocket)
         except GatewayError as exc:
             await _deny(websocket, error_response(exc))
+            _access(websocket, exc.status, 0.0, None, 0)
             return
         await websocket.accept()
         await Connection(websocket, caller).serve()
@@ -77,11 +81,31 @@ async def responses_socket(websocket: WebSocket) -> None:
         REQUEST_ID.reset(token)
 
 
+def _access(
+    websocket: WebSocket, status: int, seconds: float, project: str | None, responses: int
+) -> None:
+    access_log.info(
+        "websocket",
+        extra={
+            "method": "GET",
+            "path": websocket.url.path,
+            "route": "/v1/responses",
+            "status": status,
+            "duration_ms": round(seconds * 1000, 2),
+            "project": project,
+            "responses": responses,
+        },
+    )
+
+
 async def _deny(websocket: WebSocket, reply: Response) -> None:
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
         await websocket.send_denial_response(reply)
     else:  # a server without the denial extension: the client sees a 403
         await websocket.close(code=1008)
+
+
+Pending = tuple[CreateResponseRequest, bool] | GatewayError
 
 
 class ClientGoneError(Exception):
@@ -102,10 +126,12 @@ class Connection:
         self.max_items: int = settings.max_input_items
         self.max_streams: int = settings.websocket_max_streams
         self.max_seconds: float = settings.websocket_max_seconds
+        self.log_prompts: bool = settings.log_prompts
         self.contexts = LocalContexts(max(DEFAULT_CAPACITY, self.max_streams))
-        self.lanes: dict[str | None, deque[tuple[CreateResponseRequest, bool]]] = {}
+        # Each lane's queue: requests to answer, and refusals to send, in the order received.
+        self.lanes: dict[str | None, deque[Pending]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
-        self.room = asyncio.Semaphore(MAX_PENDING)
+        self.pending = 0  # requests taken and not yet answered
         self.sending = asyncio.Lock()
         self.expired = False
         self.closed = False
@@ -117,43 +143,53 @@ class Connection:
         timer = loop.call_later(self.max_seconds, self._expire)
         try:
             while True:
-                await self.room.acquire()
-                message = await self.websocket.receive()
-                if message["type"] == "websocket.disconnect":
-                    self.closed = True
+                try:
+                    message = await self.websocket.receive()
+                except (RuntimeError, WebSocketDisconnect):
                     break
+                if message["type"] == "websocket.disconnect":
+                    break
+                if self.closed:
+                    continue  # closing: what still arrives is not answered
                 text = message.get("text")
                 self._read(text if text is not None else message.get("bytes") or b"")
         finally:
             timer.cancel()
             self.closed = True
-            for task in list(self.tasks):
-                task.cancel()
-            # Each generation's cleanup (closing the upstream, storing it cancelled) runs to its
-            # end; the lanes catch their own cancellation.
-            if self.tasks:
-                await asyncio.gather(*self.tasks, return_exceptions=True)
-            access_log.info(
-                "websocket",
-                extra={
-                    "method": "GET",
-                    "path": self.websocket.url.path,
-                    "route": "/v1/responses",
-                    "status": 101,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                    "project": self.caller.project,
-                    "responses": self.answered,
-                },
-            )
+            await self._end_tasks()
+            seconds = time.perf_counter() - started
+            _access(self.websocket, 101, seconds, self.caller.project, self.answered)
+
+    async def _end_tasks(self) -> None:
+        """Cancel what still runs and wait for it: each generation's cleanup (closing the
+        upstream, storing it cancelled) runs to its end, even if this task is cancelled
+        meanwhile (that cancellation is kept for after)."""
+        tasks = list(self.tasks)
+        for task in tasks:
+            task.cancel()
+        if not tasks:
+            return
+        ending = asyncio.gather(*tasks, return_exceptions=True)
+        interrupted = False
+        while not ending.done():
+            try:
+                await asyncio.shield(ending)
+            except asyncio.CancelledError:
+                interrupted = True
+        if interrupted:
+            raise asyncio.CancelledError
 
     # --- reading ------------------------------------------------------------------------------
 
     def _read(self, data: str | bytes) -> None:
-        """One client frame: a `response.create` queued on its lane, or an error event."""
+        """One client frame: a `response.create` (or its refusal) queued on its lane, or an
+        error event at once when there is no lane to put it on."""
         lane: str | None = None
+        previous: object = None
+        queue: deque[Pending] | None = None
         try:
-            if len(data) > self.max_body:
-                raise body_too_large(len(data), self.max_body)
+            if _size(data) > self.max_body:
+                raise body_too_large(_size(data), self.max_body)
             try:
                 event = orjson.loads(data)
             except orjson.JSONDecodeError:
@@ -170,31 +206,46 @@ class Connection:
                     param="type",
                     code="invalid_value" if kind is not None else "missing_required_parameter",
                 )
+            previous = event.get("previous_response_id")
             lane = _lane(event)
+            queue = self.lanes.get(lane)
             create, generate = _create_request(event)
             if self.expired:
                 raise _connection_limit(self.max_seconds)
-            self._submit(lane, create, generate)
-        except GatewayError as exc:
-            self.room.release()
-            self._spawn(self._send_error(exc, lane))
-
-    def _submit(self, lane: str | None, create: CreateResponseRequest, generate: bool) -> None:
-        queue = self.lanes.get(lane)
-        if queue is None:
-            if len(self.lanes) >= self.max_streams:
+            if self.pending >= MAX_PENDING:
                 raise BadRequestError(
                     f"This WebSocket connection has reached its stream limit: at most "
-                    f"{self.max_streams} lanes (stream_id) with responses running or queued.",
-                    param="stream_id",
+                    f"{MAX_PENDING} responses may wait on it. Wait for some to end.",
                     code="websocket_stream_limit_reached",
                 )
-            queue = self.lanes[lane] = deque()
-            self._spawn(self._run_lane(lane, queue))
-        queue.append((create, generate))
+            if queue is None:
+                queue = self._open_lane(lane)
+            self.pending += 1
+            queue.append((create, generate))
+        except GatewayError as exc:
+            # A refused continuation leaves nothing to go on from (Open Responses), and the
+            # refusal keeps its place among the lane's answers.
+            if isinstance(previous, str):
+                self.contexts.evict(previous)
+            if queue is not None:
+                queue.append(exc)
+            else:
+                self._spawn(self._send_error(exc, lane))
+
+    def _open_lane(self, lane: str | None) -> deque[Pending]:
+        if len(self.lanes) >= self.max_streams:
+            raise BadRequestError(
+                f"This WebSocket connection has reached its stream limit: at most "
+                f"{self.max_streams} lanes (stream_id) with responses running or queued.",
+                param="stream_id",
+                code="websocket_stream_limit_reached",
+            )
+        queue: deque[Pending] = deque()
+        self.lanes[lane] = queue
+        self._spawn(self._run_lane(lane, queue))
+        return queue
 
     def _refuse_steering(self, event: dict[str, Any]) -> None:
-        self.room.release()
         failed = {
             "type": "response.steer.failed",
             "sequence_number": 0,
@@ -208,30 +259,38 @@ class Connection:
                 "previous_response_id": str(event.get("previous_response_id") or ""),
             },
         }
-        self._spawn(self._send(failed, None))
+        self._spawn(self._send_quietly(failed, None))
 
     # --- answering ----------------------------------------------------------------------------
 
-    def _spawn(self, work: Any) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(self._done)
 
-    async def _run_lane(
-        self, lane: str | None, queue: deque[tuple[CreateResponseRequest, bool]]
-    ) -> None:
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("websocket task failed", exc_info=task.exception())
+
+    async def _run_lane(self, lane: str | None, queue: deque[Pending]) -> None:
         try:
             while queue and not self.closed:
-                create, generate = queue.popleft()
+                work = queue.popleft()
+                if isinstance(work, GatewayError):
+                    await self._send_error(work, lane)
+                    continue
+                create, generate = work
                 try:
                     await self._answer(lane, create, generate)
                 except ClientGoneError:
                     return
                 except Exception as exc:  # a fault of ours: this request's 500, not the lane's end
                     log.exception("websocket response.create failed", exc_info=exc)
+                    self.contexts.evict(create.previous_response_id)
                     await self._send_error(_server_error(), lane)
                 finally:
-                    self.room.release()
+                    self.pending -= 1
         finally:
             del self.lanes[lane]
             if self.expired and not self.lanes:
@@ -240,10 +299,17 @@ class Connection:
     async def _answer(
         self, lane: str | None, create: CreateResponseRequest, generate: bool
     ) -> None:
-        caller, previous = self.caller, create.previous_response_id
+        previous = create.previous_response_id
         try:
+            # The key again (cached): one revoked while the connection is open stops here.
+            caller = await principal(self.websocket)
             await self.limits.admit(caller)
             check_input_size(create, self.max_items)
+            if self.log_prompts:  # a debug setting: prompts stay out of logs otherwise
+                log.info(
+                    "prompt",
+                    extra={"instructions": create.instructions, "input": request_input(create)},
+                )
             prepared = await self.responses.prepare(
                 create, caller.project, caller.key_id, local=self.contexts
             )
@@ -255,6 +321,8 @@ class Connection:
         except GatewayError as exc:
             self.contexts.evict(previous)  # a failed continuation leaves nothing to go on from
             await self._send_error(exc, lane)
+            if isinstance(exc, AuthenticationError):
+                await self._close(1008, "the API key is no longer valid")
             return
         self.answered += 1
         ending: dict[str, Any] | None = None
@@ -278,6 +346,12 @@ class Connection:
             except Exception as exc:  # closed, or the client went away
                 raise ClientGoneError from exc
 
+    async def _send_quietly(self, event: dict[str, Any], lane: str | None) -> None:
+        try:
+            await self._send(event, lane)
+        except ClientGoneError:  # the read loop sees it
+            log.debug("websocket event not sent: %s", event["type"])
+
     async def _send_error(self, exc: GatewayError, lane: str | None) -> None:
         error: dict[str, Any] = {
             "type": exc.type,
@@ -287,10 +361,14 @@ class Connection:
         }
         if exc.headers:  # a 429's Retry-After and x-ratelimit-* headers
             error["headers"] = exc.headers
+        await self._send_quietly({"type": "error", "status": exc.status, "error": error}, lane)
+
+    async def _close(self, code: int, reason: str) -> None:
+        self.closed = True
         try:
-            await self._send({"type": "error", "status": exc.status, "error": error}, lane)
-        except ClientGoneError:  # the read loop sees it
-            log.debug("websocket error event not sent: %s", exc.message)
+            await self.websocket.close(code=code, reason=reason)
+        except Exception:
+            log.debug("websocket already closed")
 
     # --- the connection's time limit --------------------------------------------------------
 
@@ -302,12 +380,15 @@ class Connection:
     async def _close_expired(self) -> None:
         if self.closed:
             return
-        self.closed = True
         await self._send_error(_connection_limit(self.max_seconds), None)
-        try:
-            await self.websocket.close(code=1001, reason="connection limit reached")
-        except Exception:
-            log.debug("websocket already closed")
+        await self._close(1001, "connection limit reached")
+
+
+def _size(data: str | bytes) -> int:
+    """A frame's size in bytes (a text frame's characters are 1 to 4 bytes each)."""
+    if isinstance(data, bytes):
+        return len(data)
+    return len(data) if data.isascii() else len(data.encode())
 
 
 def _lane(event: dict[str, Any]) -> str | None:
@@ -333,6 +414,15 @@ def _create_request(event: dict[str, Any]) -> tuple[CreateResponseRequest, bool]
             param="generate",
             code="invalid_type",
         )
+    items = event.get("input")
+    if not generate and isinstance(items, list) and items:
+        last = items[-1]
+        if isinstance(last, dict) and last.get("type") == "compaction_trigger":
+            raise BadRequestError(
+                "A compaction_trigger asks for a generation: it cannot come with generate=false.",
+                param="generate",
+                code="invalid_value",
+            )
     if event.get("background"):
         raise BadRequestError(
             "background is not supported over WebSocket: use POST /v1/responses.",

@@ -44,6 +44,9 @@ class Context:
     # A `previous_response_id` whose history came from the context cache unchecked: that it
     # still exists is checked while the upstream answers (`ResponsesService.create`).
     unverified: str | None = None
+    # The stored response whose context `history` is: the previous response, or the stored
+    # ancestor of a WebSocket connection's unstored one (`app.core.session`).
+    anchor: str | None = None
 
 
 @dataclass(slots=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterable
 from typing import Any
 
 from app.backends.base import Usage
@@ -390,17 +390,26 @@ class ResponsesService:
     ) -> Context:
         epoch = self._store.cache_epoch()
         history: list[StoredItem] = []
+        inherited: list[StoredItem | dict[str, Any]] = []
         unverified: str | None = None
+        anchor: str | None = None
         previous = request.previous_response_id
-        # A previous response this connection remembers: its context, taken as this request's
-        # own input (it may never have been stored).
-        inherited = local.get(previous) if local is not None and previous is not None else None
-        if previous is not None and inherited is None:
+        # A previous response this connection remembers (it may never have been stored): its
+        # stored history, as long as the response that history belongs to exists, and its own
+        # items, inherited as this request's input.
+        remembered = local.get(previous) if local is not None and previous is not None else None
+        if remembered is not None:
+            anchor = remembered.anchor
+            if anchor is not None and not await self._store.exists(anchor, project):
+                raise _previous_not_found(str(previous))
+            history, inherited = remembered.history, remembered.entries
+        elif previous is not None:
             loaded = await self._store.load_context(previous, project, unverified=defer_check)
             if loaded is None:
                 raise _previous_not_found(previous)
             history, cached = loaded
             unverified = previous if cached else None
+            anchor = previous
         conversation_id = conversation_id_of(request)
         if conversation_id is not None:
             turns = await self._conversations.context(conversation_id, project)
@@ -419,11 +428,14 @@ class ResponsesService:
             entries = await resolve_items(
                 self._store, list(raw), project, reuse=request.store is not False, param="input"
             )
-            if inherited is not None:
-                check_unique_ids((item["id"] for item in inherited), entries, "input")
-            else:
-                check_unique_ids((entry.data["id"] for entry in history), entries, "input")
-        if inherited is not None:
+            context_ids: Iterable[str] = (entry.data["id"] for entry in history)
+            if inherited:
+                context_ids = [
+                    *context_ids,
+                    *(e.data["id"] if isinstance(e, StoredItem) else e["id"] for e in inherited),
+                ]
+            check_unique_ids(context_ids, entries, "input")
+        if inherited:
             entries = [*inherited, *entries]
         items: list[dict[str, Any]] = [entry.data for entry in history]
         items += [entry.data if isinstance(entry, StoredItem) else entry for entry in entries]
@@ -433,6 +445,7 @@ class ResponsesService:
             items,
             epoch,
             unverified,
+            anchor,
         )
 
     # --- retrieve, delete, list, cancel, follow -------------------------------------------------

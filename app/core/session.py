@@ -10,27 +10,41 @@ spec requires: the client starts again from what it knows, not from state the se
 
 Only `store: false` responses are kept: a stored one is found in the database (and the
 process's context cache) like any other, with its existence checked, so that a delete on any
-replica is seen.
+replica is seen. What an unstored response inherited from a stored one is kept as that: stored
+items by reference, with the id of the stored response they came from (its `anchor`), whose
+existence a continuation checks; a stored turn on top refers to those items, as any chain does,
+rather than storing them again.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 from app.core.generation import Prepared
+from app.store.contexts import StoredItem
 
 # Responses whose context a connection keeps (the newest of each lane, forks included).
 DEFAULT_CAPACITY = 8
 ENDED = frozenset({"completed", "incomplete"})
 
 
+@dataclass(frozen=True, slots=True)
+class Remembered:
+    """The context a turn continuing from an unstored response inherits."""
+
+    history: list[StoredItem]  # inherited from `anchor`, stored
+    entries: list[StoredItem | dict[str, Any]]  # its own input (stored items by reference), output
+    anchor: str | None  # the stored response `history` belongs to, if any
+
+
 class LocalContexts:
     def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
         self._capacity = capacity
-        self._contexts: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+        self._contexts: OrderedDict[str, Remembered] = OrderedDict()
 
-    def get(self, response_id: str) -> list[dict[str, Any]] | None:
+    def get(self, response_id: str) -> Remembered | None:
         context = self._contexts.get(response_id)
         if context is not None:
             self._contexts.move_to_end(response_id)
@@ -42,7 +56,14 @@ class LocalContexts:
         turn."""
         if prepared.storing or response["status"] not in ENDED or self._capacity == 0:
             return
-        self._contexts[prepared.id] = [*prepared.context.items, *response["output"]]
+        context = prepared.context
+        own = context.items[len(context.history) :]
+        entries: list[StoredItem | dict[str, Any]] = [
+            StoredItem(entry, data) if isinstance(entry, int) else entry
+            for entry, data in zip(context.entries, own, strict=True)
+        ]
+        entries += response["output"]
+        self._contexts[prepared.id] = Remembered(context.history, entries, context.anchor)
         self._contexts.move_to_end(prepared.id)
         while len(self._contexts) > self._capacity:
             self._contexts.popitem(last=False)
