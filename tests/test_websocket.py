@@ -21,7 +21,12 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.conftest import Stack, gateway_on, migrate, new_database, run_sql
 from tests.fake_upstream import Fail, Reply
-from tests.schemas import check_event_schemas, open_responses, openai_components
+from tests.schemas import (
+    SDK_ONLY_EVENTS,
+    check_event_schemas,
+    open_responses,
+    openai_components,
+)
 from tests.tenancy import CACHE_SECONDS, Tenants, tenants, tenants_stack  # noqa: F401 (fixtures)
 
 ENDING = {"response.completed", "response.failed", "response.incomplete"}
@@ -31,7 +36,8 @@ SERVER_EVENT = TypeAdapter(ResponsesServerEvent)
 def receive(connection: Any) -> dict[str, Any]:
     event: dict[str, Any] = json.loads(connection.recv_bytes())
     SERVER_EVENT.validate_python(event)  # the SDK's strict parse of a server event
-    if not event["type"].startswith("response.steer."):  # newer than the spec: the SDK's only
+    kind = event["type"]
+    if not kind.startswith("response.steer.") and kind not in SDK_ONLY_EVENTS:  # newer than it
         openai_components().check("ResponsesServerEvent", event)  # lanes' stream_id included
     return event
 
@@ -343,7 +349,7 @@ def test_the_connection_time_limit_closes_it_with_an_error(upstream: Any, tmp_pa
         migrate(database.url)
         with gateway_on(database.url, upstream, tmp_path, gateway_websocket_max_seconds=1) as gw:
             url = gw.url.replace("http://", "ws://") + "/v1/responses"
-            upstream.enqueue(Reply(content="word " * 30, token_delay=0.05), Reply(content="B"))
+            upstream.enqueue(Reply(content="word " * 60, token_delay=0.05), Reply(content="B"))
             with websockets.sync.client.connect(url) as socket:
                 create = {"type": "response.create", "model": "local-llama"}
                 socket.send(json.dumps({**create, "input": "running at the limit"}))
@@ -461,7 +467,7 @@ def test_a_refused_frame_evicts_what_it_continued_from(gw: Stack, connection: An
 def test_more_than_64_waiting_requests_are_refused_and_the_rest_answered(
     gw: Stack, connection: Any
 ) -> None:
-    gw.upstream.enqueue(Reply(content="slow " * 20, token_delay=0.05))
+    gw.upstream.enqueue(Reply(content="slow " * 40, token_delay=0.05))
     for n in range(70):
         connection.response.create(model="local-llama", input=f"request {n}")
     events: list[dict[str, Any]] = []
@@ -545,3 +551,85 @@ def test_a_key_revoked_while_connected_stops_the_connection(tenants: Tenants) ->
             connection.recv_bytes()
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
     assert len(tenants.upstream.requests) == 1
+
+
+def test_refusals_evict_in_their_lanes_order(gw: Stack, connection: Any) -> None:
+    gw.upstream.enqueue(Reply(content="base"), Reply(content="busy " * 10, token_delay=0.03))
+    base = final(turn(connection, model="local-llama", input="b", store=False))
+    connection.response.create(model="local-llama", input="busy", store=False)
+    connection.response.create(
+        model="local-llama", input="valid", store=False, previous_response_id=base["id"]
+    )
+    connection.response.create(
+        model="local-llama", input="bad", previous_response_id=base["id"], temperature=9
+    )
+    busy, valid, refused = answer(connection), answer(connection), answer(connection)
+    assert final(busy)["status"] == "completed"
+    assert final(valid)["status"] == "completed"  # taken before the refusal evicted `base`
+    assert refused[0]["status"] == 400
+    [error] = turn(connection, model="local-llama", input="x", previous_response_id=base["id"])
+    assert error["error"]["code"] == "previous_response_not_found"
+
+
+def test_a_refused_continuation_of_a_running_response_on_another_lane(
+    gw: Stack, connection: Any
+) -> None:
+    gw.upstream.enqueue(Reply(content="long " * 20, token_delay=0.03))
+    connection.response.create(model="local-llama", input="a", store=False, stream_id="a")
+    running = receive(connection)["response"]["id"]  # response.created
+    connection.response.create(
+        model="local-llama", input="b", stream_id="b", previous_response_id=running, temperature=9
+    )
+    events: list[dict[str, Any]] = []
+    while not events or events[-1]["type"] != "response.completed":
+        events.append(receive(connection))
+    assert [e["stream_id"] for e in events if e["type"] == "error"] == ["b"]
+    [error] = turn(connection, model="local-llama", input="c", previous_response_id=running)
+    assert error["error"]["code"] == "previous_response_not_found"  # never remembered
+
+
+def test_items_deleted_with_a_deeper_ancestor_leave_the_remembered_context(
+    gw: Stack, client: openai.OpenAI, connection: Any
+) -> None:
+    gw.upstream.enqueue(Reply(content="one"), Reply(content="two"), Reply(content="three"))
+    first = final(turn(connection, model="local-llama", input="r1"))
+    second = final(
+        turn(connection, model="local-llama", input="r2", previous_response_id=first["id"])
+    )
+    unstored = final(
+        turn(
+            connection,
+            model="local-llama",
+            input="u",
+            store=False,
+            previous_response_id=second["id"],
+        )
+    )
+    client.responses.delete(first["id"])  # its items go with it, from every chain
+    gw.upstream.enqueue(Reply(content="over http"), Reply(content="over the socket"))
+    client.responses.create(model="local-llama", input="h", previous_response_id=second["id"])
+    over_http = [m["content"] for m in gw.upstream.last.body["messages"]]
+    assert over_http == ["r2", "two", "h"]
+    turn(connection, model="local-llama", input="w", previous_response_id=unstored["id"])
+    over_socket = [m["content"] for m in gw.upstream.last.body["messages"]]
+    assert over_socket == ["r2", "two", "u", "three", "w"]
+
+
+def test_an_unstored_compaction_ends_with_its_stored_root(
+    gw: Stack, client: openai.OpenAI, connection: Any
+) -> None:
+    gw.upstream.enqueue(Reply(content="root answer"), Reply(content="The summary."))
+    root = final(turn(connection, model="local-llama", input="root"))
+    compacted = final(
+        turn(
+            connection,
+            model="local-llama",
+            input=[{"role": "user", "content": "more"}, {"type": "compaction_trigger"}],
+            store=False,
+            previous_response_id=root["id"],
+        )
+    )
+    assert [item["type"] for item in compacted["output"]] == ["compaction"]
+    client.responses.delete(root["id"])
+    [error] = turn(connection, model="local-llama", input="x", previous_response_id=compacted["id"])
+    assert error["status"] == 404 and error["error"]["code"] == "previous_response_not_found"

@@ -30,6 +30,7 @@ import time
 from collections import deque
 from collections.abc import Coroutine
 from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -105,7 +106,16 @@ async def _deny(websocket: WebSocket, reply: Response) -> None:
         await websocket.close(code=1008)
 
 
-Pending = tuple[CreateResponseRequest, bool] | GatewayError
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A request refused before it ran, answered in its place among its lane's answers: the
+    error, and the response it continued from (evicted then, in that order)."""
+
+    error: GatewayError
+    previous: str | None
+
+
+Pending = tuple[CreateResponseRequest, bool] | Refusal
 
 
 class ClientGoneError(Exception):
@@ -132,6 +142,7 @@ class Connection:
         self.lanes: dict[str | None, deque[Pending]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.pending = 0  # requests taken and not yet answered
+        self.refusals = 0  # refusals not yet sent
         self.sending = asyncio.Lock()
         self.expired = False
         self.closed = False
@@ -156,9 +167,11 @@ class Connection:
         finally:
             timer.cancel()
             self.closed = True
-            await self._end_tasks()
-            seconds = time.perf_counter() - started
-            _access(self.websocket, 101, seconds, self.caller.project, self.answered)
+            try:
+                await self._end_tasks()
+            finally:
+                seconds = time.perf_counter() - started
+                _access(self.websocket, 101, seconds, self.caller.project, self.answered)
 
     async def _end_tasks(self) -> None:
         """Cancel what still runs and wait for it: each generation's cleanup (closing the
@@ -223,14 +236,26 @@ class Connection:
             self.pending += 1
             queue.append((create, generate))
         except GatewayError as exc:
-            # A refused continuation leaves nothing to go on from (Open Responses), and the
-            # refusal keeps its place among the lane's answers.
-            if isinstance(previous, str):
-                self.contexts.evict(previous)
-            if queue is not None:
-                queue.append(exc)
-            else:
-                self._spawn(self._send_error(exc, lane))
+            self._refuse(Refusal(exc, previous if isinstance(previous, str) else None), lane, queue)
+
+    def _refuse(self, refusal: Refusal, lane: str | None, queue: deque[Pending] | None) -> None:
+        """A refused continuation leaves nothing to go on from (Open Responses), and the
+        refusal keeps its place among its lane's answers. A client that keeps sending what is
+        refused without reading the answers is cut off (1008) once they pile up."""
+        if self.pending + self.refusals >= 2 * MAX_PENDING:
+            log.warning("websocket closed: %d answers unread", self.pending + self.refusals)
+            self._spawn(self._close(1008, "too many unanswered requests"))
+            return
+        self.refusals += 1
+        if queue is not None:
+            queue.append(refusal)
+        else:
+            self._spawn(self._send_refusal(refusal, lane))
+
+    async def _send_refusal(self, refusal: Refusal, lane: str | None) -> None:
+        self.refusals -= 1
+        self.contexts.evict(refusal.previous)
+        await self._send_error(refusal.error, lane)
 
     def _open_lane(self, lane: str | None) -> deque[Pending]:
         if len(self.lanes) >= self.max_streams:
@@ -259,7 +284,15 @@ class Connection:
                 "previous_response_id": str(event.get("previous_response_id") or ""),
             },
         }
-        self._spawn(self._send_quietly(failed, None))
+        if self.pending + self.refusals >= 2 * MAX_PENDING:
+            self._spawn(self._close(1008, "too many unanswered requests"))
+            return
+        self.refusals += 1
+        self._spawn(self._send_steering_refusal(failed))
+
+    async def _send_steering_refusal(self, failed: dict[str, Any]) -> None:
+        self.refusals -= 1
+        await self._send_quietly(failed, None)
 
     # --- answering ----------------------------------------------------------------------------
 
@@ -277,8 +310,8 @@ class Connection:
         try:
             while queue and not self.closed:
                 work = queue.popleft()
-                if isinstance(work, GatewayError):
-                    await self._send_error(work, lane)
+                if isinstance(work, Refusal):
+                    await self._send_refusal(work, lane)
                     continue
                 create, generate = work
                 try:

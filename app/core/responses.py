@@ -403,6 +403,8 @@ class ResponsesService:
             if anchor is not None and not await self._store.exists(anchor, project):
                 raise _previous_not_found(str(previous))
             history, inherited = remembered.history, remembered.entries
+            if remembered.epoch != epoch:  # a delete since: what went with it is left out
+                history, inherited = await self._still_stored(history, inherited)
         elif previous is not None:
             loaded = await self._store.load_context(previous, project, unverified=defer_check)
             if loaded is None:
@@ -447,6 +449,18 @@ class ResponsesService:
             unverified,
             anchor,
         )
+
+    async def _still_stored(
+        self, history: list[StoredItem], entries: list[StoredItem | dict[str, Any]]
+    ) -> tuple[list[StoredItem], list[StoredItem | dict[str, Any]]]:
+        """A remembered context without the stored items deleted since (a deeper ancestor, a
+        conversation), as a stored chain's context loses them."""
+        pks = [item.pk for item in history]
+        pks += [entry.pk for entry in entries if isinstance(entry, StoredItem)]
+        kept = await self._store.stored_pks(pks)
+        return [item for item in history if item.pk in kept], [
+            entry for entry in entries if not isinstance(entry, StoredItem) or entry.pk in kept
+        ]
 
     # --- retrieve, delete, list, cancel, follow -------------------------------------------------
 
@@ -636,6 +650,7 @@ def _retained_context(context: Context) -> Context:
         items=[data for _, data in kept],
         cache_epoch=context.cache_epoch,
         unverified=context.unverified,
+        anchor=context.anchor,
     )
 
 

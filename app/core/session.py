@@ -27,6 +27,8 @@ from app.store.contexts import StoredItem
 
 # Responses whose context a connection keeps (the newest of each lane, forks included).
 DEFAULT_CAPACITY = 8
+# Refused continuations remembered, so that one still running when refused is not kept.
+REFUSED_KEPT = 64
 ENDED = frozenset({"completed", "incomplete"})
 
 
@@ -37,12 +39,16 @@ class Remembered:
     history: list[StoredItem]  # inherited from `anchor`, stored
     entries: list[StoredItem | dict[str, Any]]  # its own input (stored items by reference), output
     anchor: str | None  # the stored response `history` belongs to, if any
+    # The context cache's epoch when the stored items were read: once it has moved (a delete,
+    # on any replica), which of them are still stored is checked before they are used again.
+    epoch: int | None
 
 
 class LocalContexts:
     def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
         self._capacity = capacity
         self._contexts: OrderedDict[str, Remembered] = OrderedDict()
+        self._refused: OrderedDict[str, None] = OrderedDict()
 
     def get(self, response_id: str) -> Remembered | None:
         context = self._contexts.get(response_id)
@@ -54,7 +60,12 @@ class LocalContexts:
         """A `store: false` response that ended (`completed` or `incomplete`; a failed or
         cancelled one is no state to continue from): its context and output, for the next
         turn."""
-        if prepared.storing or response["status"] not in ENDED or self._capacity == 0:
+        if (
+            prepared.storing
+            or response["status"] not in ENDED
+            or self._capacity == 0
+            or prepared.id in self._refused
+        ):
             return
         context = prepared.context
         own = context.items[len(context.history) :]
@@ -63,14 +74,22 @@ class LocalContexts:
             for entry, data in zip(context.entries, own, strict=True)
         ]
         entries += response["output"]
-        self._contexts[prepared.id] = Remembered(context.history, entries, context.anchor)
+        self._contexts[prepared.id] = Remembered(
+            context.history, entries, context.anchor, context.cache_epoch
+        )
         self._contexts.move_to_end(prepared.id)
         while len(self._contexts) > self._capacity:
             self._contexts.popitem(last=False)
 
     def evict(self, response_id: str | None) -> None:
-        if response_id is not None:
-            self._contexts.pop(response_id, None)
+        """A continuation of `response_id` failed: it is not continued from again, including
+        when it is still running now (and would otherwise be remembered when it ends)."""
+        if response_id is None:
+            return
+        self._contexts.pop(response_id, None)
+        self._refused[response_id] = None
+        while len(self._refused) > REFUSED_KEPT:
+            self._refused.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._contexts)

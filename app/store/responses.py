@@ -199,6 +199,14 @@ class ResponseStore:
         query = select(items_table.c.pk, items_table.c.data).where(self._pk_in(pks))
         return {pk: data for pk, data in (await connection.execute(query)).all()}
 
+    async def stored_pks(self, pks: Sequence[int]) -> set[int]:
+        """Which of these items are still stored."""
+        if not pks:
+            return set()
+        async with self._db.transaction() as connection:
+            query = select(items_table.c.pk).where(self._pk_in(pks))
+            return {pk for (pk,) in (await connection.execute(query)).all()}
+
     def cache_epoch(self) -> int:
         """Where the context cache stands: taken before a create reads anything, and handed
         back with the response to insert (`NewResponse.cache_epoch`), so that a delete that
