@@ -14,6 +14,7 @@ import openai
 import pytest
 from agents import (
     Agent,
+    ModelSettings,
     OpenAIResponsesModel,
     Runner,
     function_tool,
@@ -236,3 +237,43 @@ def test_agent_runs_over_a_websocket_session(
         "tool_call_id": "call_ws",
         "content": "Sunny, 24 C in Oslo",
     }
+
+
+def test_agent_with_server_side_compaction(gw: Stack) -> None:
+    """`ModelSettings(context_management=…)`, as the SDK's compaction capability sets it: past
+    the threshold the gateway compacts, and the run goes on from the compacted context."""
+    gw.upstream.enqueue(
+        Reply(content="Summary: the user wants Lima's weather, precisely."),
+        Reply(tool_calls=[tool_call("get_weather", {"city": "Lima"}, "call_c1")]),
+        Reply(content="Sunny in Lima."),
+    )
+    long_question = "Weather in Lima? " + "Please be precise. " * 400
+
+    async def run() -> Any:
+        async with openai.AsyncOpenAI(
+            base_url=f"{gw.gateway.url}/v1", api_key="sk-client", max_retries=0
+        ) as client:
+            agent: Agent[Any] = Agent(
+                name="weather",
+                tools=[get_weather],
+                model=OpenAIResponsesModel(model="local-llama", openai_client=client),
+                model_settings=ModelSettings(
+                    context_management=[{"type": "compaction", "compact_threshold": 1000}]
+                ),
+            )
+            return await Runner.run(agent, long_question, auto_previous_response_id=True)
+
+    result = asyncio.run(run())
+    assert result.final_output == "Sunny in Lima."
+    summary, first, second = (recorded.body for recorded in gw.upstream.requests)
+    # The question alone passed the threshold: compacted before the model's first answer…
+    assert summary["messages"][-2]["content"] == long_question
+    assert summary["messages"][-1]["content"].startswith("Compact the conversation above")
+    assert [m["role"] for m in first["messages"]] == ["user"]
+    assert first["messages"][0]["content"].endswith("the user wants Lima's weather, precisely.")
+    # …and the tool's turn went on from the compacted context (small now: no second compaction).
+    assert [m["role"] for m in second["messages"]] == ["user", "assistant", "tool"]
+    assert second["messages"][2]["content"] == "Sunny, 24 C in Lima"
+    # The compaction item reached the SDK, the first output item of the model's first answer.
+    kinds = [item.type for item in result.raw_responses[0].output]
+    assert kinds == ["compaction", "function_call"]

@@ -472,3 +472,147 @@ def test_compaction_is_accounted_to_the_key(tenants: Tenants) -> None:
     assert row["model"] == "local-llama" and row["requests"] == 2
     assert row["input_tokens"] == 81 and row["output_tokens"] == 10
     assert row["not_completed"] == 1
+
+
+# --- server-side compaction (`context_management`) --------------------------------------------
+
+LONG = "The cafe menu lists " + "espresso and cake, " * 700  # well over 1,000 tokens
+COMPACT_AT = [{"type": "compaction", "compact_threshold": 1000}]
+AGENT_HISTORY: list[dict[str, Any]] = [
+    {"role": "user", "content": LONG},
+    {"type": "function_call", "call_id": "call_m", "name": "read_menu", "arguments": "{}"},
+    {"type": "function_call_output", "call_id": "call_m", "output": "menu: " + "item " * 300},
+]
+MENU_TOOL = [{"type": "function", "name": "read_menu", "parameters": {"type": "object"}}]
+
+
+def test_server_side_compaction_streams_the_item_then_the_answer(
+    client: openai.OpenAI, gw: Stack
+) -> None:
+    gw.upstream.enqueue(
+        Reply(content=SUMMARY, usage={"prompt_tokens": 2100, "completion_tokens": 30}),
+        Reply(
+            content="Espresso is on the menu.", usage={"prompt_tokens": 90, "completion_tokens": 6}
+        ),
+    )
+    stream = stream_raw(
+        gw.gateway.url,
+        {
+            "model": "local-llama",
+            "input": AGENT_HISTORY,
+            "tools": MENU_TOOL,
+            "context_management": COMPACT_AT,
+        },
+    )
+    strict_stream(stream)
+    kinds = [e["type"] for e in stream.events]
+    assert kinds[:6] == [
+        "response.created",
+        "response.in_progress",
+        "response.compaction.compacting",
+        "response.output_item.added",
+        "response.output_item.done",
+        "response.output_item.added",
+    ]
+    assert stream.events[4]["item"]["type"] == "compaction"
+    assert stream.events[5]["item"]["type"] == "message" and stream.events[5]["output_index"] == 1
+    final = stream.events[-1]["response"]
+    assert [item["type"] for item in final["output"]] == ["compaction", "message"]
+    assert final["output"][1]["content"][0]["text"] == "Espresso is on the menu."
+    assert final["usage"]["input_tokens"] == 2190 and final["usage"]["output_tokens"] == 36
+    summary_call, answer_call = (recorded.body for recorded in gw.upstream.requests)
+    assert "tools" not in summary_call
+    assert summary_call["messages"][-1]["content"].startswith("Compact the conversation above")
+    assert summary_call["messages"][-2]["role"] == "tool"  # the summary saw everything
+    # The answer: the summary in place of everything it stands for; tools on.
+    assert [m["role"] for m in answer_call["messages"]] == ["user"]
+    assert answer_call["messages"][0]["content"].endswith(SUMMARY)
+    assert answer_call["tools"][0]["function"]["name"] == "read_menu"
+    compaction_item = final["output"][0]
+    assert compaction_item["encrypted_content"].startswith("rgc2.")
+    # The next turn of the chain sends the compacted context, from storage.
+    client.responses.create(
+        model="local-llama", input="and cake?", previous_response_id=final["id"]
+    )
+    sent = gw.upstream.last.body["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "user"]
+    assert sent[0]["content"].endswith(SUMMARY) and sent[2]["content"] == "and cake?"
+
+
+def test_server_side_compaction_without_streaming_and_below_the_threshold(
+    client: openai.OpenAI, gw: Stack
+) -> None:
+    gw.upstream.enqueue(Reply(content="short answer"))
+    small = raw_create(
+        client,
+        model="local-llama",
+        input="hi",
+        context_management=COMPACT_AT,  # type: ignore[arg-type]
+    )
+    assert [item["type"] for item in small["output"]] == ["message"]
+    assert len(gw.upstream.requests) == 1  # below the threshold: an ordinary generation
+    gw.upstream.enqueue(Reply(content=SUMMARY), Reply(content="answered"))
+    data = raw_create(
+        client,
+        model="local-llama",
+        input=AGENT_HISTORY,  # type: ignore[arg-type]
+        tools=MENU_TOOL,  # type: ignore[arg-type]
+        context_management=COMPACT_AT,  # type: ignore[arg-type]
+        store=False,
+    )
+    assert [item["type"] for item in data["output"]] == ["compaction", "message"]
+    ResponseCompactionItem.model_validate(data["output"][0])
+    # A stateless client appends the output and sends it all again: the model gets the
+    # compacted context, not the history again.
+    gw.upstream.enqueue(Reply(content="again"))
+    raw_create(
+        client,
+        model="local-llama",
+        input=[*AGENT_HISTORY, *data["output"], {"role": "user", "content": "more"}],  # type: ignore[list-item]
+        context_management=COMPACT_AT,  # type: ignore[arg-type]
+        store=False,
+    )
+    sent = gw.upstream.last.body["messages"]
+    assert [m["content"] for m in sent[1:]] == ["answered", "more"]
+    assert sent[0]["content"].endswith(SUMMARY)
+    assert len(gw.upstream.requests) == 4  # no second compaction: the context is small now
+
+
+def test_server_side_compaction_refusals(client: openai.OpenAI, gw: Stack) -> None:
+    cases: list[tuple[Any, dict[str, Any], str]] = [
+        ([{"type": "summarize"}], {}, "context_management[0].type"),
+        (
+            [{"type": "compaction", "compact_threshold": 10}],
+            {},
+            "context_management[0].compact_threshold",
+        ),
+        ([], {}, "context_management"),
+        (COMPACT_AT, {"background": True}, "context_management"),
+    ]
+    for entries, extra, param in cases:
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.responses.create(
+                model="local-llama", input=LONG, context_management=entries, **extra
+            )
+        assert refused.value.body["param"] == param, refused.value.body  # type: ignore[index]
+    assert gw.upstream.requests == []
+
+
+def test_server_side_compaction_on_native_backends(
+    native: NativeStack, nclient: openai.OpenAI
+) -> None:
+    # OpenAI's own API gets the field and compacts itself.
+    native.fake.enqueue(Answer(text="from OpenAI"))
+    nclient.responses.create(model="gpt-5-mini", input=LONG, context_management=COMPACT_AT)  # type: ignore[arg-type]
+    assert native.fake.last.body["context_management"] == COMPACT_AT
+    # A local server that speaks Responses is compacted by the gateway.
+    native.fake.enqueue(Answer(text=SUMMARY), Answer(text="local answer"))
+    data = raw_create(
+        nclient,
+        model="vllm/qwen3",
+        input=LONG,
+        context_management=COMPACT_AT,  # type: ignore[arg-type]
+    )
+    assert [item["type"] for item in data["output"]] == ["compaction", "message"]
+    assert "context_management" not in native.fake.last.body
+    assert native.fake.last.body["input"][-1]["content"][0]["text"].endswith(SUMMARY)

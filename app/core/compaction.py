@@ -18,10 +18,20 @@ item is the compaction item (`CompactingBackend`; streamed as `response.output_i
 (`ResponsesService.prepare`): the next turn of its `previous_response_id` chain gets those and the
 summary, not the history it compacted.
 
+Server-side compaction (`context_management: [{"type": "compaction", "compact_threshold": N}]`)
+runs the same summary inside an ordinary create, when the context the model would see reaches N
+tokens (`compaction_threshold`): the response's output is the compaction item, then the model's
+answer to the compacted context (`CompactThenAnswer`). A model on OpenAI or Azure gets the field
+itself instead, and compacts with OpenAI's own items.
+
 When an item of ours comes back as input, the upstream gets a user message carrying the summary
-in its place (`expand`). A `compaction` item the gateway did not make (OpenAI's own) is a hosted
-item like any other: passed on as it is to a backend that speaks Responses, refused (400, with
-its `param`) by one that does not, left out with `hosted_tools: drop`.
+in its place (`expand`), and of what came before the latest one only the user messages (the
+summary stands for the rest), or, after a server-side compaction's item (`rgc2.`), nothing: its
+summary stands for all of it, as OpenAI's does. A client that keeps sending its whole history,
+or a conversation, still sends the model the compacted context. A `compaction` item the
+gateway did not make (OpenAI's own) is a hosted item like any other: passed on as it is to a
+backend that speaks Responses, refused (400, with its `param`) by one that does not, left out
+with `hosted_tools: drop`.
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ import base64
 import binascii
 import dataclasses
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from typing import Any
 
@@ -50,6 +60,11 @@ from app.schemas.requests import CompactionTriggerItem, CreateResponseRequest
 from app.schemas.responses import usage_object
 
 PREFIX = "rgc1."
+# A server-side compaction's item (`context_management`): its summary stands for everything
+# before it, the user's messages included (OpenAI: what came before the latest compaction item
+# may be dropped, and is not needed).
+WHOLE_PREFIX = "rgc2."
+_PREFIXES = (PREFIX, WHOLE_PREFIX)
 # Seconds between two `response.compaction.compacting` events while the summary streams in.
 PROGRESS_SECONDS = 2.0
 _COMPACTING = "response.compaction.compacting"
@@ -79,13 +94,13 @@ UNUSED_FIELDS: dict[str, Any] = {
 }
 
 
-def encode(summary: str) -> str:
-    return PREFIX + base64.urlsafe_b64encode(summary.encode()).decode()
+def encode(summary: str, prefix: str = PREFIX) -> str:
+    return prefix + base64.urlsafe_b64encode(summary.encode()).decode()
 
 
 def summary_of(encrypted_content: object) -> str | None:
     """The summary in a compaction item's `encrypted_content`, or None if it is not ours."""
-    if not isinstance(encrypted_content, str) or not encrypted_content.startswith(PREFIX):
+    if not isinstance(encrypted_content, str) or not encrypted_content.startswith(_PREFIXES):
         return None
     try:
         return base64.urlsafe_b64decode(encrypted_content[len(PREFIX) :]).decode()
@@ -100,28 +115,36 @@ def is_ours(item: dict[str, Any]) -> bool:
 
 
 def expand(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """`items` with each compaction item of ours replaced by the user message it stands for."""
+    """`items` with each compaction item of ours replaced by the user message it stands for.
+    Before the latest one, only the user messages are kept (its summary covers the rest), or
+    nothing at all if it is a server-side compaction's (its summary covers everything)."""
     for item in items:  # a plain loop: half the cost of any() over a generator
         if item.get("type") == "compaction":
             break
     else:
         return items
+    latest, whole = -1, False
+    for index, item in enumerate(items):
+        if is_ours(item):
+            latest, whole = index, str(item["encrypted_content"]).startswith(WHOLE_PREFIX)
     expanded = []
-    for item in items:
+    for index, item in enumerate(items):
+        if index < latest and (whole or not is_user_message(item)):
+            continue  # covered by the latest summary (an earlier summary included)
         summary = (
             summary_of(item.get("encrypted_content")) if item.get("type") == "compaction" else None
         )
         if summary is None:
             expanded.append(item)
-        else:
-            text = SUMMARY_HEADER + summary
-            expanded.append(
-                {
-                    "type": "message",
-                    "role": "user",
-                    "content": [{"type": "input_text", "text": text}],
-                }
-            )
+            continue
+        text = SUMMARY_HEADER + summary
+        expanded.append(
+            {
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": text}],
+            }
+        )
     return expanded
 
 
@@ -183,11 +206,11 @@ def summary_text(generation: Generation) -> str:
     return text
 
 
-def compaction_item(generation: Generation) -> dict[str, Any]:
+def compaction_item(generation: Generation, prefix: str = PREFIX) -> dict[str, Any]:
     return {
         "id": new_id("cmp"),
         "type": "compaction",
-        "encrypted_content": encode(summary_text(generation)),
+        "encrypted_content": encode(summary_text(generation), prefix),
     }
 
 
@@ -226,14 +249,16 @@ class CompactingBackend(Backend):
     for the summary (`summary_request` built the request) and answers with the compaction
     item instead of the model's message."""
 
-    def __init__(self, inner: Backend) -> None:
+    def __init__(self, inner: Backend, prefix: str = PREFIX) -> None:
         self._inner = inner
+        self._prefix = prefix
         self.name = inner.name
         self.responses_native = inner.responses_native
 
     async def generate(self, request: GenerationRequest) -> Generation:
         result = await self._inner.generate(request)
-        return Generation([compaction_item(result)], usage=result.usage, model=result.model)
+        item = compaction_item(result, self._prefix)
+        return Generation([item], usage=result.usage, model=result.model)
 
     async def stream(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
         """The summary is read as a stream (a slow model's long summary is bounded per read,
@@ -269,11 +294,95 @@ class CompactingBackend(Backend):
         item = {
             "id": item_id,
             "type": "compaction",
-            "encrypted_content": encode(summary_text(answer)),
+            "encrypted_content": encode(summary_text(answer), self._prefix),
         }
         for kind in ("response.output_item.added", "response.output_item.done"):
             yield NativeEvent({"type": kind, "output_index": 0, "item": item})
         yield Finish(usage=finish.usage, model=finish.model)
+
+    async def aclose(self) -> None:  # the inner backend belongs to the registry
+        return None
+
+
+def compaction_threshold(request: CreateResponseRequest, window: int | None) -> int | None:
+    """The token count at which `context_management` asks for server-side compaction: its
+    `compact_threshold`, or, where it names none, 80% of the model's `context_window` (none
+    known: no compaction). Other entry types are a 400 naming the entry."""
+    threshold: int | None = None
+    for index, entry in enumerate(request.context_management or ()):
+        if entry.type != "compaction":
+            raise BadRequestError(
+                f"Invalid value for 'context_management[{index}].type': {entry.type!r}. "
+                "Supported values are: 'compaction'.",
+                param=f"context_management[{index}].type",
+                code="invalid_value",
+            )
+        if entry.compact_threshold is not None:
+            threshold = entry.compact_threshold
+        elif window is not None and threshold is None:
+            threshold = window * 4 // 5
+    return threshold
+
+
+def _added(first: Usage | None, second: Usage | None) -> Usage | None:
+    if first is None or second is None:
+        return second or first
+    return Usage(
+        first.input_tokens + second.input_tokens,
+        first.output_tokens + second.output_tokens,
+        first.cached_tokens + second.cached_tokens,
+        first.reasoning_tokens + second.reasoning_tokens,
+    )
+
+
+class CompactThenAnswer(Backend):
+    """The backend of a create whose context reached its `compact_threshold`: the summary
+    first (as `CompactingBackend` answers a `compaction_trigger`), its compaction item the
+    first output item, then the model's answer to the compacted context, the request that
+    `answer` builds from that item. Usage is the sum of both calls."""
+
+    def __init__(
+        self, inner: Backend, answer: Callable[[dict[str, Any]], GenerationRequest]
+    ) -> None:
+        self._inner = inner
+        self._compacting = CompactingBackend(inner, WHOLE_PREFIX)
+        self._answer = answer
+        self.name = inner.name
+        self.responses_native = inner.responses_native
+
+    async def generate(self, request: GenerationRequest) -> Generation:
+        summary = await self._compacting.generate(request)
+        item = summary.output[0]
+        result = await self._inner.generate(self._answer(item))
+        return Generation(
+            [item, *result.output],
+            status=result.status,
+            incomplete_reason=result.incomplete_reason,
+            usage=_added(summary.usage, result.usage),
+            model=result.model,
+        )
+
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
+        item: dict[str, Any] | None = None
+        summary_usage: Usage | None = None
+        compacting = self._compacting.stream(request)
+        async with aclosing(compacting):
+            async for delta in compacting:
+                if isinstance(delta, Finish):
+                    summary_usage = delta.usage
+                    continue
+                if isinstance(delta, NativeEvent) and delta.event["type"].endswith("item.done"):
+                    item = delta.event["item"]
+                yield delta
+        assert item is not None  # `CompactingBackend.stream` ends with it, or raises
+        answering = self._inner.stream(self._answer(item))
+        async with aclosing(answering):
+            async for delta in answering:
+                if isinstance(delta, Finish):
+                    delta = Finish(
+                        delta.incomplete_reason, _added(summary_usage, delta.usage), delta.model
+                    )
+                yield delta
 
     async def aclose(self) -> None:  # the inner backend belongs to the registry
         return None

@@ -109,8 +109,12 @@ def check_request(
             "text as 'instructions' and 'input'.",
             param="prompt",
         )
-    if request.context_management:
-        raise _not_supported("context_management", "Server-side compaction ('context_management')")
+    if request.context_management and request.background:
+        raise BadRequestError(
+            "Server-side compaction ('context_management') cannot run in the background: send "
+            "it without 'background'.",
+            param="context_management",
+        )
     if request.moderation is not None:
         raise _not_supported("moderation", "Moderation ('moderation')")
     check_includes(request.include or ())

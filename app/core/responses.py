@@ -14,7 +14,7 @@ import logging
 from collections.abc import AsyncGenerator, Iterable
 from typing import Any
 
-from app.backends.base import Usage
+from app.backends.base import GenerationRequest, Usage
 from app.backends.registry import Registry, Route
 from app.core import compaction
 from app.core.background import BackgroundRunner
@@ -49,6 +49,8 @@ from app.store.responses import NewResponse, ResponseStore, StoredResponse
 
 log = logging.getLogger(__name__)
 
+# Backends that are OpenAI's own API: `context_management` is passed on to them.
+OPENAI_BACKENDS = frozenset({"openai", "azure"})
 # How long a cancel waits for the worker running the job to store its final state, before it
 # ends the job itself.
 CANCEL_WAIT_SECONDS = 10.0
@@ -117,6 +119,11 @@ class ResponsesService:
             dropped,
             hosted_items=hosted_tools != "drop",
         )
+        if request.context_management and compacting is None and not summarize:
+            compacted = self._server_compaction(request, route, context.items, dropped, generation)
+            if compacted is not None:  # the context reached the threshold
+                route, generation = compacted
+                return self._prepared(request, route, context, generation, project, key_id, dropped)
         if compacting is not None or summarize:
             if not context.items:
                 raise BadRequestError(
@@ -137,6 +144,18 @@ class ResponsesService:
         if compacting is not None:
             route = Route(route.config, compaction.CompactingBackend(route.backend))
             context = _retained_context(context)
+        return self._prepared(request, route, context, generation, project, key_id, dropped)
+
+    @staticmethod
+    def _prepared(
+        request: CreateResponseRequest,
+        route: Route,
+        context: Context,
+        generation: GenerationRequest,
+        project: str,
+        key_id: str | None,
+        dropped: list[str],
+    ) -> Prepared:
         return Prepared(
             request,
             route,
@@ -147,6 +166,57 @@ class ResponsesService:
             key_id=key_id,
             dropped_tools=dropped,
         )
+
+    def _server_compaction(
+        self,
+        request: CreateResponseRequest,
+        route: Route,
+        items: list[dict[str, Any]],
+        dropped: list[str],
+        generation: GenerationRequest,
+    ) -> tuple[Route, GenerationRequest] | None:
+        """`context_management`: on OpenAI or Azure, passed on (OpenAI compacts, with its own
+        items); elsewhere, once the context the model would see reaches the threshold, the
+        route and request of a summary first, then the answer (`compaction.CompactThenAnswer`);
+        below it, None (an ordinary generation)."""
+        entries = request.context_management or []
+        if route.config.backend in OPENAI_BACKENDS and route.backend.responses_native:
+            generation.native["context_management"] = [
+                entry.model_dump(mode="json", exclude_none=True) for entry in entries
+            ]
+            return None
+        threshold = compaction.compaction_threshold(request, route.config.context_window)
+        if threshold is None:
+            return None
+        tokens = count_tokens(
+            route.upstream_model, request.instructions, generation.items, generation.tools
+        )
+        if tokens < threshold:
+            return None
+        hosted_items = route.config.hosted_tools != "drop"
+
+        def answer(item: dict[str, Any]) -> GenerationRequest:
+            follow = generation_request(
+                request, route.upstream_model, [*items, item], dropped, hosted_items=hosted_items
+            )
+            try:
+                fit_generation(route, request, follow)
+            except BadRequestError as exc:
+                raise UpstreamError(
+                    f"The context was compacted but still does not fit: {exc.message}"
+                ) from None
+            return follow
+
+        summary = compaction.summary_request(generation)
+        # The summary is fitted as a compaction's is: oldest items out rather than a 400, room
+        # left for its answer (the request itself, stored and echoed, is left as sent).
+        fitting = request.model_copy(update={"truncation": "auto"})
+        window = route.config.context_window
+        if window is not None and request.max_output_tokens is None:
+            summary.max_output_tokens = min(window // 4, compaction.SUMMARY_TOKENS)
+            fitting = fitting.model_copy(update={"max_output_tokens": summary.max_output_tokens})
+        fit_generation(route, fitting, summary)
+        return Route(route.config, compaction.CompactThenAnswer(route.backend, answer)), summary
 
     async def count_input_tokens(
         self, request: CreateResponseRequest, project: str = ""

@@ -385,6 +385,16 @@ def check_metadata_limits(value: dict[str, str]) -> dict[str, str]:
 Metadata = Annotated[dict[str, str], AfterValidator(check_metadata_limits)]
 
 
+class ContextManagement(BaseModel):
+    """An entry of `context_management`: `compaction` (server-side compaction) is the one
+    OpenAI defines; `compact_threshold` is the rendered-token count that triggers it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    compact_threshold: int | None = Field(default=None, ge=1000)
+
+
 class CreateResponseRequest(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
@@ -421,7 +431,7 @@ class CreateResponseRequest(BaseModel):
     prompt_cache_retention: str | None = None
     prompt_cache_options: dict[str, Any] | None = None
     prompt: dict[str, Any] | None = None
-    context_management: list[dict[str, Any]] | None = None
+    context_management: list[ContextManagement] | None = Field(default=None, min_length=1)
     moderation: dict[str, Any] | None = None
 
 
