@@ -155,6 +155,9 @@ def test_codex_compacts_through_the_gateway(
     contents = [str(m["content"]) for m in after["messages"]]
     assert contents[-1].endswith("Ran echo; it printed hi. Next: answer the user.")
     assert "run echo" in contents and not any(m["role"] == "tool" for m in after["messages"])
+    # Codex's own instructions (developer messages, sent as `system`) are still there.
+    instructions = [m for m in calls["messages"] if m["role"] == "system"]
+    assert instructions and [m for m in after["messages"] if m["role"] == "system"] == instructions
     assert len(after["messages"]) < len(calls["messages"]) + 3
 
 

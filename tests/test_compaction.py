@@ -616,3 +616,86 @@ def test_server_side_compaction_on_native_backends(
     assert [item["type"] for item in data["output"]] == ["compaction", "message"]
     assert "context_management" not in native.fake.last.body
     assert native.fake.last.body["input"][-1]["content"][0]["text"].endswith(SUMMARY)
+
+
+def test_server_side_compaction_gives_the_summary_its_own_room_and_charges_a_failure(
+    tenants: Tenants,
+) -> None:
+    key = tenants.new_key("server-compactor")
+    tenants.upstream.enqueue(
+        Reply(content=SUMMARY, usage={"prompt_tokens": 2100, "completion_tokens": 30}),
+        Fail(500),
+    )
+    with tenants.client(key) as client:
+        with pytest.raises(openai.APIError):
+            with client.responses.stream(
+                model="local-llama",
+                input=LONG,
+                max_output_tokens=50,
+                context_management=COMPACT_AT,  # type: ignore[arg-type]
+            ) as stream:
+                for _ in stream:
+                    pass
+    summary_call, answer_call = (recorded.body for recorded in tenants.upstream.requests)
+    assert summary_call["max_tokens"] == 8192  # its own room, not the answer's 50
+    assert answer_call["max_tokens"] == 50
+    # The summary's tokens count for the key, though the answer failed.
+    time.sleep(0.5)  # the usage flush
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    report = tenants.admin(
+        "GET", "/admin/usage", params={"project": "server-compactor", "start": today}
+    )
+    [row] = report.json()["data"]
+    assert row["input_tokens"] == 2100 and row["output_tokens"] == 30
+    assert row["not_completed"] == 1
+
+
+def test_a_later_trigger_does_not_bring_back_what_a_server_compaction_covered(
+    client: openai.OpenAI, gw: Stack
+) -> None:
+    gw.upstream.enqueue(Reply(content=SUMMARY), Reply(content="answered"))
+    first = raw_create(
+        client,
+        model="local-llama",
+        input=LONG,
+        context_management=COMPACT_AT,  # type: ignore[arg-type]
+    )
+    gw.upstream.enqueue(Reply(content="second summary"))
+    trigger = raw_create(
+        client,
+        model="local-llama",
+        input=[{"role": "user", "content": "short"}, TRIGGER],  # type: ignore[list-item]
+        previous_response_id=first["id"],
+    )
+    assert [item["type"] for item in trigger["output"]] == ["compaction"]
+    client.responses.create(model="local-llama", input="next", previous_response_id=trigger["id"])
+    sent = [m["content"] for m in gw.upstream.last.body["messages"]]
+    assert LONG not in sent and sent[0] == "short" and sent[-1] == "next"
+    assert sent[1].endswith("second summary")
+
+
+def test_instructions_before_a_server_compaction_are_still_sent(
+    client: openai.OpenAI, gw: Stack
+) -> None:
+    developer = {"role": "developer", "content": "You are a careful barista."}
+    gw.upstream.enqueue(Reply(content=SUMMARY), Reply(content="answered"))
+    data = raw_create(
+        client,
+        model="local-llama",
+        input=[developer, *AGENT_HISTORY],  # type: ignore[list-item]
+        tools=MENU_TOOL,  # type: ignore[arg-type]
+        context_management=COMPACT_AT,  # type: ignore[arg-type]
+        store=False,
+    )
+    assert [m["role"] for m in gw.upstream.last.body["messages"]] == ["system", "user"]
+    raw_create(
+        client,
+        model="local-llama",
+        input=[developer, *AGENT_HISTORY, *data["output"], {"role": "user", "content": "more"}],  # type: ignore[list-item]
+        store=False,
+    )
+    sent = gw.upstream.last.body["messages"]
+    assert [m["role"] for m in sent] == ["system", "user", "assistant", "user"]
+    assert sent[0]["content"] == "You are a careful barista." and sent[1]["content"].endswith(
+        SUMMARY
+    )

@@ -7,6 +7,7 @@ client that goes away mid-answer."""
 from __future__ import annotations
 
 import json
+import socket as pysocket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -376,13 +377,16 @@ def test_a_client_gone_mid_answer_leaves_it_stored_cancelled(
 ) -> None:
     gw.upstream.enqueue(Reply(content="word " * 200, token_delay=0.02))
     url = gw.gateway.url.replace("http://", "ws://") + "/v1/responses"
-    with websockets.sync.client.connect(url) as socket:
-        socket.send(json.dumps({"type": "response.create", "model": "local-llama", "input": "hi"}))
-        created = json.loads(socket.recv(timeout=5))
-        while json.loads(socket.recv(timeout=5))["type"] != "response.output_text.delta":
-            pass
+    socket = websockets.sync.client.connect(url)
+    socket.send(json.dumps({"type": "response.create", "model": "local-llama", "input": "hi"}))
+    created = json.loads(socket.recv(timeout=5))
+    while json.loads(socket.recv(timeout=5))["type"] != "response.output_text.delta":
+        pass
+    # Gone without a goodbye (a killed process, a dropped network): no close handshake.
+    socket.socket.shutdown(pysocket.SHUT_RDWR)
+    socket.socket.close()
     response_id = created["response"]["id"]
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 20
     while True:  # stored when the generation ends: here, once the server sees the close
         try:
             stored = client.responses.retrieve(response_id)
@@ -633,3 +637,31 @@ def test_an_unstored_compaction_ends_with_its_stored_root(
     client.responses.delete(root["id"])
     [error] = turn(connection, model="local-llama", input="x", previous_response_id=compacted["id"])
     assert error["status"] == 404 and error["error"]["code"] == "previous_response_not_found"
+
+
+def test_server_side_compaction_over_the_socket(gw: Stack, connection: Any) -> None:
+    long = "Plan the trip: " + "Lisbon, Porto and Faro, " * 600
+    gw.upstream.enqueue(Reply(content="Summary: a trip to three cities."), Reply(content="Done."))
+    compacting = [{"type": "compaction", "compact_threshold": 1000}]
+    first = final(
+        turn(
+            connection,
+            model="local-llama",
+            input=long,
+            store=False,
+            context_management=compacting,
+        )
+    )
+    assert [item["type"] for item in first["output"]] == ["compaction", "message"]
+    gw.upstream.enqueue(Reply(content="Porto first."))
+    turn(
+        connection,
+        model="local-llama",
+        input="Which first?",
+        store=False,
+        previous_response_id=first["id"],
+        context_management=compacting,
+    )
+    sent = [m["content"] for m in gw.upstream.last.body["messages"]]
+    assert sent[0].endswith("Summary: a trip to three cities.")
+    assert sent[1:] == ["Done.", "Which first?"] and len(gw.upstream.requests) == 3

@@ -25,10 +25,10 @@ answer to the compacted context (`CompactThenAnswer`). A model on OpenAI or Azur
 itself instead, and compacts with OpenAI's own items.
 
 When an item of ours comes back as input, the upstream gets a user message carrying the summary
-in its place (`expand`), and of what came before the latest one only the user messages (the
-summary stands for the rest), or, after a server-side compaction's item (`rgc2.`), nothing: its
-summary stands for all of it, as OpenAI's does. A client that keeps sending its whole history,
-or a conversation, still sends the model the compacted context. A `compaction` item the
+in its place (`expand`). A server-side compaction's item (`rgc2.`) also stands for everything
+before it, as OpenAI's does: of that, only the system and developer messages are still sent
+(`after_whole`), so a client that keeps sending its whole history, or a conversation, sends the
+model the compacted context. A `compaction` item the
 gateway did not make (OpenAI's own) is a hosted item like any other: passed on as it is to a
 backend that speaks Responses, refused (400, with its `param`) by one that does not, left out
 with `hosted_tools: drop`.
@@ -114,23 +114,53 @@ def is_ours(item: dict[str, Any]) -> bool:
     )
 
 
+def whole_index(items: list[dict[str, Any]]) -> int:
+    """The position of the latest server-side compaction item of ours (`rgc2.`), or -1."""
+    for index in range(len(items) - 1, -1, -1):
+        item = items[index]
+        if item.get("type") == "compaction":
+            content = item.get("encrypted_content")
+            if isinstance(content, str) and content.startswith(WHOLE_PREFIX):
+                return index
+    return -1
+
+
+def _instructions(item: dict[str, Any]) -> bool:
+    return item.get("type", "message") == "message" and item.get("role") in ("system", "developer")
+
+
+def after_whole(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What of `items` a model is still sent once a server-side compaction's item (`rgc2.`)
+    stands for what came before it: the system and developer messages before it (instructions,
+    not conversation), a tool call whose output comes after it, the item, and everything
+    after. Unchanged without such an item."""
+    whole = whole_index(items)
+    if whole < 0:
+        return items
+    later_outputs = {
+        item.get("call_id")
+        for item in items[whole + 1 :]
+        if item.get("type") == "function_call_output"
+    }
+    kept = [
+        item
+        for item in items[:whole]
+        if _instructions(item)
+        or (item.get("type") == "function_call" and item.get("call_id") in later_outputs)
+    ]
+    return [*kept, *items[whole:]]
+
+
 def expand(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """`items` with each compaction item of ours replaced by the user message it stands for.
-    Before the latest one, only the user messages are kept (its summary covers the rest), or
-    nothing at all if it is a server-side compaction's (its summary covers everything)."""
+    """`items` with each compaction item of ours replaced by the user message it stands for,
+    and, before a server-side compaction's item, only what `after_whole` keeps."""
     for item in items:  # a plain loop: half the cost of any() over a generator
         if item.get("type") == "compaction":
             break
     else:
         return items
-    latest, whole = -1, False
-    for index, item in enumerate(items):
-        if is_ours(item):
-            latest, whole = index, str(item["encrypted_content"]).startswith(WHOLE_PREFIX)
     expanded = []
-    for index, item in enumerate(items):
-        if index < latest and (whole or not is_user_message(item)):
-            continue  # covered by the latest summary (an earlier summary included)
+    for item in after_whole(items):
         summary = (
             summary_of(item.get("encrypted_content")) if item.get("type") == "compaction" else None
         )
@@ -169,12 +199,19 @@ def summary_request(generation: GenerationRequest) -> GenerationRequest:
     )
 
 
-class UnusableSummaryError(UpstreamError):
-    """The model answered, but with no summary to keep (empty, or cut short): a 502 that
-    still carries the tokens the answer cost, so that they are accounted."""
+class ChargedError(UpstreamError):
+    """An upstream fault after the model had already answered part of the request (a summary):
+    it carries the tokens spent, so that they are accounted."""
 
-    def __init__(self, message: str, usage: Usage | None) -> None:
-        super().__init__(message)
+    def __init__(
+        self,
+        message: str,
+        usage: Usage | None,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message, status=status, code=code)
         self.usage = usage
 
     def wire_usage(self) -> dict[str, Any] | None:
@@ -184,6 +221,14 @@ class UnusableSummaryError(UpstreamError):
         return usage_object(
             usage.input_tokens, usage.output_tokens, usage.cached_tokens, usage.reasoning_tokens
         )
+
+
+class UnusableSummaryError(ChargedError):
+    """The model answered, but with no summary to keep (empty, or cut short): a 502 that
+    still carries the tokens the answer cost."""
+
+    def __init__(self, message: str, usage: Usage | None) -> None:
+        super().__init__(message, usage)
 
 
 def summary_text(generation: Generation) -> str:
@@ -335,6 +380,12 @@ def _added(first: Usage | None, second: Usage | None) -> Usage | None:
     )
 
 
+def _charged(exc: UpstreamError, spent: Usage | None) -> ChargedError:
+    """The answer's failure, charged with the summary's tokens (and its own, if any)."""
+    usage = _added(spent, exc.usage if isinstance(exc, ChargedError) else None)
+    return ChargedError(exc.message, usage, status=exc.status, code=exc.code)
+
+
 class CompactThenAnswer(Backend):
     """The backend of a create whose context reached its `compact_threshold`: the summary
     first (as `CompactingBackend` answers a `compaction_trigger`), its compaction item the
@@ -353,7 +404,10 @@ class CompactThenAnswer(Backend):
     async def generate(self, request: GenerationRequest) -> Generation:
         summary = await self._compacting.generate(request)
         item = summary.output[0]
-        result = await self._inner.generate(self._answer(item))
+        try:
+            result = await self._inner.generate(self._answer(item))
+        except UpstreamError as exc:
+            raise _charged(exc, summary.usage) from exc
         return Generation(
             [item, *result.output],
             status=result.status,
@@ -375,14 +429,17 @@ class CompactThenAnswer(Backend):
                     item = delta.event["item"]
                 yield delta
         assert item is not None  # `CompactingBackend.stream` ends with it, or raises
-        answering = self._inner.stream(self._answer(item))
-        async with aclosing(answering):
-            async for delta in answering:
-                if isinstance(delta, Finish):
-                    delta = Finish(
-                        delta.incomplete_reason, _added(summary_usage, delta.usage), delta.model
-                    )
-                yield delta
+        try:
+            answering = self._inner.stream(self._answer(item))
+            async with aclosing(answering):
+                async for delta in answering:
+                    if isinstance(delta, Finish):
+                        delta = Finish(
+                            delta.incomplete_reason, _added(summary_usage, delta.usage), delta.model
+                        )
+                    yield delta
+        except UpstreamError as exc:
+            raise _charged(exc, summary_usage) from exc
 
     async def aclose(self) -> None:  # the inner backend belongs to the registry
         return None
@@ -401,7 +458,7 @@ def compacted_response(
             "content": item["content"],
             "role": "user",
         }
-        for item in context
+        for item in context[whole_index(context) + 1 :]  # an earlier compaction covers the rest
         if is_user_message(item)
     ]
     output.append(compaction_item(generation))

@@ -19,6 +19,7 @@ import anyio
 
 from app.backends.base import Finish, GenerationRequest, Usage
 from app.backends.registry import Route
+from app.core.compaction import ChargedError
 from app.core.events import Event, EventLadder
 from app.core.requests import echo_text, echo_tools
 from app.errors import GatewayError, StorageError, UpstreamError
@@ -200,7 +201,9 @@ async def run_generation(
     except (UpstreamError, StorageError) as exc:
         for event in ladder.close_all("incomplete"):
             yield event
-        body = response_body(prepared, "failed", error=error_object("server_error", exc.message))
+        spent = exc.usage if isinstance(exc, ChargedError) else None  # a summary's tokens
+        error = error_object("server_error", exc.message)
+        body = response_body(prepared, "failed", spent, error=error)
         closing = failure_events(ladder, exc, body, ladder.output)
         if not isinstance(exc, StorageError):
             try:

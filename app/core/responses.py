@@ -36,7 +36,7 @@ from app.core.requests import (
     generation_request,
 )
 from app.core.session import LocalContexts
-from app.core.tokens import count_tokens, fit_generation
+from app.core.tokens import count_tokens, fit_generation, reaches
 from app.errors import BadRequestError, NotFoundError, UpstreamError
 from app.schemas.requests import CompactionTriggerItem, CreateResponseRequest
 from app.schemas.responses import error_object, list_object, render_response
@@ -180,18 +180,21 @@ class ResponsesService:
         route and request of a summary first, then the answer (`compaction.CompactThenAnswer`);
         below it, None (an ordinary generation)."""
         entries = request.context_management or []
-        if route.config.backend in OPENAI_BACKENDS and route.backend.responses_native:
-            generation.native["context_management"] = [
-                entry.model_dump(mode="json", exclude_none=True) for entry in entries
-            ]
-            return None
         threshold = compaction.compaction_threshold(request, route.config.context_window)
-        if threshold is None:
-            return None
-        tokens = count_tokens(
-            route.upstream_model, request.instructions, generation.items, generation.tools
-        )
-        if tokens < threshold:
+        config = route.config
+        if config.backend in OPENAI_BACKENDS and route.backend.responses_native:
+            if not config.fallbacks:  # a fallback elsewhere could not take the field
+                generation.native["context_management"] = [
+                    entry.model_dump(mode="json", exclude_none=True) for entry in entries
+                ]
+                return None
+        if threshold is None or not reaches(
+            route.upstream_model,
+            request.instructions,
+            generation.items,
+            generation.tools,
+            threshold,
+        ):
             return None
         hosted_items = route.config.hosted_tools != "drop"
 
@@ -208,13 +211,15 @@ class ResponsesService:
             return follow
 
         summary = compaction.summary_request(generation)
-        # The summary is fitted as a compaction's is: oldest items out rather than a 400, room
-        # left for its answer (the request itself, stored and echoed, is left as sent).
-        fitting = request.model_copy(update={"truncation": "auto"})
-        window = route.config.context_window
-        if window is not None and request.max_output_tokens is None:
-            summary.max_output_tokens = min(window // 4, compaction.SUMMARY_TOKENS)
-            fitting = fitting.model_copy(update={"max_output_tokens": summary.max_output_tokens})
+        # The summary is fitted as a compaction's is: oldest items out rather than a 400 (a
+        # Responses upstream truncates itself), and its own room to answer, not the limit the
+        # client set for its answer (the request itself, stored and echoed, is left as sent).
+        window = config.context_window
+        summary.max_output_tokens = min(window // 4, compaction.SUMMARY_TOKENS) if window else None
+        summary.native = {**generation.native, "truncation": "auto"}
+        fitting = request.model_copy(
+            update={"truncation": "auto", "max_output_tokens": summary.max_output_tokens}
+        )
         fit_generation(route, fitting, summary)
         return Route(route.config, compaction.CompactThenAnswer(route.backend, answer)), summary
 
@@ -713,6 +718,8 @@ def _retained_context(context: Context) -> Context:
     gets those and the compaction item, not what was compacted."""
     pairs: list[tuple[Any, dict[str, Any]]] = [(item.pk, item.data) for item in context.history]
     pairs += zip(context.entries, context.items[len(context.history) :], strict=True)
+    # A server-side compaction's item before them stands for what precedes it.
+    pairs = pairs[compaction.whole_index(context.items) + 1 :]
     kept = [(entry, data) for entry, data in pairs if compaction.is_user_message(data)]
     return Context(
         history=[],

@@ -102,6 +102,19 @@ def count_tokens(
     return total
 
 
+def reaches(
+    model: str,
+    instructions: str | None,
+    items: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None,
+    threshold: int,
+) -> bool:
+    """Whether the request counts `threshold` tokens or more; counted only when the cheap
+    upper bound does not already say no."""
+    bound = _bytes_bound(instructions, items) + (len(orjson.dumps(tools)) if tools else 0)
+    return bound >= threshold and count_tokens(model, instructions, items, tools) >= threshold
+
+
 def _bytes_bound(instructions: str | None, items: list[dict[str, Any]]) -> int:
     """A cheap upper bound: no token is shorter than one byte of its text."""
     total = REPLY_PRIMING + len(instructions or "") * 4 + MESSAGE_OVERHEAD

@@ -20,7 +20,7 @@ from collections.abc import AsyncGenerator
 from contextlib import aclosing, suppress
 from typing import TYPE_CHECKING, Any
 
-from app.core.compaction import UnusableSummaryError
+from app.core.compaction import ChargedError
 from app.core.events import Event
 from app.core.generation import Prepared
 from app.core.limits import RateLimiter
@@ -162,9 +162,10 @@ class UsageMeter:
         started = time.perf_counter()
         try:
             response = await service.create(prepared)
-        except GatewayError:
-            if not prepared.request.background:
-                self.record(prepared, key_id, "failed", None, time.perf_counter() - started)
+        except GatewayError as exc:
+            if not prepared.request.background:  # what the model already spent counts
+                spent = exc.wire_usage() if isinstance(exc, ChargedError) else None
+                self.record(prepared, key_id, "failed", spent, time.perf_counter() - started)
             raise
         if not prepared.request.background:
             self.record_response(prepared, key_id, response, time.perf_counter() - started)
@@ -177,7 +178,7 @@ class UsageMeter:
         started = time.perf_counter()
         try:
             compacted = await service.compact(prepared)
-        except UnusableSummaryError as exc:  # the model answered: what it cost counts
+        except ChargedError as exc:  # the model answered: what it cost counts
             usage = exc.wire_usage()
             self.record(prepared, key_id, "failed", usage, time.perf_counter() - started)
             raise
