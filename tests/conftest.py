@@ -425,14 +425,17 @@ def nclient(native: NativeStack) -> Iterator[openai.OpenAI]:
         yield c
 
 
-def access_lines(caplog: pytest.LogCaptureFixture, closed_websockets: int = 0) -> list[Any]:
-    """The access-log records captured so far, once `closed_websockets` WebSocket lines are
-    among them: a connection's line is written by the server when it has seen the close, a
-    moment after the client is done."""
+def access_lines(
+    caplog: pytest.LogCaptureFixture, closed_websockets: int = 0, requests: int = 0
+) -> list[Any]:
+    """The access-log records captured so far, once `closed_websockets` WebSocket lines and
+    `requests` others are among them: a line is written by the server when it is done with the
+    request (or has seen a WebSocket's close), a moment after a client may have moved on."""
     deadline = time.monotonic() + 5
     while True:
         lines = [r for r in caplog.records if hasattr(r, "path")]
-        if sum(r.getMessage() == "websocket" for r in lines) >= closed_websockets:
+        sockets = sum(r.getMessage() == "websocket" for r in lines)
+        if sockets >= closed_websockets and len(lines) - sockets >= requests:
             return lines
-        assert time.monotonic() < deadline, "no access line for the closed WebSocket"
+        assert time.monotonic() < deadline, "the access lines did not all come"
         time.sleep(0.02)

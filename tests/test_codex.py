@@ -142,8 +142,9 @@ def test_codex_compacts_through_the_gateway(
     )
     with caplog.at_level(logging.INFO, logger="app.access"):
         out = codex_exec(codex, gw, tmp_path, "run echo", OPENAI_NAMED)
+        records = access_lines(caplog, requests=3)
     assert "All done after compaction." in out
-    paths = [(r.method, r.path, r.status) for r in caplog.records if hasattr(r, "path")]  # type: ignore[attr-defined]
+    paths = [(r.method, r.path, r.status) for r in records]
     # Codex 0.169 compacts with a closing `compaction_trigger` on an ordinary create (remote
     # compaction v2), not with POST /v1/responses/compact: three creates, all answered.
     assert paths == [("POST", "/v1/responses", 200)] * 3, paths

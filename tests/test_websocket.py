@@ -401,9 +401,19 @@ def test_a_client_gone_mid_answer_leaves_it_stored_cancelled(
 def test_steering_is_refused_with_its_own_event(gw: Stack, connection: Any) -> None:
     connection.response.steer(input="faster", previous_response_id="resp_x")
     event = receive(connection)
-    assert event["type"] == "response.steer.failed"
+    assert event["type"] == "response.steer.failed" and "stream_id" not in event
     assert event["error"]["code"] == "steering_not_supported"
     assert event["steer"] == {"input": "faster", "previous_response_id": "resp_x"}
+    # About a response running on a lane: the refusal comes on that lane.
+    gw.upstream.enqueue(Reply(content="busy " * 20, token_delay=0.03))
+    connection.response.create(model="local-llama", input="go", stream_id="main")
+    running = receive(connection)["response"]["id"]
+    connection.response.steer(input="stop", previous_response_id=running)
+    events: list[dict[str, Any]] = []
+    while not events or events[-1]["type"] != "response.completed":
+        events.append(receive(connection))
+    [refused] = [e for e in events if e["type"] == "response.steer.failed"]
+    assert refused["stream_id"] == "main" and refused["steer"]["previous_response_id"] == running
 
 
 def test_a_bad_key_is_refused_at_the_handshake(tenants: Tenants) -> None:  # noqa: F811

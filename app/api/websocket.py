@@ -147,6 +147,7 @@ class Connection:
         self.expired = False
         self.closed = False
         self.answered = 0
+        self.running: dict[str, str | None] = {}  # responses being answered, and their lanes
 
     async def serve(self) -> None:
         started = time.perf_counter()
@@ -271,6 +272,7 @@ class Connection:
         return queue
 
     def _refuse_steering(self, event: dict[str, Any]) -> None:
+        target = str(event.get("previous_response_id") or "")
         failed = {
             "type": "response.steer.failed",
             "sequence_number": 0,
@@ -281,18 +283,21 @@ class Connection:
             },
             "steer": {
                 "input": event.get("input", ""),
-                "previous_response_id": str(event.get("previous_response_id") or ""),
+                "previous_response_id": target,
             },
         }
         if self.pending + self.refusals >= 2 * MAX_PENDING:
             self._spawn(self._close(1008, "too many unanswered requests"))
             return
         self.refusals += 1
-        self._spawn(self._send_steering_refusal(failed))
+        # The target's lane, if it is running on one here (the SDK: "when the target response
+        # is available and its response.create event supplied a stream_id").
+        lane = self.running.get(target)
+        self._spawn(self._send_steering_refusal(failed, lane))
 
-    async def _send_steering_refusal(self, failed: dict[str, Any]) -> None:
+    async def _send_steering_refusal(self, failed: dict[str, Any], lane: str | None) -> None:
         self.refusals -= 1
-        await self._send_quietly(failed, None)
+        await self._send_quietly(failed, lane)
 
     # --- answering ----------------------------------------------------------------------------
 
@@ -359,11 +364,15 @@ class Connection:
             return
         self.answered += 1
         ending: dict[str, Any] | None = None
-        async with aclosing(events):
-            async for event in events:
-                if event["type"] in ENDING_EVENTS:
-                    ending = event["response"]
-                await self._send(event, lane)
+        self.running[prepared.id] = lane  # where a steering refusal about it goes
+        try:
+            async with aclosing(events):
+                async for event in events:
+                    if event["type"] in ENDING_EVENTS:
+                        ending = event["response"]
+                    await self._send(event, lane)
+        finally:
+            del self.running[prepared.id]
         if ending is not None and ending["status"] != "failed":
             self.contexts.remember(prepared, ending)
         else:
