@@ -2,9 +2,9 @@
 (vLLM, Ollama) do: a real HTTP server (aiohttp, its own thread and loop).
 
 Routes: `POST /v1/responses` (OpenAI and local servers), `/openai/v1/responses` and
-`/openai/responses` (Azure v1 and preview), Azure's Chat Completions forms (`/openai/v1/chat/
-completions`, `/openai/deployments/{deployment}/chat/completions`) and `GET /msi/token`, a
-managed-identity token endpoint as App Service serves it (`IDENTITY_ENDPOINT`).
+`/openai/responses` (Azure v1 and preview), each with its `/compact`; Azure's Chat Completions
+forms (`/openai/v1/chat/completions`, `/openai/deployments/{deployment}/chat/completions`) and
+`GET /msi/token`, a managed-identity token endpoint as App Service serves it (`IDENTITY_ENDPOINT`).
 
 Answers come from a script the test enqueues (`Answer`, `Fail`, `Disconnect`); with nothing
 enqueued it answers `native: <last user text>`. A reasoning answer carries `encrypted_content`
@@ -73,6 +73,15 @@ def last_user_text(items: list[dict[str, Any]] | str) -> str:
     return ""
 
 
+def _user_texts(items: list[dict[str, Any]]) -> str:
+    """What a fake compaction item says it covers: the user messages' texts, joined by `|`."""
+    return "|".join(
+        last_user_text([item])
+        for item in items
+        if item.get("type", "message") == "message" and item.get("role") == "user"
+    )
+
+
 @dataclass
 class FakeResponses:
     seen: list[Seen] = field(default_factory=list)
@@ -127,6 +136,7 @@ class FakeResponses:
         app = web.Application()
         for path in ("/v1/responses", "/openai/v1/responses", "/openai/responses"):
             app.router.add_post(path, self._responses)
+            app.router.add_post(path + "/compact", self._compact)
         app.router.add_post("/openai/v1/chat/completions", self._chat)
         app.router.add_post("/openai/deployments/{deployment}/chat/completions", self._chat)
         app.router.add_get("/msi/token", self._token)
@@ -216,8 +226,63 @@ class FakeResponses:
         finally:
             self.in_flight[model] -= 1
 
+    async def _compact(self, request: web.Request) -> web.Response:
+        """OpenAI's compaction: the input's user messages (under new ids), then a compaction
+        item whose `encrypted_content` names the texts it covers (`answer.text`, if set)."""
+        body = await self._record(request)
+        behaviour = self._next() or Answer()
+        refused = await self._refuse(request, behaviour)
+        if refused is not None:
+            return refused
+        assert isinstance(behaviour, Answer)
+        self._counter += 1
+        items = [body["input"]] if isinstance(body["input"], str) else body["input"]
+        users = [
+            item
+            for item in items
+            if item.get("type", "message") == "message" and item.get("role") == "user"
+        ]
+        covered = behaviour.text or _user_texts(items)
+        output = [
+            {
+                "id": f"msg_cmp{self._counter}_{index}",
+                "type": "message",
+                "status": "completed",
+                "role": "user",
+                "content": item["content"],
+            }
+            for index, item in enumerate(users)
+        ]
+        output.append(
+            {
+                "id": f"cmp_fake{self._counter}",
+                "type": "compaction",
+                "encrypted_content": f"gAAAA-compacted:{covered}",
+            }
+        )
+        return web.json_response(
+            {
+                "id": "cmp_upstream_should_not_leak",
+                "object": "response.compaction",
+                "created_at": int(time.time()),
+                "output": output,
+                "usage": {
+                    "input_tokens": 120,
+                    "input_tokens_details": {"cached_tokens": 0},
+                    "output_tokens": 30,
+                    "output_tokens_details": {"reasoning_tokens": 10},
+                    "total_tokens": 150,
+                },
+            }
+        )
+
     @staticmethod
     def _output(body: dict[str, Any], answer: Answer, n: int) -> list[dict[str, Any]]:
+        items = body["input"]
+        if isinstance(items, list) and items and items[-1].get("type") == "compaction_trigger":
+            covered = answer.text or _user_texts(items[:-1])
+            content = f"gAAAA-compacted:{covered}"
+            return [{"id": f"cmp_fake{n}", "type": "compaction", "encrypted_content": content}]
         output: list[dict[str, Any]] = []
         if answer.reasoning:
             item = {
@@ -352,6 +417,10 @@ class FakeResponses:
                 ]
                 if answer.raw_reasoning is not None:
                     events += _raw_reasoning_events(where, answer)
+            elif item["type"] == "compaction":
+                events.append(
+                    {"type": "response.output_item.added", "output_index": index, "item": item}
+                )
             elif item["type"] == "web_search_call":
                 added = {**item, "status": "in_progress"}
                 events.append(

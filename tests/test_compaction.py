@@ -13,7 +13,7 @@ import openai
 import pytest
 from openai.types.responses import CompactedResponse, ResponseCompactionItem
 
-from tests.conftest import NativeStack, Stack
+from tests.conftest import AZURE_SECRET, OPENAI_SECRET, NativeStack, Stack
 from tests.fake_responses import Answer
 from tests.fake_upstream import Fail, Reply
 from tests.tenancy import Tenants
@@ -222,6 +222,112 @@ def test_compaction_on_a_native_backend(native: NativeStack, nclient: openai.Ope
     assert native.fake.last.body["input"][0] == FOREIGN
 
 
+def test_openai_models_compact_with_openai_own_endpoint(
+    native: NativeStack, nclient: openai.OpenAI
+) -> None:
+    last = chain(nclient, "gpt-5-mini", "Ada is here.", "She likes dogs.")
+    before = len(native.fake.seen)
+    compacted = compact(
+        nclient,
+        model="gpt-5-mini",
+        previous_response_id=last,
+        instructions="Be brief.",
+        prompt_cache_key="ada-1",
+    )
+    # One call, to OpenAI's own endpoint, with the whole stored context as input (OpenAI
+    # knows nothing of our response ids) and only the fields that endpoint takes.
+    [sent] = native.fake.seen[before:]
+    assert sent.path == "/v1/responses/compact"
+    assert sent.headers["Authorization"] == f"Bearer {OPENAI_SECRET}"
+    assert set(sent.body) == {"model", "input", "instructions", "prompt_cache_key"}
+    assert sent.body["instructions"] == "Be brief." and sent.body["prompt_cache_key"] == "ada-1"
+    sent_input = sent.body["input"]
+    assert [(i.get("role"), i["content"][0]["text"]) for i in sent_input] == [
+        ("user", "Ada is here."),
+        ("assistant", "native: Ada is here."),
+        ("user", "She likes dogs."),
+        ("assistant", "native: She likes dogs."),
+    ]
+    # OpenAI's answer as it sent it (its items, its usage), under the gateway's id.
+    assert compacted["id"].startswith("resp_") and compacted["object"] == "response.compaction"
+    strict_items(compacted["output"])
+    item = compacted["output"][-1]
+    assert item["type"] == "compaction" and item["id"].startswith("cmp_fake")
+    assert item["encrypted_content"] == "gAAAA-compacted:Ada is here.|She likes dogs."
+    assert [i["content"][0]["text"] for i in compacted["output"][:-1]] == [
+        "Ada is here.",
+        "She likes dogs.",
+    ]
+    usage = compacted["usage"]
+    assert (usage["input_tokens"], usage["output_tokens"], usage["total_tokens"]) == (120, 30, 150)
+    assert usage["output_tokens_details"] == {"reasoning_tokens": 10}
+    # The next turn sends OpenAI's compaction item back to OpenAI as it is.
+    nclient.responses.create(
+        model="gpt-5-mini",
+        input=[*as_input(compacted), {"role": "user", "content": "next"}],  # type: ignore[list-item]
+    )
+    assert native.fake.last.body["input"][-2] == item
+
+
+def test_azure_models_compact_with_azure_own_endpoint(
+    native: NativeStack, nclient: openai.OpenAI
+) -> None:
+    compacted = compact(nclient, model="azure-v1", input="Ada is here.")
+    sent = native.fake.last
+    assert sent.path == "/openai/v1/responses/compact"
+    assert sent.headers["api-key"] == AZURE_SECRET and sent.body["model"] == "prod-gpt"
+    assert compacted["output"][-1]["encrypted_content"] == "gAAAA-compacted:Ada is here."
+    compact(nclient, model="azure-preview", input="Ada is here.")
+    assert native.fake.last.path == "/openai/responses/compact"
+    assert native.fake.last.query == {"api-version": "2025-04-01-preview"}
+
+
+def test_an_upstream_without_a_compact_endpoint_gets_the_gateway_summary(
+    native: NativeStack, nclient: openai.OpenAI
+) -> None:
+    native.fake.enqueue(
+        Fail(404, {"error": {"message": "Invalid URL (POST /v1/responses/compact)"}}),
+        Answer(text=SUMMARY),
+    )
+    compacted = compact(nclient, model="gpt-5-mini", input="Ada is here.")
+    assert [seen.path for seen in native.fake.seen] == ["/v1/responses/compact", "/v1/responses"]
+    assert compacted["output"][-1]["encrypted_content"].startswith("rgc1.")
+    # A model the upstream does not know is that, not a missing endpoint: relayed at once.
+    native.fake.reset()
+    native.fake.enqueue(
+        Fail(404, {"error": {"message": "no such model", "code": "model_not_found"}})
+    )
+    with pytest.raises(openai.NotFoundError) as missing:
+        nclient.responses.compact(model="gpt-5-mini", input="Ada is here.")
+    assert "no such model" in missing.value.message
+    assert [seen.path for seen in native.fake.seen] == ["/v1/responses/compact"]
+
+
+def test_openai_compaction_faults_and_fallback_routes(
+    native: NativeStack, nclient: openai.OpenAI
+) -> None:
+    # A refusal is relayed with its status; an outage is a 502 after the model's retries.
+    native.fake.enqueue(Fail(400, {"error": {"message": "input too odd", "type": "x"}}))
+    with pytest.raises(openai.BadRequestError) as refused:
+        nclient.responses.compact(model="gpt-5-mini", input="Ada is here.")
+    assert "input too odd" in refused.value.message
+    native.fake.enqueue(Fail(503), Fail(503), Answer())  # gpt-4o retries twice
+    compacted = compact(nclient, model="gpt-4o", input="Ada is here.")
+    assert compacted["output"][-1]["type"] == "compaction"
+    assert [seen.path for seen in native.fake.seen[-3:]] == ["/v1/responses/compact"] * 3
+    native.fake.enqueue(Fail(500))
+    with pytest.raises(openai.InternalServerError) as failed:
+        nclient.responses.compact(model="gpt-5-mini", input="Ada is here.")
+    assert failed.value.status_code == 502
+    # A route with fallbacks on other upstreams compacts with the gateway's summary, which any
+    # of them can read back.
+    native.fake.reset()
+    native.fake.enqueue(Answer(text=SUMMARY))
+    compacted = compact(nclient, model="flaky", input="Ada is here.")
+    assert [seen.path for seen in native.fake.seen] == ["/v1/responses"]
+    assert compacted["output"][-1]["encrypted_content"].startswith("rgc1.")
+
+
 TRIGGER = {"type": "compaction_trigger"}
 
 
@@ -355,6 +461,50 @@ def test_compaction_trigger_on_a_native_backend(
         final = stream.get_final_response()
     assert [item.type for item in final.output] == ["compaction"]
     assert native.fake.last.body["stream"] is True
+
+
+def test_compaction_trigger_on_openai_is_openai_own(
+    native: NativeStack, nclient: openai.OpenAI
+) -> None:
+    last = chain(nclient, "gpt-5-mini", "Ada is here.")
+    tools = [{"type": "function", "name": "f", "parameters": {"type": "object"}}]
+    data = raw_create(
+        nclient,
+        model="gpt-5-mini",
+        previous_response_id=last,
+        input=[{"role": "user", "content": "She likes dogs."}, TRIGGER],  # type: ignore[list-item]
+        tools=tools,  # type: ignore[list-item]
+    )
+    # The trigger went on to OpenAI after the whole context, and its item came back.
+    body = native.fake.last.body
+    assert body["input"][-1] == TRIGGER and len(body["input"]) == 4
+    assert "tools" not in body and "previous_response_id" not in body
+    [item] = data["output"]
+    assert item["type"] == "compaction"
+    assert item["encrypted_content"] == "gAAAA-compacted:Ada is here.|She likes dogs."
+    # The next turn stands on the user messages and OpenAI's item, not on the history.
+    nclient.responses.create(model="gpt-5-mini", previous_response_id=data["id"], input="next")
+    sent = native.fake.last.body["input"]
+    assert [i.get("role") or i["type"] for i in sent] == ["user", "user", "compaction", "user"]
+    assert sent[2] == item
+    # Streamed, as Codex sends it: OpenAI's item events are relayed.
+    with nclient.responses.stream(
+        model="azure-v1",
+        input=[{"role": "user", "content": "Ada."}, TRIGGER],  # type: ignore[list-item]
+    ) as stream:
+        final = stream.get_final_response()
+    assert [i.type for i in final.output] == ["compaction"]
+    assert native.fake.last.path == "/openai/v1/responses"
+    assert native.fake.last.body["input"][-1] == TRIGGER
+    # A route with fallbacks elsewhere gets the gateway's compaction.
+    native.fake.enqueue(Answer(text=SUMMARY))
+    data = raw_create(
+        nclient,
+        model="flaky",
+        input=[{"role": "user", "content": "Ada."}, TRIGGER],  # type: ignore[list-item]
+    )
+    assert data["output"][0]["encrypted_content"].startswith("rgc1.")
+    assert native.fake.last.body["input"][-1]["role"] == "user"
 
 
 def test_compaction_trigger_upstream_fault(client: openai.OpenAI, gw: Stack) -> None:

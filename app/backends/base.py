@@ -157,5 +157,12 @@ class Backend(abc.ABC):
         raises for an upstream fault; nothing is generated."""
         return None
 
+    async def compact(self, request: GenerationRequest) -> Generation | None:
+        """The upstream's own compaction of `request`'s context (OpenAI's `POST
+        /responses/compact`): its output items (the user messages it keeps, then its
+        `compaction` item) and usage. None where the upstream has no such endpoint: the
+        gateway then asks the model for a summary itself. Raises like `generate`."""
+        return None
+
     @abc.abstractmethod
     async def aclose(self) -> None: ...

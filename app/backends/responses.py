@@ -17,6 +17,7 @@ stored"), so an upstream with weak ids cannot break a chain.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -37,6 +38,8 @@ from app.config import OPENAI_BASE_URL, ModelConfig, public_url
 from app.errors import UpstreamError, UpstreamUnavailableError
 from app.ids import new_item_id
 
+log = logging.getLogger(__name__)
+
 ENCRYPTED_REASONING = "reasoning.encrypted_content"
 # OpenAI model families that reason; a deployment or model outside them can say `reasoning: true`.
 REASONING_FAMILIES = ("o1", "o3", "o4", "gpt-5", "codex")
@@ -53,6 +56,14 @@ _OPENAI_EVENT_NAMES = {
     "response.reasoning.done": "response.reasoning_text.done",
 }
 _TERMINAL = {"response.completed", "response.incomplete"}
+# What of a create body OpenAI's `POST /responses/compact` also takes, besides `model`, `input`
+# and `instructions` (it answers 400 to the rest: tools, `store`, `include`…).
+COMPACT_FIELDS = frozenset(
+    {"prompt_cache_key", "prompt_cache_retention", "prompt_cache_options", "service_tier"}
+)
+# An upstream without the compact endpoint (an older Azure API version, a proxy) answers these.
+_NO_ENDPOINT = {404, 405}
+_NOT_FOUND_CODES = {"model_not_found", "DeploymentNotFound"}  # the model, not the endpoint
 
 
 def wants_encrypted_reasoning(config: ModelConfig, request: GenerationRequest) -> bool:
@@ -284,11 +295,41 @@ class ResponsesBackend(Backend):
         await self._upstream.aclose()
 
 
+def from_compaction(data: Any) -> Generation:
+    """A `response.compaction` body → its output items and usage. Raises `ValueError` when it
+    is malformed."""
+    if not isinstance(data, dict) or not isinstance(data.get("output"), list):
+        raise ValueError("the upstream answer has no output list")
+    output = [_with_id(item) for item in data["output"] if isinstance(item, dict)]
+    if not output or output[-1].get("type") != "compaction":
+        raise ValueError("the upstream answer does not end in a compaction item")
+    return Generation(output=output, usage=_usage(data.get("usage")))
+
+
 class OpenAIBackend(ResponsesBackend):
-    """OpenAI itself (and Azure OpenAI): `base_url` defaults to https://api.openai.com/v1."""
+    """OpenAI itself (and Azure OpenAI): `base_url` defaults to https://api.openai.com/v1.
+    Compaction is OpenAI's own (`POST {url}/compact`)."""
 
     penalties = False
     raw_reasoning = False
+
+    async def compact(self, request: GenerationRequest) -> Generation | None:
+        body: dict[str, Any] = {"model": request.model, "input": to_responses_input(request.items)}
+        if request.instructions is not None:
+            body["instructions"] = request.instructions
+        body.update((key, value) for key, value in request.native.items() if key in COMPACT_FIELDS)
+        url = self._upstream.url + "/compact"
+        try:
+            data = await self._upstream.post_json(body, url=url)
+        except UpstreamError as exc:
+            if exc.status not in _NO_ENDPOINT or exc.code in _NOT_FOUND_CODES:
+                raise
+            log.info("model %s: %s has no compaction (%d): summarizing", self.name, url, exc.status)
+            return None
+        try:
+            return from_compaction(data)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise self._upstream.malformed(f"a malformed compaction: {exc}") from exc
 
 
 def _bearer_upstream(config: ModelConfig, base_url: str) -> UpstreamClient:

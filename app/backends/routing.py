@@ -24,8 +24,9 @@ import asyncio
 import itertools
 import logging
 import random
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from app.backends.base import Backend, Delta, Finish, Generation, GenerationRequest
 from app.config import ModelConfig
@@ -37,6 +38,7 @@ BACKOFF_BASE = 0.5  # seconds before the first retry, doubled each time
 BACKOFF_CAP = 8.0
 MAX_RETRY_AFTER = 30.0
 _FALL_BACK_ON = (UpstreamUnavailableError, UpstreamTimeoutError)
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,15 +130,19 @@ class RoutedBackend(Backend):
         log.warning("model %s: retry %d in %.2fs: %s", target.name, attempt + 1, delay, exc)
         return delay
 
-    async def _generate_on(self, target: Target, request: GenerationRequest) -> Generation:
+    async def _call_on(self, target: Target, call: Callable[[], Awaitable[_T]]) -> _T:
+        """`call` (one request to `target`'s backend) in one of its slots, retried."""
         for attempt in itertools.count():
             async with _Slot(target):
                 try:
-                    return await target.backend.generate(request)
+                    return await call()
                 except UpstreamUnavailableError as exc:
                     delay = self._retry_delay(target, attempt, exc)
             await asyncio.sleep(delay)  # the slot is free while we wait
         raise AssertionError("unreachable")
+
+    async def _generate_on(self, target: Target, request: GenerationRequest) -> Generation:
+        return await self._call_on(target, lambda: target.backend.generate(request))
 
     async def generate(self, request: GenerationRequest) -> Generation:
         failure: UpstreamError | None = None
@@ -210,6 +216,16 @@ class RoutedBackend(Backend):
         """The first model's count: the one that answers unless it fails."""
         target = self._targets[0]
         return await target.backend.count_tokens(_for(target, request))
+
+    async def compact(self, request: GenerationRequest) -> Generation | None:
+        """The model's own upstream compaction, retried as a generation is; None on a route
+        with fallbacks (the upstream's compaction item would mean nothing to a fallback on
+        another upstream, and the gateway's summary works on any)."""
+        if len(self._targets) > 1:
+            return None
+        target = self._targets[0]
+        routed = _for(target, request)
+        return await self._call_on(target, lambda: target.backend.compact(routed))
 
     def _next(self, index: int, exc: UpstreamError) -> UpstreamError:
         if index + 1 < len(self._targets):

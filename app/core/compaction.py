@@ -22,7 +22,9 @@ Server-side compaction (`context_management: [{"type": "compaction", "compact_th
 runs the same summary inside an ordinary create, when the context the model would see reaches N
 tokens (`compaction_threshold`): the response's output is the compaction item, then the model's
 answer to the compacted context (`CompactThenAnswer`). A model on OpenAI or Azure gets the field
-itself instead, and compacts with OpenAI's own items.
+itself instead, and compacts with OpenAI's own items; so does a `compaction_trigger` (passed on,
+after the context) and `POST /v1/responses/compact` (sent to the upstream's own endpoint, with
+the gateway's summary as the fallback where it has none).
 
 When an item of ours comes back as input, the upstream gets a user message carrying the summary
 in its place (`expand`). A server-side compaction's item (`rgc2.`) also stands for everything
@@ -65,6 +67,8 @@ PREFIX = "rgc1."
 # may be dropped, and is not needed).
 WHOLE_PREFIX = "rgc2."
 _PREFIXES = (PREFIX, WHOLE_PREFIX)
+# The item that asks for a compaction when it closes a create's input.
+TRIGGER: dict[str, Any] = {"type": "compaction_trigger"}
 # Seconds between two `response.compaction.compacting` events while the summary streams in.
 PROGRESS_SECONDS = 2.0
 _COMPACTING = "response.compaction.compacting"
@@ -445,6 +449,29 @@ class CompactThenAnswer(Backend):
         return None
 
 
+def _compaction_object(
+    response_id: str, created_at: int, output: list[dict[str, Any]], usage: Usage | None
+) -> dict[str, Any]:
+    return {
+        "id": response_id,
+        "object": "response.compaction",
+        "created_at": created_at,
+        "output": output,
+        "usage": usage_object(
+            usage.input_tokens if usage else 0,
+            usage.output_tokens if usage else 0,
+            usage.cached_tokens if usage else 0,
+            usage.reasoning_tokens if usage else 0,
+        ),
+    }
+
+
+def upstream_compacted(response_id: str, created_at: int, generation: Generation) -> dict[str, Any]:
+    """The `response.compaction` object of an upstream that compacted itself (OpenAI): its
+    output items as it sent them, under our id."""
+    return _compaction_object(response_id, created_at, generation.output, generation.usage)
+
+
 def compacted_response(
     response_id: str, created_at: int, context: list[dict[str, Any]], generation: Generation
 ) -> dict[str, Any]:
@@ -462,16 +489,4 @@ def compacted_response(
         if is_user_message(item)
     ]
     output.append(compaction_item(generation))
-    usage = generation.usage
-    return {
-        "id": response_id,
-        "object": "response.compaction",
-        "created_at": created_at,
-        "output": output,
-        "usage": usage_object(
-            usage.input_tokens if usage else 0,
-            usage.output_tokens if usage else 0,
-            usage.cached_tokens if usage else 0,
-            usage.reasoning_tokens if usage else 0,
-        ),
-    }
+    return _compaction_object(response_id, created_at, output, generation.usage)

@@ -66,6 +66,10 @@ class Prepared:
     created_at: int = field(default_factory=lambda: int(time.time()))
     # Hosted tool types left out of the upstream call (`hosted_tools: drop`), for the header.
     dropped_tools: list[str] = field(default_factory=list)
+    # A compaction (`POST /v1/responses/compact`): the context as the model would get it,
+    # before `generation` added the request for its summary — what an upstream that compacts
+    # itself is sent instead (`Backend.compact`).
+    unsummarized: GenerationRequest | None = None
 
     @property
     def storing(self) -> bool:

@@ -119,6 +119,11 @@ class ResponsesService:
             dropped,
             hosted_items=hosted_tools != "drop",
         )
+        if compacting is not None and _compacts_itself(route):
+            # OpenAI compacts with its own item: the trigger goes on, after the context.
+            generation.items = [*generation.items, compaction.TRIGGER]
+            context = _retained_context(context)
+            return self._prepared(request, route, context, generation, project, key_id, dropped)
         if request.context_management and compacting is None and not summarize:
             compacted = self._server_compaction(request, route, context.items, dropped, generation)
             if compacted is not None:  # the context reached the threshold
@@ -134,6 +139,7 @@ class ResponsesService:
             # Fitted with the summary's prompt and room for its answer: a compaction is asked
             # for when the context is full, and its request is `truncation: "auto"` (oldest
             # items out, not a 400).
+            unsummarized = generation
             generation = compaction.summary_request(generation)
             window = route.config.context_window
             if window is not None and request.max_output_tokens is None:
@@ -144,7 +150,10 @@ class ResponsesService:
         if compacting is not None:
             route = Route(route.config, compaction.CompactingBackend(route.backend))
             context = _retained_context(context)
-        return self._prepared(request, route, context, generation, project, key_id, dropped)
+        prepared = self._prepared(request, route, context, generation, project, key_id, dropped)
+        if summarize:
+            prepared.unsummarized = unsummarized
+        return prepared
 
     @staticmethod
     def _prepared(
@@ -182,12 +191,11 @@ class ResponsesService:
         entries = request.context_management or []
         threshold = compaction.compaction_threshold(request, route.config.context_window)
         config = route.config
-        if config.backend in OPENAI_BACKENDS and route.backend.responses_native:
-            if not config.fallbacks:  # a fallback elsewhere could not take the field
-                generation.native["context_management"] = [
-                    entry.model_dump(mode="json", exclude_none=True) for entry in entries
-                ]
-                return None
+        if _compacts_itself(route):
+            generation.native["context_management"] = [
+                entry.model_dump(mode="json", exclude_none=True) for entry in entries
+            ]
+            return None
         if threshold is None or not reaches(
             route.upstream_model,
             request.instructions,
@@ -261,8 +269,12 @@ class ResponsesService:
         """Summarize the prepared context: the `response.compaction` object. Nothing is
         stored."""
         check = self._check_previous(prepared)
+        backend = prepared.route.backend
         try:
-            result = await prepared.route.backend.generate(prepared.generation)
+            own = None
+            if prepared.unsummarized is not None:  # OpenAI's own, where the upstream is OpenAI
+                own = await backend.compact(prepared.unsummarized)
+            result = own or await backend.generate(prepared.generation)
         except Exception:
             await _checked(check)  # a 404 for the previous response wins over other failures
             raise
@@ -270,6 +282,8 @@ class ResponsesService:
             _abandon(check)
             raise
         await _checked(check)
+        if own is not None:
+            return compaction.upstream_compacted(prepared.id, prepared.created_at, own)
         return compaction.compacted_response(
             prepared.id, prepared.created_at, prepared.context.items, result
         )
@@ -710,6 +724,18 @@ class _ForegroundSink:
     async def interrupted(self, ladder: EventLadder) -> None:
         body = response_body(self._prepared, "cancelled")
         await self._service._insert(self._prepared, body, ladder.snapshot_output())
+
+
+def _compacts_itself(route: Route) -> bool:
+    """The route's model is on OpenAI or Azure, which compact with their own items
+    (`context_management`, `compaction_trigger`), and has no fallback elsewhere, which could
+    not read them."""
+    config = route.config
+    return (
+        config.backend in OPENAI_BACKENDS
+        and route.backend.responses_native
+        and not config.fallbacks
+    )
 
 
 def _retained_context(context: Context) -> Context:
