@@ -6,7 +6,7 @@ HOST   ?= $(or $(GATEWAY_HOST),127.0.0.1)
 PORT   ?= $(or $(GATEWAY_PORT),8000)
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint format migrate check-config bench bench-compare bench-smoke bench-depth bench-websocket codex clean
+.PHONY: help run test lint format migrate check-config bench bench-compare bench-smoke bench-depth bench-websocket codex node-clients clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ format: $(VENV)/.stamp-test ## apply ruff formatting and safe fixes
 CODEX_VERSION ?= 0.169.0
 codex: ## install Codex CLI (npm @openai/codex) into .codex-test/ for tests/test_codex.py
 	npm install --no-audit --no-fund --prefix .codex-test @openai/codex@$(CODEX_VERSION)
+
+node-clients: ## install the Node clients (openai, @openai/agents) into tests/node/ for tests/test_node_clients.py
+	npm ci --no-audit --no-fund --prefix tests/node
 
 migrate: $(VENV)/.stamp-run ## bring DATABASE_URL's schema to head
 	$(BIN)/responses-gateway migrate
