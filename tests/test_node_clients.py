@@ -1,10 +1,9 @@
 """The official Node clients against the gateway: the `openai` SDK (`tests/node/openai_sdk.mjs`:
 create, chains, both stream readers, background polling and stream resumption, retrieve, input
 items and conversation items with auto-pagination, delete, typed errors, `responses.parse`
-with a zod format, compaction, cancelling, token counts, the models list, WebSocket mode
-with `ResponsesWS`) and the Agents SDK for
-JavaScript (`tests/node/agents_sdk.mjs`: a tool-calling agent, run, streamed and continued
-with `previousResponseId`).
+with a zod format, compaction, cancelling, token counts, the models list, WebSocket mode with
+`ResponsesWS`) and the Agents SDK for JavaScript (`tests/node/agents_sdk.mjs`: a tool-calling
+agent, run, streamed and continued with `previousResponseId`).
 
 The scripts assert with node:assert and print what passed and failed; this file starts the
 gateway and the fake upstream, queues the upstream's scripted answers in the scripts' order,
