@@ -2,7 +2,8 @@
 create, chains, both stream readers, background polling and stream resumption, retrieve, input
 items and conversation items with auto-pagination, delete, typed errors, `responses.parse`
 with a zod format, compaction, cancelling, token counts, the models list, WebSocket mode with
-`ResponsesWS`) and the Agents SDK for JavaScript (`tests/node/agents_sdk.mjs`: a tool-calling
+`ResponsesWS`; `tests/node/native_stream.mjs`: the stream helper on events relayed from a
+native upstream) and the Agents SDK for JavaScript (`tests/node/agents_sdk.mjs`: a tool-calling
 agent, run, streamed and continued with `previousResponseId`).
 
 The scripts assert with node:assert and print what passed and failed; this file starts the
@@ -21,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Stack
+from tests.conftest import NativeStack, Stack
+from tests.fake_responses import Answer
 from tests.fake_upstream import Reply, tool_call
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
@@ -48,7 +50,9 @@ def node() -> str:
     return node
 
 
-def run_script(node: str, gw: Stack, script: str, model: str) -> dict[str, list[object]]:
+def run_script(
+    node: str, gw: Stack | NativeStack, script: str, model: str
+) -> dict[str, list[object]]:
     env = {
         "PATH": os.environ["PATH"],
         "GATEWAY_URL": f"{gw.gateway.url}/v1",
@@ -134,3 +138,15 @@ def test_agents_sdk_for_javascript(node: str, gw: Stack) -> None:
         "It is sunny in Paris.",
         "And tomorrow?",
     ]
+
+
+def test_openai_node_sdk_reads_relayed_native_streams(node: str, native: NativeStack) -> None:
+    native.fake.enqueue(
+        Answer(reasoning=True, web_search=True), Answer(reasoning=True, web_search=True)
+    )
+    report = run_script(node, native, "native_stream.mjs", "gpt-5-mini")
+    assert len(report["passed"]) == 2, report["passed"]
+    # The second turn sent the first one's reasoning back with its encrypted content.
+    sent = native.fake.last.body
+    assert sent["input"][1]["type"] == "reasoning" and sent["input"][1]["encrypted_content"]
+    assert sent["stream"] is True
