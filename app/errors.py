@@ -78,6 +78,8 @@ class UpstreamError(GatewayError):
     status = 502
     type = "server_error"
     code = "upstream_error"
+    # The HTTP status the upstream answered with, when it answered with an error status.
+    upstream_status: int | None = None
 
 
 class UpstreamTimeoutError(UpstreamError):
@@ -86,7 +88,8 @@ class UpstreamTimeoutError(UpstreamError):
 
 
 class UpstreamUnavailableError(UpstreamError):
-    """The upstream could not take the request: connection refused or dropped, 429, or 5xx.
+    """The upstream could not take the request: connection refused or dropped, 429, or 5xx
+    (but 501, Not Implemented: it would not be implemented on a retry either).
 
     Retrying is safe as long as no output has reached the client, which is why backends raise
     this distinct type and the router (`app/backends/routing.py`) retries and falls back on it.

@@ -324,6 +324,7 @@ models:
     api_key: {OPENAI_SECRET}
     aliases: [latest]
     max_retries: 2
+  - {{name: openai-drop, backend: openai, base_url: {v1}, hosted_tools: drop, max_retries: 0}}
   - {{name: vllm/*, backend: responses, base_url: {v1}, max_retries: 0}}
   - {{name: local-codex, backend: responses, base_url: {v1}, hosted_tools: drop, max_retries: 0}}
   - name: azure-v1

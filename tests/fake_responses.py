@@ -73,6 +73,21 @@ def last_user_text(items: list[dict[str, Any]] | str) -> str:
     return ""
 
 
+# What OpenAI's `POST /responses/compact` takes (`CompactResponseMethodPublicBody`, and the
+# openai SDK's `safety_identifier`).
+COMPACT_BODY = {
+    "model",
+    "input",
+    "instructions",
+    "previous_response_id",
+    "prompt_cache_key",
+    "prompt_cache_retention",
+    "prompt_cache_options",
+    "safety_identifier",
+    "service_tier",
+}
+
+
 def _user_texts(items: list[dict[str, Any]]) -> str:
     """What a fake compaction item says it covers: the user messages' texts, joined by `|`."""
     return "|".join(
@@ -230,6 +245,10 @@ class FakeResponses:
         """OpenAI's compaction: the input's user messages (under new ids), then a compaction
         item whose `encrypted_content` names the texts it covers (`answer.text`, if set)."""
         body = await self._record(request)
+        unknown = set(body) - COMPACT_BODY
+        if unknown:  # as OpenAI answers a field its compact endpoint does not take
+            message = f"Unknown parameter: '{sorted(unknown)[0]}'."
+            return web.json_response({"error": {"message": message}}, status=400)
         behaviour = self._next() or Answer()
         refused = await self._refuse(request, behaviour)
         if refused is not None:
@@ -264,6 +283,7 @@ class FakeResponses:
             {
                 "id": "cmp_upstream_should_not_leak",
                 "object": "response.compaction",
+                "service_tier": body.get("service_tier") or "default",
                 "created_at": int(time.time()),
                 "output": output,
                 "usage": {

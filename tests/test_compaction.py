@@ -227,20 +227,34 @@ def test_openai_models_compact_with_openai_own_endpoint(
 ) -> None:
     last = chain(nclient, "gpt-5-mini", "Ada is here.", "She likes dogs.")
     before = len(native.fake.seen)
+    options = {
+        "prompt_cache_key": "ada-1",
+        "prompt_cache_retention": "24h",
+        "service_tier": "flex",
+        "safety_identifier": "user-7",
+    }
     compacted = compact(
         nclient,
         model="gpt-5-mini",
         previous_response_id=last,
         instructions="Be brief.",
-        prompt_cache_key="ada-1",
+        extra_body={"prompt_cache_options": {"mode": "extended"}},
+        **options,
     )
     # One call, to OpenAI's own endpoint, with the whole stored context as input (OpenAI
-    # knows nothing of our response ids) and only the fields that endpoint takes.
+    # knows nothing of our response ids) and only the fields that endpoint takes (the fake
+    # answers 400 to any other), each as sent.
     [sent] = native.fake.seen[before:]
     assert sent.path == "/v1/responses/compact"
     assert sent.headers["Authorization"] == f"Bearer {OPENAI_SECRET}"
-    assert set(sent.body) == {"model", "input", "instructions", "prompt_cache_key"}
-    assert sent.body["instructions"] == "Be brief." and sent.body["prompt_cache_key"] == "ada-1"
+    assert sent.body == {
+        "model": "gpt-5-mini",
+        "input": sent.body["input"],
+        "instructions": "Be brief.",
+        "prompt_cache_options": {"mode": "extended"},
+        **options,
+    }
+    assert compacted["service_tier"] == "flex"  # the upstream's answer, as it sent it
     sent_input = sent.body["input"]
     assert [(i.get("role"), i["content"][0]["text"]) for i in sent_input] == [
         ("user", "Ada is here."),
@@ -315,6 +329,12 @@ def test_openai_compaction_faults_and_fallback_routes(
     compacted = compact(nclient, model="gpt-4o", input="Ada is here.")
     assert compacted["output"][-1]["type"] == "compaction"
     assert [seen.path for seen in native.fake.seen[-3:]] == ["/v1/responses/compact"] * 3
+    # 501 (a proxy that does not implement it) is not retried: the gateway summarizes.
+    native.fake.reset()
+    native.fake.enqueue(Fail(501), Answer(text=SUMMARY))
+    compacted = compact(nclient, model="gpt-4o", input="Ada is here.")
+    assert [seen.path for seen in native.fake.seen] == ["/v1/responses/compact", "/v1/responses"]
+    assert compacted["output"][-1]["encrypted_content"].startswith("rgc1.")
     native.fake.enqueue(Fail(500))
     with pytest.raises(openai.InternalServerError) as failed:
         nclient.responses.compact(model="gpt-5-mini", input="Ada is here.")
@@ -325,6 +345,12 @@ def test_openai_compaction_faults_and_fallback_routes(
     native.fake.enqueue(Answer(text=SUMMARY))
     compacted = compact(nclient, model="flaky", input="Ada is here.")
     assert [seen.path for seen in native.fake.seen] == ["/v1/responses"]
+    assert compacted["output"][-1]["encrypted_content"].startswith("rgc1.")
+    # So does a model that leaves hosted items out (`hosted_tools: drop`): OpenAI's item would
+    # not reach the next turn.
+    native.fake.enqueue(Answer(text=SUMMARY))
+    compacted = compact(nclient, model="openai-drop", input="Ada is here.")
+    assert native.fake.last.path == "/v1/responses"
     assert compacted["output"][-1]["encrypted_content"].startswith("rgc1.")
 
 
@@ -474,11 +500,14 @@ def test_compaction_trigger_on_openai_is_openai_own(
         previous_response_id=last,
         input=[{"role": "user", "content": "She likes dogs."}, TRIGGER],  # type: ignore[list-item]
         tools=tools,  # type: ignore[list-item]
+        truncation="disabled",
     )
-    # The trigger went on to OpenAI after the whole context, and its item came back.
+    # The trigger went on to OpenAI after the whole context, with the request as sent (its
+    # tools keep the prompt's cached prefix), and OpenAI's item came back.
     body = native.fake.last.body
     assert body["input"][-1] == TRIGGER and len(body["input"]) == 4
-    assert "tools" not in body and "previous_response_id" not in body
+    assert body["tools"][0]["name"] == "f" and body["truncation"] == "disabled"
+    assert "previous_response_id" not in body
     [item] = data["output"]
     assert item["type"] == "compaction"
     assert item["encrypted_content"] == "gAAAA-compacted:Ada is here.|She likes dogs."
@@ -505,6 +534,19 @@ def test_compaction_trigger_on_openai_is_openai_own(
     )
     assert data["output"][0]["encrypted_content"].startswith("rgc1.")
     assert native.fake.last.body["input"][-1]["role"] == "user"
+    native.fake.enqueue(Answer(text=SUMMARY))
+    data = raw_create(
+        nclient,
+        model="openai-drop",
+        input=[{"role": "user", "content": "Ada."}, TRIGGER],  # type: ignore[list-item]
+    )
+    assert data["output"][0]["encrypted_content"].startswith("rgc1.")
+    # Nothing to compact is a 400 there as everywhere, before any upstream call.
+    calls = len(native.fake.seen)
+    with pytest.raises(openai.BadRequestError) as empty:
+        nclient.responses.create(model="gpt-5-mini", input=[TRIGGER])  # type: ignore[list-item]
+    assert empty.value.body["param"] == "input"  # type: ignore[index]
+    assert len(native.fake.seen) == calls
 
 
 def test_compaction_trigger_upstream_fault(client: openai.OpenAI, gw: Stack) -> None:

@@ -171,6 +171,25 @@ def test_tool_calling_streaming(gw: Stack) -> None:
     assert result.of("response.output_item.done")[0]["item"]["type"] == "function_call"
 
 
+def test_streaming_tool_call_forced_by_tool_choice(gw: Stack) -> None:
+    call = tool_call("get_weather", {"location": "San Francisco, CA"}, "call_f")
+    gw.upstream.enqueue(Reply(tool_calls=[call]))
+    result = stream(
+        gw,
+        {
+            "model": "local-llama",
+            "input": [user("What's the weather like in San Francisco?")],
+            "tools": [WEATHER_TOOL],
+            "tool_choice": {"type": "function", "name": "get_weather"},
+        },
+    )
+    final = result.terminal["response"]
+    assert [item["type"] for item in final["output"]] == ["function_call"]
+    assert final["tool_choice"] == {"type": "function", "name": "get_weather"}
+    forced = gw.upstream.last.body["tool_choice"]
+    assert forced == {"type": "function", "function": {"name": "get_weather"}}
+
+
 def test_function_call_roundtrip(gw: Stack) -> None:
     call = tool_call("get_weather", {"location": "San Francisco, CA"}, "call_rt")
     gw.upstream.enqueue(Reply(tool_calls=[call]), Reply(content="64 degrees and clear."))

@@ -43,6 +43,8 @@ def strict_response(data: dict[str, Any]) -> Response:
         assert item.get("id"), item
         if item["type"] in ("message", "function_call"):
             assert item.get("status"), item
+    for part in _output_text_parts(data):  # Open Responses requires the list, empty or not
+        assert isinstance(part.get("logprobs"), list), part
     check_response_schemas(data)
     return Response.model_validate(data)
 
@@ -98,11 +100,80 @@ def parse_sse(raw: str) -> SSEStream:
     return SSEStream(events, comments)
 
 
+def _output_text_parts(data: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        part
+        for item in data.get("output") or ()
+        if item.get("type") == "message"
+        for part in item.get("content") or ()
+        if part.get("type") == "output_text"
+    ]
+
+
+_TEXT_EVENTS = (
+    "response.output_text.delta",
+    "response.output_text.done",
+    "response.output_text.annotation.added",
+    "response.refusal.delta",
+    "response.refusal.done",
+)
+_ARGUMENT_EVENTS = (
+    "response.function_call_arguments.delta",
+    "response.function_call_arguments.done",
+)
+
+
+def check_event_order(events: list[dict[str, Any]]) -> None:
+    """The order rules of the Open Responses compliance suite's stream checker, and OpenAI's:
+    an item is added once (at the next `output_index`) and done once, after it was added; a
+    content part is added once per (item, index) on an added item and done once; text,
+    refusal and argument events name an open item (and an open part); a stream that completes
+    leaves nothing open."""
+    added: set[str] = set()
+    done: set[str] = set()
+    parts: set[tuple[str, int]] = set()
+    closed: set[tuple[str, int]] = set()
+    for event in events:
+        kind = event["type"]
+        item_id = event.get("item_id")
+        part = (item_id, event.get("content_index"))
+        if kind == "response.output_item.added":
+            item = event["item"]["id"]
+            assert item not in added, f"{item} added twice"
+            assert event["output_index"] == len(added), event
+            added.add(item)
+        elif kind == "response.output_item.done":
+            item = event["item"]["id"]
+            assert item in added and item not in done, f"{item} done before added, or twice"
+            done.add(item)
+        elif kind == "response.content_part.added":
+            assert item_id in added and item_id not in done, event
+            assert part not in parts, f"part {part} added twice"
+            parts.add(part)  # type: ignore[arg-type]
+        elif kind == "response.content_part.done":
+            assert part in parts and part not in closed, f"part {part} done, not open"
+            closed.add(part)  # type: ignore[arg-type]
+        elif kind in _TEXT_EVENTS:
+            assert item_id in added and item_id not in done, event
+            assert part in parts and part not in closed, f"{kind} on a part not open: {part}"
+        elif kind in _ARGUMENT_EVENTS:
+            assert item_id in added and item_id not in done, event
+    if events and events[-1]["type"] in ("response.completed", "response.incomplete"):
+        assert added == done, f"left open: {added - done}"
+        assert parts == closed, f"parts left open: {parts - closed}"
+
+
 def strict_stream(stream: SSEStream) -> list[Any]:
     """Every event parses as the SDK's typed union (no unknown type, no missing field); sequence
-    numbers start at 0 and increase by one; exactly one terminal event, last."""
+    numbers start at 0 and increase by one; exactly one terminal event, last; items and parts
+    open and close in order (`check_event_order`); every `output_text` part carries its
+    `logprobs` list (Open Responses requires it)."""
     parsed = [_events.validate_python(event) for event in stream.events]
     check_event_schemas(stream.events)
+    check_event_order(stream.events)
+    for event in stream.events:
+        if event.get("part", {}).get("type") == "output_text":
+            assert isinstance(event["part"].get("logprobs"), list), event
     assert [event["sequence_number"] for event in stream.events] == list(range(len(stream.events)))
     terminal = {"response.completed", "response.incomplete", "response.failed"}
     assert [t for t in stream.types if t in terminal] == [stream.types[-1]]

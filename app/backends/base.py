@@ -63,6 +63,17 @@ class Generation:
     model: str | None = None
 
 
+@dataclass(slots=True)
+class Compaction:
+    """An upstream's own compaction (`Backend.compact`): its output items (the user messages it
+    keeps, then its `compaction` item), usage, and the optional fields of its answer
+    (`service_tier`, `safety_identifier`)."""
+
+    output: list[dict[str, Any]]
+    usage: Usage | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
 # --- streaming deltas: what a backend yields while the upstream answers ------------------------
 
 
@@ -128,7 +139,7 @@ class Backend(abc.ABC):
       transport library's own exception, and error messages never carry credentials.
     - Errors raised mid-stream by `stream` follow the same rules.
     - `UpstreamUnavailableError` marks faults that are safe to retry before any output (connection
-      errors, 429, 5xx); the router retries and falls back only on those and on timeouts.
+      errors, 429, 5xx but 501); the router retries and falls back only on those and on timeouts.
     - A backend owns one pooled HTTP client, created in `__init__` and closed by `aclose`, which the
       application lifespan calls once at shutdown.
     """
@@ -157,11 +168,10 @@ class Backend(abc.ABC):
         raises for an upstream fault; nothing is generated."""
         return None
 
-    async def compact(self, request: GenerationRequest) -> Generation | None:
+    async def compact(self, request: GenerationRequest) -> Compaction | None:
         """The upstream's own compaction of `request`'s context (OpenAI's `POST
-        /responses/compact`): its output items (the user messages it keeps, then its
-        `compaction` item) and usage. None where the upstream has no such endpoint: the
-        gateway then asks the model for a summary itself. Raises like `generate`."""
+        /responses/compact`). None where the upstream has no such endpoint: the gateway then
+        asks the model for a summary itself. Raises like `generate`."""
         return None
 
     @abc.abstractmethod

@@ -25,6 +25,7 @@ import orjson
 
 from app.backends.base import (
     Backend,
+    Compaction,
     Delta,
     Finish,
     Generation,
@@ -58,11 +59,20 @@ _OPENAI_EVENT_NAMES = {
 _TERMINAL = {"response.completed", "response.incomplete"}
 # What of a create body OpenAI's `POST /responses/compact` also takes, besides `model`, `input`
 # and `instructions` (it answers 400 to the rest: tools, `store`, `include`…).
+# (`safety_identifier`: not in the spec file yet, sent by the openai SDK's `compact`.)
 COMPACT_FIELDS = frozenset(
-    {"prompt_cache_key", "prompt_cache_retention", "prompt_cache_options", "service_tier"}
+    {
+        "prompt_cache_key",
+        "prompt_cache_retention",
+        "prompt_cache_options",
+        "safety_identifier",
+        "service_tier",
+    }
 )
+# The optional fields of its answer that are passed on.
+_COMPACTED_FIELDS = ("service_tier", "safety_identifier")
 # An upstream without the compact endpoint (an older Azure API version, a proxy) answers these.
-_NO_ENDPOINT = {404, 405}
+_NO_ENDPOINT = {404, 405, 501}
 _NOT_FOUND_CODES = {"model_not_found", "DeploymentNotFound"}  # the model, not the endpoint
 
 
@@ -295,15 +305,16 @@ class ResponsesBackend(Backend):
         await self._upstream.aclose()
 
 
-def from_compaction(data: Any) -> Generation:
-    """A `response.compaction` body → its output items and usage. Raises `ValueError` when it
-    is malformed."""
+def from_compaction(data: Any) -> Compaction:
+    """A `response.compaction` body → a `Compaction`. Raises `ValueError` when it is
+    malformed."""
     if not isinstance(data, dict) or not isinstance(data.get("output"), list):
         raise ValueError("the upstream answer has no output list")
     output = [_with_id(item) for item in data["output"] if isinstance(item, dict)]
     if not output or output[-1].get("type") != "compaction":
         raise ValueError("the upstream answer does not end in a compaction item")
-    return Generation(output=output, usage=_usage(data.get("usage")))
+    fields = {key: data[key] for key in _COMPACTED_FIELDS if data.get(key) is not None}
+    return Compaction(output, _usage(data.get("usage")), fields)
 
 
 class OpenAIBackend(ResponsesBackend):
@@ -313,7 +324,7 @@ class OpenAIBackend(ResponsesBackend):
     penalties = False
     raw_reasoning = False
 
-    async def compact(self, request: GenerationRequest) -> Generation | None:
+    async def compact(self, request: GenerationRequest) -> Compaction | None:
         body: dict[str, Any] = {"model": request.model, "input": to_responses_input(request.items)}
         if request.instructions is not None:
             body["instructions"] = request.instructions
@@ -322,9 +333,14 @@ class OpenAIBackend(ResponsesBackend):
         try:
             data = await self._upstream.post_json(body, url=url)
         except UpstreamError as exc:
-            if exc.status not in _NO_ENDPOINT or exc.code in _NOT_FOUND_CODES:
+            if exc.upstream_status not in _NO_ENDPOINT or exc.code in _NOT_FOUND_CODES:
                 raise
-            log.info("model %s: %s has no compaction (%d): summarizing", self.name, url, exc.status)
+            log.info(
+                "model %s: %s has no compaction (%s): summarizing",
+                self.name,
+                url,
+                exc.upstream_status,
+            )
             return None
         try:
             return from_compaction(data)

@@ -2,8 +2,9 @@
 that core's run loop never learns about any of them.
 
 Rules:
-- Only `UpstreamUnavailableError` (connection errors, 429, 5xx) is retried, and only before the
-  first delta of an answer: once output may have reached the client, a retry would repeat it.
+- Only `UpstreamUnavailableError` (connection errors, 429, 5xx but 501) is retried, and only
+  before the first delta of an answer: once output may have reached the client, a retry would
+  repeat it.
   A timeout is not retried (the upstream may still be generating, and billing, the first
   attempt) but does move on to the next fallback, as does a model at its concurrency limit.
 - Backoff is exponential with jitter (half fixed, half random, so that clients that failed
@@ -28,7 +29,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
-from app.backends.base import Backend, Delta, Finish, Generation, GenerationRequest
+from app.backends.base import Backend, Compaction, Delta, Finish, Generation, GenerationRequest
 from app.config import ModelConfig
 from app.errors import UpstreamError, UpstreamTimeoutError, UpstreamUnavailableError
 
@@ -217,7 +218,7 @@ class RoutedBackend(Backend):
         target = self._targets[0]
         return await target.backend.count_tokens(_for(target, request))
 
-    async def compact(self, request: GenerationRequest) -> Generation | None:
+    async def compact(self, request: GenerationRequest) -> Compaction | None:
         """The model's own upstream compaction, retried as a generation is; None on a route
         with fallbacks (the upstream's compaction item would mean nothing to a fallback on
         another upstream, and the gateway's summary works on any)."""

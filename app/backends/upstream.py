@@ -251,7 +251,9 @@ class UpstreamClient:
         message, code = error_message(body)
         message = self.redact(message)
         error: UpstreamError
-        if status == 429 or status >= 500:
+        if status == 501:  # not implemented there: asking again, or the same elsewhere, is moot
+            error = UpstreamError(f"{self.where.capitalize()} failed ({status}): {message}")
+        elif status == 429 or status >= 500:
             verb = "rejected the request" if status == 429 else "failed"
             error = UpstreamUnavailableError(
                 f"{self.where.capitalize()} {verb} ({status}): {message}"
@@ -264,13 +266,15 @@ class UpstreamClient:
                 # Relayed with the error, so that the client's own retry (the SDKs honour
                 # it) waits as long as the upstream asked rather than hammering it at once.
                 error.headers = {"retry-after": str(math.ceil(error.retry_after))}
-            return error
-        return UpstreamError(
-            f"{self.where.capitalize()} rejected the request ({status}): {message}",
-            status=status,
-            type="invalid_request_error",
-            code=code or "upstream_error",
-        )
+        else:
+            error = UpstreamError(
+                f"{self.where.capitalize()} rejected the request ({status}): {message}",
+                status=status,
+                type="invalid_request_error",
+                code=code or "upstream_error",
+            )
+        error.upstream_status = status
+        return error
 
     def malformed(self, what: str) -> UpstreamError:
         return UpstreamError(f"{self.where.capitalize()} sent {what}")

@@ -48,6 +48,7 @@ from typing import Any
 
 from app.backends.base import (
     Backend,
+    Compaction,
     Delta,
     Finish,
     Generation,
@@ -466,10 +467,12 @@ def _compaction_object(
     }
 
 
-def upstream_compacted(response_id: str, created_at: int, generation: Generation) -> dict[str, Any]:
+def upstream_compacted(response_id: str, created_at: int, compacted: Compaction) -> dict[str, Any]:
     """The `response.compaction` object of an upstream that compacted itself (OpenAI): its
-    output items as it sent them, under our id."""
-    return _compaction_object(response_id, created_at, generation.output, generation.usage)
+    output items and fields as it sent them, under our id."""
+    body = _compaction_object(response_id, created_at, compacted.output, compacted.usage)
+    body.update(compacted.fields)
+    return body
 
 
 def compacted_response(

@@ -322,6 +322,7 @@ _NATIVE_FIELDS = (
     "truncation",
     "prompt_cache_key",
     "prompt_cache_retention",
+    "prompt_cache_options",
     "safety_identifier",
     "service_tier",
     "user",

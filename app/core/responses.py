@@ -88,9 +88,16 @@ class ResponsesService:
         the contexts a WebSocket connection keeps of its own recent responses, where a
         `previous_response_id` is looked up first (`store: false` ones exist only there)."""
         compacting = compaction.without_trigger(request)
-        if compacting is not None:  # the input ends in `compaction_trigger`
-            request = compacting
         route = self._resolve(request.model)
+        forwarded = compacting is not None and _compacts_itself(route)
+        if forwarded:
+            # OpenAI compacts itself, the request as sent (tools, truncation): the trigger is
+            # held back here and goes on after the context.
+            assert not isinstance(request.input, str)
+            request = request.model_copy(update={"input": request.input[:-1]})
+            compacting = None
+        elif compacting is not None:  # the input ends in `compaction_trigger`
+            request = compacting
         check_request(request, route.backend, route.config.hosted_tools)
         # A plain create checks that a cached previous response still exists while the
         # upstream answers, not before: one database round trip less on the path of every turn.
@@ -119,8 +126,8 @@ class ResponsesService:
             dropped,
             hosted_items=hosted_tools != "drop",
         )
-        if compacting is not None and _compacts_itself(route):
-            # OpenAI compacts with its own item: the trigger goes on, after the context.
+        if forwarded:
+            _check_something_to_compact(context)
             generation.items = [*generation.items, compaction.TRIGGER]
             context = _retained_context(context)
             return self._prepared(request, route, context, generation, project, key_id, dropped)
@@ -130,12 +137,7 @@ class ResponsesService:
                 route, generation = compacted
                 return self._prepared(request, route, context, generation, project, key_id, dropped)
         if compacting is not None or summarize:
-            if not context.items:
-                raise BadRequestError(
-                    "There is nothing to compact: give a context (input items, or a "
-                    "'previous_response_id') before asking for its compaction.",
-                    param="input",
-                )
+            _check_something_to_compact(context)
             # Fitted with the summary's prompt and room for its answer: a compaction is asked
             # for when the context is full, and its request is `truncation: "auto"` (oldest
             # items out, not a 400).
@@ -151,7 +153,7 @@ class ResponsesService:
             route = Route(route.config, compaction.CompactingBackend(route.backend))
             context = _retained_context(context)
         prepared = self._prepared(request, route, context, generation, project, key_id, dropped)
-        if summarize:
+        if summarize and _compacts_itself(route):
             prepared.unsummarized = unsummarized
         return prepared
 
@@ -274,7 +276,7 @@ class ResponsesService:
             own = None
             if prepared.unsummarized is not None:  # OpenAI's own, where the upstream is OpenAI
                 own = await backend.compact(prepared.unsummarized)
-            result = own or await backend.generate(prepared.generation)
+            result = None if own is not None else await backend.generate(prepared.generation)
         except Exception:
             await _checked(check)  # a 404 for the previous response wins over other failures
             raise
@@ -284,6 +286,7 @@ class ResponsesService:
         await _checked(check)
         if own is not None:
             return compaction.upstream_compacted(prepared.id, prepared.created_at, own)
+        assert result is not None
         return compaction.compacted_response(
             prepared.id, prepared.created_at, prepared.context.items, result
         )
@@ -728,14 +731,25 @@ class _ForegroundSink:
 
 def _compacts_itself(route: Route) -> bool:
     """The route's model is on OpenAI or Azure, which compact with their own items
-    (`context_management`, `compaction_trigger`), and has no fallback elsewhere, which could
-    not read them."""
+    (`context_management`, `compaction_trigger`, `/responses/compact`), has no fallback
+    elsewhere, which could not read them, and keeps hosted items (`hosted_tools: drop` would
+    leave them out of the next turn)."""
     config = route.config
     return (
         config.backend in OPENAI_BACKENDS
         and route.backend.responses_native
         and not config.fallbacks
+        and config.hosted_tools != "drop"
     )
+
+
+def _check_something_to_compact(context: Context) -> None:
+    if not context.items:
+        raise BadRequestError(
+            "There is nothing to compact: give a context (input items, or a "
+            "'previous_response_id') before asking for its compaction.",
+            param="input",
+        )
 
 
 def _retained_context(context: Context) -> Context:
