@@ -44,6 +44,9 @@ class Answer:
     # Streaming: OpenAI's undocumented `{"type": "keepalive"}` event before every delta.
     keepalive: bool = False
     web_search: bool = False
+    # A function call instead of the message: (name, arguments as JSON text, call_id).
+    call: tuple[str, str, str] | None = None
+    input_tokens: int = 20
     status: str = "completed"  # or "incomplete", "failed"
     delay: float = 0.0
     drop_after: int | None = None  # streaming: close the connection after N events
@@ -326,6 +329,19 @@ class FakeResponses:
                     "action": {"type": "search", "query": "weather in Paris"},
                 }
             )
+        if answer.call is not None:
+            name, arguments, call_id = answer.call
+            output.append(
+                {
+                    "id": f"fc_fake{n}",
+                    "type": "function_call",
+                    "status": "completed",
+                    "call_id": call_id,
+                    "name": name,
+                    "arguments": arguments,
+                }
+            )
+            return output
         text = answer.text or f"native: {last_user_text(body['input'])}"
         output.append(
             {
@@ -360,11 +376,11 @@ class FakeResponses:
             "model": body["model"],
             "output": output,
             "usage": {
-                "input_tokens": 20,
+                "input_tokens": answer.input_tokens,
                 "input_tokens_details": {"cached_tokens": 5},
                 "output_tokens": 9,
                 "output_tokens_details": {"reasoning_tokens": 4 if answer.reasoning else 0},
-                "total_tokens": 29,
+                "total_tokens": answer.input_tokens + 9,
             },
         }
 
@@ -437,6 +453,25 @@ class FakeResponses:
                 ]
                 if answer.raw_reasoning is not None:
                     events += _raw_reasoning_events(where, answer)
+            elif item["type"] == "function_call":
+                added = {**item, "status": "in_progress", "arguments": ""}
+                events.append(
+                    {"type": "response.output_item.added", "output_index": index, "item": added}
+                )
+                events += [
+                    {
+                        "type": "response.function_call_arguments.delta",
+                        **where,
+                        "delta": item["arguments"],
+                        "obfuscation": "pad",
+                    },
+                    {
+                        "type": "response.function_call_arguments.done",
+                        **where,
+                        "name": item["name"],
+                        "arguments": item["arguments"],
+                    },
+                ]
             elif item["type"] == "compaction":
                 events.append(
                     {"type": "response.output_item.added", "output_index": index, "item": item}

@@ -10,6 +10,7 @@ missing and npm cannot install it, these tests are skipped, saying why."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -18,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Stack, access_lines
+from tests.conftest import NativeStack, Stack, access_lines
+from tests.fake_responses import Answer
 from tests.fake_upstream import Reply, tool_call
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,7 +67,9 @@ def codex() -> Path:
     return CODEX
 
 
-def codex_exec(codex: Path, gw: Stack, tmp_path: Path, prompt: str, config: str = CONFIG) -> str:
+def codex_exec(
+    codex: Path, gw: Stack | NativeStack, tmp_path: Path, prompt: str, config: str = CONFIG
+) -> str:
     home = tmp_path / "codex-home"
     work = tmp_path / "work"
     home.mkdir()
@@ -195,3 +199,37 @@ def test_codex_over_websockets(
     assert call["id"] == "call_w" and call["function"]["name"] == "exec_command"
     result = second["messages"][-1]
     assert result["role"] == "tool" and "ws-42" in str(result["content"])
+
+
+# The same provider on a model the gateway serves from OpenAI (the native fake stands in).
+ON_OPENAI = OPENAI_NAMED.replace('model = "local-agent"', 'model = "gpt-5-mini"')
+
+
+def test_codex_on_an_openai_model_compacts_with_openai(
+    codex: Path, native: NativeStack, tmp_path: Path
+) -> None:
+    native.fake.enqueue(
+        Answer(
+            call=("exec_command", json.dumps({"cmd": "echo hi"}), "call_n"), input_tokens=50_000
+        ),
+        Answer(),  # the compaction: OpenAI's own item
+        Answer(text="All done after OpenAI's compaction."),
+    )
+    out = codex_exec(codex, native, tmp_path, "run echo", ON_OPENAI)
+    assert "All done after OpenAI's compaction." in out
+    assert [seen.path for seen in native.fake.seen] == ["/v1/responses"] * 3
+    calls, compacting, after = (seen.body for seen in native.fake.seen)
+    assert calls["model"] == "gpt-5-mini" and calls["stream"] is True
+    assert "reasoning.encrypted_content" in calls["include"]
+    assert any(tool.get("name") == "exec_command" for tool in calls["tools"])
+    # The trigger went on to OpenAI after the history (the command's output included), with
+    # Codex's tools…
+    assert compacting["input"][-1] == {"type": "compaction_trigger"}
+    outputs = [i for i in compacting["input"] if i.get("type") == "function_call_output"]
+    assert outputs and "hi" in str(outputs[0]["output"])
+    assert compacting["tools"] == calls["tools"]
+    # …and Codex went on from OpenAI's compaction item instead of the history.
+    kinds = [item.get("type", "message") for item in after["input"]]
+    assert "compaction" in kinds and "function_call_output" not in kinds
+    item = next(i for i in after["input"] if i.get("type") == "compaction")
+    assert item["encrypted_content"].startswith("gAAAA-compacted:")
