@@ -39,7 +39,7 @@ format: $(VENV)/.stamp-test ## apply ruff formatting and safe fixes
 	$(BIN)/ruff format app tests bench migrations
 	$(BIN)/ruff check --fix app tests bench migrations
 
-CODEX_VERSION ?= 0.169.0
+CODEX_VERSION ?= 0.171.0
 codex: ## install Codex CLI (npm @openai/codex) into .codex-test/ for tests/test_codex.py
 	npm install --no-audit --no-fund --prefix .codex-test @openai/codex@$(CODEX_VERSION)
 

@@ -26,7 +26,7 @@ from tests.fake_upstream import Reply, tool_call
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = ROOT / ".codex-test"
 CODEX = PREFIX / "node_modules" / ".bin" / "codex"
-CODEX_VERSION = "0.169.0"
+CODEX_VERSION = "0.171.0"
 
 CONFIG = """\
 model = "local-agent"
@@ -149,7 +149,7 @@ def test_codex_compacts_through_the_gateway(
         records = access_lines(caplog, requests=3)
     assert "All done after compaction." in out
     paths = [(r.method, r.path, r.status) for r in records]
-    # Codex 0.169 compacts with a closing `compaction_trigger` on an ordinary create (remote
+    # Codex (0.169 on) compacts with a closing `compaction_trigger` on an ordinary create (remote
     # compaction v2), not with POST /v1/responses/compact: three creates, all answered.
     assert paths == [("POST", "/v1/responses", 200)] * 3, paths
     calls, summary, after = (recorded.body for recorded in gw.upstream.requests[:3])
