@@ -808,6 +808,16 @@ def test_server_side_compaction_on_native_backends(
     assert [item["type"] for item in data["output"]] == ["compaction", "message"]
     assert "context_management" not in native.fake.last.body
     assert native.fake.last.body["input"][-1]["content"][0]["text"].endswith(SUMMARY)
+    # So is an OpenAI model that leaves hosted items out (OpenAI's would not come back).
+    native.fake.enqueue(Answer(text=SUMMARY), Answer(text="answer"))
+    data = raw_create(
+        nclient,
+        model="openai-drop",
+        input=LONG,
+        context_management=COMPACT_AT,  # type: ignore[arg-type]
+    )
+    assert [item["type"] for item in data["output"]] == ["compaction", "message"]
+    assert "context_management" not in native.fake.last.body
 
 
 def test_server_side_compaction_gives_the_summary_its_own_room_and_charges_a_failure(
