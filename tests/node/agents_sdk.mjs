@@ -9,24 +9,13 @@
 import assert from "node:assert/strict";
 import { Agent, run, setDefaultOpenAIClient, setTracingDisabled, tool } from "@openai/agents";
 import OpenAI from "openai";
+import { finish, step } from "./report.mjs";
 import { z } from "zod";
 
 setTracingDisabled(true);
 setDefaultOpenAIClient(
   new OpenAI({ baseURL: process.env.GATEWAY_URL, apiKey: "sk-node-agents", maxRetries: 0 }),
 );
-
-const passed = [];
-const failed = [];
-
-async function step(name, body) {
-  try {
-    await body();
-    passed.push(name);
-  } catch (error) {
-    failed.push({ step: name, error: String(error?.stack ?? error).slice(0, 2000) });
-  }
-}
 
 const calls = [];
 const getWeather = tool({
@@ -79,5 +68,4 @@ await step("a run continued with previousResponseId", async () => {
   assert.equal(result.finalOutput, "Rain tomorrow.");
 });
 
-console.log(JSON.stringify({ passed, failed }));
-process.exit(failed.length ? 1 : 0);
+finish();

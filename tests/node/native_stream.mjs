@@ -8,21 +8,10 @@
 
 import assert from "node:assert/strict";
 import OpenAI from "openai";
+import { finish, step } from "./report.mjs";
 
 const client = new OpenAI({ baseURL: process.env.GATEWAY_URL, apiKey: "sk-node", maxRetries: 0 });
 const model = process.env.MODEL;
-const passed = [];
-const failed = [];
-
-async function step(name, body) {
-  try {
-    await body();
-    passed.push(name);
-  } catch (error) {
-    failed.push({ step: name, error: String(error?.stack ?? error).slice(0, 2000) });
-  }
-}
-
 let first;
 await step("the stream helper rebuilds a relayed response", async () => {
   const stream = client.responses.stream({
@@ -71,5 +60,4 @@ await step("raw events are numbered from 0 with output indexes in order", async 
   }
 });
 
-console.log(JSON.stringify({ passed, failed }));
-process.exit(failed.length ? 1 : 0);
+finish();

@@ -8,24 +8,13 @@
 
 import assert from "node:assert/strict";
 import OpenAI from "openai";
+import { finish, step } from "./report.mjs";
 import { ResponsesWS } from "openai/resources/responses/ws";
 import { zodTextFormat } from "openai/helpers/zod";
 import { z } from "zod";
 
 const client = new OpenAI({ baseURL: process.env.GATEWAY_URL, apiKey: "sk-node", maxRetries: 0 });
 const model = process.env.MODEL;
-const passed = [];
-const failed = [];
-
-async function step(name, body) {
-  try {
-    await body();
-    passed.push(name);
-  } catch (error) {
-    failed.push({ step: name, error: String(error?.stack ?? error).slice(0, 2000) });
-  }
-}
-
 const weather = {
   type: "function",
   name: "get_weather",
@@ -315,5 +304,4 @@ await step("WebSocket mode: two unstored turns on one connection", async () => {
   await assert.rejects(client.responses.retrieve(first.id), OpenAI.NotFoundError);
 });
 
-console.log(JSON.stringify({ passed, failed }));
-process.exit(failed.length ? 1 : 0);
+finish();
