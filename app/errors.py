@@ -88,8 +88,7 @@ class UpstreamTimeoutError(UpstreamError):
 
 
 class UpstreamUnavailableError(UpstreamError):
-    """The upstream could not take the request: connection refused or dropped, 429, or 5xx
-    (but 501, Not Implemented: it would not be implemented on a retry either).
+    """The upstream could not take the request: connection refused or dropped, 429, or 5xx.
 
     Retrying is safe as long as no output has reached the client, which is why backends raise
     this distinct type and the router (`app/backends/routing.py`) retries and falls back on it.

@@ -291,9 +291,19 @@ def test_azure_models_compact_with_azure_own_endpoint(
     assert sent.path == "/openai/v1/responses/compact"
     assert sent.headers["api-key"] == AZURE_SECRET and sent.body["model"] == "prod-gpt"
     assert compacted["output"][-1]["encrypted_content"] == "gAAAA-compacted:Ada is here."
-    compact(nclient, model="azure-preview", input="Ada is here.")
-    assert native.fake.last.path == "/openai/responses/compact"
+    # A dated API version gets the gateway's compaction, through its own endpoint.
+    native.fake.enqueue(Answer(text=SUMMARY), Answer(text=SUMMARY))
+    compacted = compact(nclient, model="azure-preview", input="Ada is here.")
+    assert compacted["output"][-1]["encrypted_content"].startswith("rgc1.")
+    assert native.fake.last.path == "/openai/responses"
     assert native.fake.last.query == {"api-version": "2025-04-01-preview"}
+    data = raw_create(
+        nclient,
+        model="azure-preview",
+        input=[{"role": "user", "content": "Ada."}, TRIGGER],  # type: ignore[list-item]
+    )
+    assert data["output"][0]["encrypted_content"].startswith("rgc1.")
+    assert native.fake.last.body["input"][-1]["role"] == "user"
 
 
 def test_an_upstream_without_a_compact_endpoint_gets_the_gateway_summary(
@@ -501,12 +511,24 @@ def test_compaction_trigger_on_openai_is_openai_own(
         input=[{"role": "user", "content": "She likes dogs."}, TRIGGER],  # type: ignore[list-item]
         tools=tools,  # type: ignore[list-item]
         truncation="disabled",
+        context_management=[{"type": "compaction", "compact_threshold": 5000}],  # type: ignore[list-item]
     )
     # The trigger went on to OpenAI after the whole context, with the request as sent (its
     # tools keep the prompt's cached prefix), and OpenAI's item came back.
     body = native.fake.last.body
     assert body["input"][-1] == TRIGGER and len(body["input"]) == 4
     assert body["tools"][0]["name"] == "f" and body["truncation"] == "disabled"
+    assert body["context_management"] == [{"type": "compaction", "compact_threshold": 5000}]
+    # Counted as it is sent: with its tools.
+    counted = [
+        nclient.responses.input_tokens.count(
+            model="gpt-5-mini",
+            input=[{"role": "user", "content": "Ada."}, TRIGGER],  # type: ignore[list-item]
+            **extra,
+        ).input_tokens
+        for extra in ({}, {"tools": tools})
+    ]
+    assert counted[1] > counted[0]
     assert "previous_response_id" not in body
     [item] = data["output"]
     assert item["type"] == "compaction"

@@ -172,4 +172,8 @@ def azure_backend(config: ModelConfig, credential: TokenCredential | None = None
         )
     if config.api == "chat_completions":
         return ChatCompletionsBackend(config, upstream)
-    return OpenAIBackend(config, upstream)
+    backend = OpenAIBackend(config, upstream)
+    # OpenAI's compaction (its endpoint, `compaction_trigger`, `context_management`) is on the
+    # v1 API; a dated version gets the gateway's.
+    backend.native_compaction = config.api_version in _V1_VERSIONS
+    return backend

@@ -139,7 +139,7 @@ class Backend(abc.ABC):
       transport library's own exception, and error messages never carry credentials.
     - Errors raised mid-stream by `stream` follow the same rules.
     - `UpstreamUnavailableError` marks faults that are safe to retry before any output (connection
-      errors, 429, 5xx but 501); the router retries and falls back only on those and on timeouts.
+      errors, 429, 5xx); the router retries and falls back only on those and on timeouts.
     - A backend owns one pooled HTTP client, created in `__init__` and closed by `aclose`, which the
       application lifespan calls once at shutdown.
     """
@@ -149,6 +149,9 @@ class Backend(abc.ABC):
     # their tool choices and Responses-only options can be passed on; translating backends
     # refuse them with a 400 before any upstream call.
     responses_native: bool = False
+    # The upstream compacts with items of its own (OpenAI's API: `compact`, a closing
+    # `compaction_trigger`, `context_management`), which only it can read.
+    native_compaction: bool = False
 
     @abc.abstractmethod
     async def generate(self, request: GenerationRequest) -> Generation: ...

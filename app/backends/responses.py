@@ -71,7 +71,7 @@ COMPACT_FIELDS = frozenset(
 )
 # The optional fields of its answer that are passed on.
 _COMPACTED_FIELDS = ("service_tier", "safety_identifier")
-# An upstream without the compact endpoint (an older Azure API version, a proxy) answers these.
+# An upstream without the compact endpoint (a proxy, an API version without it) answers these.
 _NO_ENDPOINT = {404, 405, 501}
 _NOT_FOUND_CODES = {"model_not_found", "DeploymentNotFound"}  # the model, not the endpoint
 
@@ -323,6 +323,7 @@ class OpenAIBackend(ResponsesBackend):
 
     penalties = False
     raw_reasoning = False
+    native_compaction = True
 
     async def compact(self, request: GenerationRequest) -> Compaction | None:
         body: dict[str, Any] = {"model": request.model, "input": to_responses_input(request.items)}

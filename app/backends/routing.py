@@ -2,9 +2,8 @@
 that core's run loop never learns about any of them.
 
 Rules:
-- Only `UpstreamUnavailableError` (connection errors, 429, 5xx but 501) is retried, and only
-  before the first delta of an answer: once output may have reached the client, a retry would
-  repeat it.
+- Only `UpstreamUnavailableError` (connection errors, 429, 5xx) is retried, and only before the
+  first delta of an answer: once output may have reached the client, a retry would repeat it.
   A timeout is not retried (the upstream may still be generating, and billing, the first
   attempt) but does move on to the next fallback, as does a model at its concurrency limit.
 - Backoff is exponential with jitter (half fixed, half random, so that clients that failed
@@ -122,6 +121,8 @@ class RoutedBackend(Backend):
         # Hosted tools only where every model of the route can take them: a fallback must be
         # able to serve whatever its primary accepted.
         self.responses_native = all(target.backend.responses_native for target in targets)
+        # Only without fallbacks: another upstream could not read the upstream's own items.
+        self.native_compaction = len(targets) == 1 and targets[0].backend.native_compaction
         self._targets = targets
 
     def _retry_delay(self, target: Target, attempt: int, exc: UpstreamUnavailableError) -> float:

@@ -251,9 +251,7 @@ class UpstreamClient:
         message, code = error_message(body)
         message = self.redact(message)
         error: UpstreamError
-        if status == 501:  # not implemented there: asking again, or the same elsewhere, is moot
-            error = UpstreamError(f"{self.where.capitalize()} failed ({status}): {message}")
-        elif status == 429 or status >= 500:
+        if status == 429 or status >= 500:
             verb = "rejected the request" if status == 429 else "failed"
             error = UpstreamUnavailableError(
                 f"{self.where.capitalize()} {verb} ({status}): {message}"

@@ -50,7 +50,6 @@ from app.store.responses import NewResponse, ResponseStore, StoredResponse
 log = logging.getLogger(__name__)
 
 # Backends that are OpenAI's own API: `context_management` is passed on to them.
-OPENAI_BACKENDS = frozenset({"openai", "azure"})
 # How long a cancel waits for the worker running the job to store its final state, before it
 # ends the job itself.
 CANCEL_WAIT_SECONDS = 10.0
@@ -87,17 +86,8 @@ class ResponsesService:
         `summarize`: the generation asks for a summary of the context (`compaction`). `local`:
         the contexts a WebSocket connection keeps of its own recent responses, where a
         `previous_response_id` is looked up first (`store: false` ones exist only there)."""
-        compacting = compaction.without_trigger(request)
         route = self._resolve(request.model)
-        forwarded = compacting is not None and _compacts_itself(route)
-        if forwarded:
-            # OpenAI compacts itself, the request as sent (tools, truncation): the trigger is
-            # held back here and goes on after the context.
-            assert not isinstance(request.input, str)
-            request = request.model_copy(update={"input": request.input[:-1]})
-            compacting = None
-        elif compacting is not None:  # the input ends in `compaction_trigger`
-            request = compacting
+        request, compacting, forwarded = _split_trigger(request, route)
         check_request(request, route.backend, route.config.hosted_tools)
         # A plain create checks that a cached previous response still exists while the
         # upstream answers, not before: one database round trip less on the path of every turn.
@@ -129,6 +119,8 @@ class ResponsesService:
         if forwarded:
             _check_something_to_compact(context)
             generation.items = [*generation.items, compaction.TRIGGER]
+            if request.context_management:
+                generation.native["context_management"] = _context_management(request)
             context = _retained_context(context)
             return self._prepared(request, route, context, generation, project, key_id, dropped)
         if request.context_management and compacting is None and not summarize:
@@ -141,7 +133,7 @@ class ResponsesService:
             # Fitted with the summary's prompt and room for its answer: a compaction is asked
             # for when the context is full, and its request is `truncation: "auto"` (oldest
             # items out, not a 400).
-            unsummarized = generation
+            unsummarized: GenerationRequest | None = generation
             generation = compaction.summary_request(generation)
             window = route.config.context_window
             if window is not None and request.max_output_tokens is None:
@@ -190,13 +182,10 @@ class ResponsesService:
         items); elsewhere, once the context the model would see reaches the threshold, the
         route and request of a summary first, then the answer (`compaction.CompactThenAnswer`);
         below it, None (an ordinary generation)."""
-        entries = request.context_management or []
         threshold = compaction.compaction_threshold(request, route.config.context_window)
         config = route.config
         if _compacts_itself(route):
-            generation.native["context_management"] = [
-                entry.model_dump(mode="json", exclude_none=True) for entry in entries
-            ]
+            generation.native["context_management"] = _context_management(request)
             return None
         if threshold is None or not reaches(
             route.upstream_model,
@@ -237,8 +226,8 @@ class ResponsesService:
         self, request: CreateResponseRequest, project: str = ""
     ) -> dict[str, Any]:
         """`POST /v1/responses/input_tokens`: the tokens the same create body would send."""
-        request = compaction.without_trigger(request) or request  # counts what it compacts
         route = self._resolve(request.model)
+        request, _, _ = _split_trigger(request, route)  # counts what it compacts
         check_context_source(request)
         context = await self._assemble(request, project)
         generation = generation_request(request, route.upstream_model, context.items)
@@ -730,17 +719,35 @@ class _ForegroundSink:
 
 
 def _compacts_itself(route: Route) -> bool:
-    """The route's model is on OpenAI or Azure, which compact with their own items
-    (`context_management`, `compaction_trigger`, `/responses/compact`), has no fallback
-    elsewhere, which could not read them, and keeps hosted items (`hosted_tools: drop` would
-    leave them out of the next turn)."""
-    config = route.config
-    return (
-        config.backend in OPENAI_BACKENDS
-        and route.backend.responses_native
-        and not config.fallbacks
-        and config.hosted_tools != "drop"
-    )
+    """The route's model compacts with its upstream's own items (`Backend.native_compaction`:
+    OpenAI, Azure's v1 API; `context_management`, `compaction_trigger`, `/responses/compact`),
+    with no fallback elsewhere, which could not read them, and keeps hosted items
+    (`hosted_tools: drop` would leave them out of the next turn)."""
+    return route.backend.native_compaction and route.config.hosted_tools != "drop"
+
+
+def _split_trigger(
+    request: CreateResponseRequest, route: Route
+) -> tuple[CreateResponseRequest, CreateResponseRequest | None, bool]:
+    """A create whose input ends in `compaction_trigger`, for `route`: the request to prepare,
+    the gateway's compaction of it (`compaction.without_trigger`: no tools, no format) or None,
+    and whether the trigger goes on to the upstream instead (`_compacts_itself`: the request
+    as sent, the trigger held back to close the context). Without a trigger: (request, None,
+    False). The trigger's refusals (background, conversation) apply either way."""
+    compacting = compaction.without_trigger(request)
+    if compacting is None:
+        return request, None, False
+    if _compacts_itself(route):
+        assert not isinstance(request.input, str)
+        return request.model_copy(update={"input": request.input[:-1]}), None, True
+    return compacting, compacting, False
+
+
+def _context_management(request: CreateResponseRequest) -> list[dict[str, Any]]:
+    return [
+        entry.model_dump(mode="json", exclude_none=True)
+        for entry in request.context_management or ()
+    ]
 
 
 def _check_something_to_compact(context: Context) -> None:
