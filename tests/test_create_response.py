@@ -477,8 +477,8 @@ def test_nul_characters_are_stored_and_returned_intact(
 def test_nul_in_ids_is_a_client_error(gw: Stack, client: openai.OpenAI) -> None:
     """U+0000 cannot be held by an id on PostgreSQL (a text column): wherever a client puts one
     in an id — a replayed item, `previous_response_id`, an item reference, a URL — the answer is
-    a 4xx in the envelope, never a 500, and nothing is sent upstream. (SQLite can hold it, so
-    there the replayed item is simply stored.)"""
+    a 4xx in the envelope, never a 500, and nothing is sent upstream; an input item's id is
+    refused the same way on both databases, naming it."""
     bad = "a\u0000b"
     replayed = [{"type": "message", "role": "user", "content": "x", "id": f"msg_{bad}"}]
     attempts = [
@@ -491,11 +491,9 @@ def test_nul_in_ids_is_a_client_error(gw: Stack, client: openai.OpenAI) -> None:
         lambda: client.responses.retrieve(f"resp_{bad}"),
         lambda: client.responses.delete(f"resp_{bad}"),
     ]
-    if gw.database.kind == "sqlite":
-        assert client.responses.create(model="local-llama", input=replayed).status == "completed"
-        gw.upstream.reset()
-    else:
-        attempts.append(lambda: client.responses.create(model="local-llama", input=replayed))
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.create(model="local-llama", input=replayed)  # type: ignore[arg-type]
+    assert refused.value.body["param"] == "input[0].id"  # type: ignore[index]
     for attempt in attempts:
         with pytest.raises(openai.APIStatusError) as raised:
             attempt()

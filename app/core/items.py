@@ -108,6 +108,13 @@ def check_item(
         raise BadRequestError(
             "The 'compaction_trigger' item must be the final input item.", param=where
         )
+    item_id = item.id
+    if item_id is not None and "\x00" in item_id:  # PostgreSQL's text cannot hold it
+        raise BadRequestError(
+            f"Invalid '{where}.id': an id cannot contain U+0000 (NUL).",
+            param=f"{where}.id",
+            code="invalid_value",
+        )
     if isinstance(item, MessageItem) and isinstance(item.content, list):
         _check_parts(item.content, item.role, f"{where}.content")
     elif isinstance(item, FunctionCallOutputItem | CustomToolCallOutputItem) and isinstance(
