@@ -49,7 +49,6 @@ from app.store.responses import NewResponse, ResponseStore, StoredResponse
 
 log = logging.getLogger(__name__)
 
-# Backends that are OpenAI's own API: `context_management` is passed on to them.
 # How long a cancel waits for the worker running the job to store its final state, before it
 # ends the job itself.
 CANCEL_WAIT_SECONDS = 10.0
