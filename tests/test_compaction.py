@@ -306,15 +306,34 @@ def test_azure_models_compact_with_azure_own_endpoint(
     assert native.fake.last.body["input"][-1]["role"] == "user"
 
 
-def test_an_upstream_without_a_compact_endpoint_gets_the_gateway_summary(
+def test_an_upstream_without_a_compact_endpoint_compacts_by_trigger_or_gets_the_gateway_summary(
     native: NativeStack, nclient: openai.OpenAI
 ) -> None:
-    native.fake.enqueue(
-        Fail(404, {"error": {"message": "Invalid URL (POST /v1/responses/compact)"}}),
-        Answer(text=SUMMARY),
+    missing = Fail(404, {"error": {"message": "Invalid URL (POST /v1/responses/compact)"}})
+    # Without the endpoint, OpenAI still compacts a create that ends in the trigger: its item,
+    # after the context's user messages, as the endpoint would have answered.
+    native.fake.enqueue(missing, Answer())
+    compacted = compact(
+        nclient,
+        model="gpt-5-mini",
+        input=[{"role": "user", "content": "Ada is here."}, {"role": "user", "content": "Dogs."}],
     )
-    compacted = compact(nclient, model="gpt-5-mini", input="Ada is here.")
     assert [seen.path for seen in native.fake.seen] == ["/v1/responses/compact", "/v1/responses"]
+    sent = native.fake.last.body
+    assert sent["input"][-1] == TRIGGER and sent["store"] is False and "stream" not in sent
+    strict_items(compacted["output"])
+    assert [i["type"] for i in compacted["output"]] == ["message", "message", "compaction"]
+    assert [i["content"][0]["text"] for i in compacted["output"][:2]] == ["Ada is here.", "Dogs."]
+    assert compacted["output"][-1]["encrypted_content"] == "gAAAA-compacted:Ada is here.|Dogs."
+    assert compacted["usage"]["input_tokens"] == 20  # the create's
+    # Where the trigger is refused too (or answered without its item), the gateway summarizes.
+    native.fake.reset()
+    refused = Fail(400, {"error": {"message": "Invalid value: 'compaction_trigger'."}})
+    native.fake.enqueue(missing, refused, Answer(text=SUMMARY))
+    compacted = compact(nclient, model="gpt-5-mini", input="Ada is here.")
+    assert [seen.path for seen in native.fake.seen] == ["/v1/responses/compact"] + [
+        "/v1/responses"
+    ] * 2
     assert compacted["output"][-1]["encrypted_content"].startswith("rgc1.")
     # A model the upstream does not know is that, not a missing endpoint: relayed at once.
     native.fake.reset()
@@ -339,11 +358,14 @@ def test_openai_compaction_faults_and_fallback_routes(
     compacted = compact(nclient, model="gpt-4o", input="Ada is here.")
     assert compacted["output"][-1]["type"] == "compaction"
     assert [seen.path for seen in native.fake.seen[-3:]] == ["/v1/responses/compact"] * 3
-    # 501 (a proxy that does not implement it) is not retried: the gateway summarizes.
+    # 501 (a proxy that does not implement it) is not retried: the trigger is tried, then
+    # the gateway summarizes.
     native.fake.reset()
-    native.fake.enqueue(Fail(501), Answer(text=SUMMARY))
+    native.fake.enqueue(Fail(501), Fail(400), Answer(text=SUMMARY))
     compacted = compact(nclient, model="gpt-4o", input="Ada is here.")
-    assert [seen.path for seen in native.fake.seen] == ["/v1/responses/compact", "/v1/responses"]
+    assert [seen.path for seen in native.fake.seen] == ["/v1/responses/compact"] + [
+        "/v1/responses"
+    ] * 2
     assert compacted["output"][-1]["encrypted_content"].startswith("rgc1.")
     native.fake.enqueue(Fail(500))
     with pytest.raises(openai.InternalServerError) as failed:

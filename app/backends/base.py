@@ -72,6 +72,9 @@ class Compaction:
     output: list[dict[str, Any]]
     usage: Usage | None = None
     fields: dict[str, Any] = field(default_factory=dict)
+    # `output` is the compaction item alone (a create with a closing `compaction_trigger`
+    # made it): the context's user messages go before it, as the compact endpoint sends them.
+    bare: bool = False
 
 
 # --- streaming deltas: what a backend yields while the upstream answers ------------------------

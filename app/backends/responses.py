@@ -17,6 +17,7 @@ stored"), so an upstream with weak ids cannot break a chain.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -74,6 +75,7 @@ _COMPACTED_FIELDS = ("service_tier", "safety_identifier")
 # An upstream without the compact endpoint (a proxy, an API version without it) answers these.
 _NO_ENDPOINT = {404, 405, 501}
 _NOT_FOUND_CODES = {"model_not_found", "DeploymentNotFound"}  # the model, not the endpoint
+TRIGGER = "compaction_trigger"
 
 
 def wants_encrypted_reasoning(config: ModelConfig, request: GenerationRequest) -> bool:
@@ -336,17 +338,38 @@ class OpenAIBackend(ResponsesBackend):
         except UpstreamError as exc:
             if exc.upstream_status not in _NO_ENDPOINT or exc.code in _NOT_FOUND_CODES:
                 raise
-            log.info(
-                "model %s: %s has no compaction (%s): summarizing",
-                self.name,
-                url,
-                exc.upstream_status,
-            )
-            return None
+            log.info("model %s: %s answered %s", self.name, url, exc.upstream_status)
+            return await self._compact_by_trigger(request)
         try:
             return from_compaction(data)
         except (ValueError, TypeError, AttributeError) as exc:
             raise self._upstream.malformed(f"a malformed compaction: {exc}") from exc
+
+    async def _compact_by_trigger(self, request: GenerationRequest) -> Compaction | None:
+        """OpenAI's compaction where its compact endpoint is missing: a create whose input ends
+        in `compaction_trigger` (as Codex compacts), its one compaction item. None where the
+        upstream refuses the trigger (a 4xx) or answers without exactly one such item: the
+        gateway then summarizes."""
+        trigger = dataclasses.replace(request, items=[*request.items, {"type": TRIGGER}])
+        try:
+            data = await self._upstream.post_json(self._body(trigger, stream=False))
+        except UpstreamError as exc:
+            status = exc.upstream_status
+            if status is None or status >= 500 or status == 429:
+                raise
+            log.info("model %s: no compaction_trigger either (%s): summarizing", self.name, status)
+            return None
+        try:
+            generation = from_response(data)
+        except LookupError as exc:
+            raise self._failed(str(exc)) from None
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise self._upstream.malformed(f"a malformed answer: {exc}") from exc
+        items = [item for item in generation.output if item.get("type") == "compaction"]
+        if len(items) != 1:
+            log.info("model %s: no compaction item for compaction_trigger: summarizing", self.name)
+            return None
+        return Compaction(items, generation.usage, bare=True)
 
 
 def _bearer_upstream(config: ModelConfig, base_url: str) -> UpstreamClient:

@@ -467,20 +467,9 @@ def _compaction_object(
     }
 
 
-def upstream_compacted(response_id: str, created_at: int, compacted: Compaction) -> dict[str, Any]:
-    """The `response.compaction` object of an upstream that compacted itself (OpenAI): its
-    output items and fields as it sent them, under our id."""
-    body = _compaction_object(response_id, created_at, compacted.output, compacted.usage)
-    body.update(compacted.fields)
-    return body
-
-
-def compacted_response(
-    response_id: str, created_at: int, context: list[dict[str, Any]], generation: Generation
-) -> dict[str, Any]:
-    """The `response.compaction` object: the context's user messages, in order, then one
-    compaction item holding the summary of everything."""
-    output = [
+def _user_messages(context: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What a compaction keeps of `context`: its user messages, in order, as output items."""
+    return [
         {
             "id": item.get("id") or new_id("msg"),
             "type": "message",
@@ -491,5 +480,25 @@ def compacted_response(
         for item in context[whole_index(context) + 1 :]  # an earlier compaction covers the rest
         if is_user_message(item)
     ]
+
+
+def upstream_compacted(
+    response_id: str, created_at: int, context: list[dict[str, Any]], compacted: Compaction
+) -> dict[str, Any]:
+    """The `response.compaction` object of an upstream that compacted itself (OpenAI): its
+    output items and fields as it sent them (after the context's user messages, if it sent
+    its compaction item alone), under our id."""
+    output = [*_user_messages(context), *compacted.output] if compacted.bare else compacted.output
+    body = _compaction_object(response_id, created_at, output, compacted.usage)
+    body.update(compacted.fields)
+    return body
+
+
+def compacted_response(
+    response_id: str, created_at: int, context: list[dict[str, Any]], generation: Generation
+) -> dict[str, Any]:
+    """The `response.compaction` object: the context's user messages, in order, then one
+    compaction item holding the summary of everything."""
+    output = _user_messages(context)
     output.append(compaction_item(generation))
     return _compaction_object(response_id, created_at, output, generation.usage)

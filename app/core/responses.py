@@ -273,7 +273,9 @@ class ResponsesService:
             raise
         await _checked(check)
         if own is not None:
-            return compaction.upstream_compacted(prepared.id, prepared.created_at, own)
+            return compaction.upstream_compacted(
+                prepared.id, prepared.created_at, prepared.context.items, own
+            )
         assert result is not None
         return compaction.compacted_response(
             prepared.id, prepared.created_at, prepared.context.items, result
