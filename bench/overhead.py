@@ -493,6 +493,12 @@ def measure(
         return out
     say(f"[{system.name}] non-streaming: c=1 interleaved, then c={load.conc}")
     out["ab"] = ab(rig, system, load, label="ab nonstream")
+    if system.stateful:
+        # The same request with `store: false`: what is left without the durable commit.
+        unstored = rig.workdir / "unstored.json"
+        prompt = "Say something short. " + "x" * 43
+        unstored.write_text(json.dumps({"model": system.model, "input": prompt, "store": False}))
+        out["ab_unstored"] = ab(rig, system, load, label="ab nonstream unstored", body_b=unstored)
     system.note_rss()
     out["load"] = closed_loop(rig, system, load, label="load nonstream")
     say(f"[{system.name}] streaming: c=1 interleaved, c={load.conc}, {LONG_TOKENS}-token streams")
@@ -634,6 +640,12 @@ def rows(result: dict[str, Any]) -> dict[str, str]:
     load = result.get("load") or {}
     cells["added"] = f"{_f(added.get('lat_p50_ms'))} / {_f(added.get('lat_p99_ms'))}"
     cells["added"] += _steal(result.get("ab"))
+    unstored = _get(result, "ab_unstored", "added_B_minus_A") or {}
+    if unstored:
+        cells["unstored"] = (
+            f"{_f(unstored.get('lat_p50_ms'))} / {_f(unstored.get('lat_p99_ms'))}"
+            + _steal(result.get("ab_unstored"))
+        )
     cells["rps"] = (
         f"{_f(load.get('sut_rps_per_core'), 0)} ({_f(load.get('rps'), 0)} req/s, p99 "
         f"{_f(_get(load, 'lat_ms', 'p99'), 1)} ms, {sum(load.get('errors', {}).values())} errors)"
@@ -701,6 +713,7 @@ def rows(result: dict[str, Any]) -> dict[str, str]:
 
 ROWS = [
     ("added", "Non-stream added latency c=1, p50 / p99 ms", "≤ 1.5 / ≤ 3"),
+    ("unstored", "… the same with `store: false` (no commit), p50 / p99 ms", "–"),
     ("rps", "Non-stream requests/s per gateway core, c=32", "≥ 1,000, p99 ≤ 50 ms, 0 errors"),
     ("cpu", "Gateway CPU per non-stream request, ms", "–"),
     ("ttft", "Stream added TTFT c=1, p50 / p99 ms", "p50 ≤ 1"),
@@ -766,10 +779,17 @@ def report(results: list[dict[str, Any]], load: Load, header: str) -> None:
         )
         ra, rb = _get(ours, "load", "sut_rps_per_core"), _get(other, "load", "sut_rps_per_core")
         target = " (target: ≥ 15× both)" if other["name"].startswith("LiteLLM") else ""
+        unstored = _get(ours, "ab_unstored", "added_B_minus_A", "lat_p50_ms")
+        without_commit = (
+            f"; with `store: false`, {_f(b / unstored, 2)}× less added latency"
+            if unstored and b
+            else ""
+        )
         print(
             f"\n{ours['name']} vs {other['name']}: {_f(b / a if a and b else None, 2)}× less added "
             f"latency (p50), {_f(ra / rb if ra and rb else None, 2)}× more requests per core"
             + target
+            + without_commit
         )
     print(
         "\nStreaming over the upstream direct (issue 3): ms unless marked; added = gateway − "
