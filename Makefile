@@ -6,7 +6,7 @@ HOST   ?= $(or $(GATEWAY_HOST),127.0.0.1)
 PORT   ?= $(or $(GATEWAY_PORT),8000)
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint format migrate check-config bench bench-compare bench-smoke bench-depth bench-websocket codex node-clients clean
+.PHONY: help run test lint format migrate check-config bench bench-compare bench-smoke bench-depth bench-websocket codex node-clients compliance clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -51,6 +51,14 @@ migrate: $(VENV)/.stamp-run ## bring DATABASE_URL's schema to head
 
 check-config: $(VENV)/.stamp-run ## validate GATEWAY_CONFIG and print the routing table
 	$(BIN)/responses-gateway check-config
+
+# A checkout of the Open Responses repository, which holds the compliance suite (not vendored).
+OPEN_RESPONSES_DIR ?= .compliance/openresponses
+compliance: $(VENV)/.stamp-test ## run the Open Responses compliance suite (bun) against a gateway of its own
+	@test -d $(OPEN_RESPONSES_DIR) || git clone --depth 1 https://github.com/openresponses/openresponses $(OPEN_RESPONSES_DIR)
+	@test -d $(OPEN_RESPONSES_DIR)/node_modules || npm install --no-audit --no-fund --prefix $(OPEN_RESPONSES_DIR)
+	@test -x $(OPEN_RESPONSES_DIR)/node_modules/.bin/bun || command -v bun >/dev/null || npm install --no-audit --no-fund --no-save --prefix $(OPEN_RESPONSES_DIR) bun
+	$(BIN)/python tests/open_responses_suite.py --suite $(OPEN_RESPONSES_DIR)
 
 bench: $(VENV)/.stamp-test ## overhead benchmark on Postgres: issue-8 table for our gateway (~4 min)
 	$(BIN)/python bench/overhead.py $(BENCH_ARGS)
