@@ -59,6 +59,43 @@ def test_tool_calls_join_the_assistant_turn() -> None:
     ]
 
 
+def test_images_a_tool_returned_follow_the_tool_messages_as_a_user_message() -> None:
+    """Chat Completions takes only text in a tool message: an image (or a file) a tool returned
+    goes into one user message after the run of tool messages, introduced by its call."""
+    image = {"type": "input_image", "image_url": "data:image/png;base64,AA", "detail": "low"}
+    calls = [
+        {"type": "function_call", "call_id": f"c{n}", "name": "shot", "arguments": "{}"}
+        for n in (1, 2, 3)
+    ]
+    outputs = [
+        {"type": "function_call_output", "call_id": "c1", "output": [image]},
+        {"type": "function_call_output", "call_id": "c2", "output": "plain"},
+        {
+            "type": "function_call_output",
+            "call_id": "c3",
+            "output": [text("input_text", "a chart"), image],
+        },
+    ]
+    messages = to_chat_messages(None, [msg("user", text("input_text", "q")), *calls, *outputs])
+    chat_image = {
+        "type": "image_url",
+        "image_url": {"url": "data:image/png;base64,AA", "detail": "low"},
+    }
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool", "tool", "tool", "user"]
+    assert messages[2]["content"].startswith("(the tool call's output: 1 attachment(s)")
+    assert messages[3]["content"] == "plain" and messages[4]["content"] == "a chart"
+    assert messages[5]["content"] == [
+        {"type": "text", "text": "Attached by the tool call c1:"},
+        chat_image,
+        {"type": "text", "text": "Attached by the tool call c3:"},
+        chat_image,
+    ]
+    # Before a later item, not only at the end.
+    later = to_chat_messages(None, [calls[0], outputs[0], msg("user", text("input_text", "next"))])
+    assert [m["role"] for m in later] == ["assistant", "tool", "user", "user"]
+    assert later[2]["content"][1] == chat_image and later[3]["content"] == "next"
+
+
 def test_file_part() -> None:
     file_part = {
         "type": "input_file",

@@ -271,3 +271,44 @@ def test_replayed_hosted_items_on_a_chat_model(gw: Stack, client: openai.OpenAI)
     response = client.responses.create(model="local-agent", input=history)  # type: ignore[arg-type]
     assert response.status == "completed"
     assert [m["content"] for m in gw.upstream.last.body["messages"]] == ["a", "b"]
+
+
+def test_an_image_a_tool_returned_reaches_the_model_after_the_tool_message(
+    gw: Stack, client: openai.OpenAI
+) -> None:
+    """A function's output with an image (a screenshot tool, the Agents SDK's
+    `ToolOutputImage`): Chat Completions takes only text in a tool message, so the image goes in
+    a user message right after it; the stored output item keeps the image as the client sent it."""
+    shot = {
+        "type": "function",
+        "name": "screenshot",
+        "parameters": {"type": "object", "properties": {}},
+        "strict": False,
+    }
+    gw.upstream.enqueue(
+        Reply(tool_calls=[tool_call("screenshot", {}, "call_s")]),
+        Reply(content="A login form."),
+    )
+    first = client.responses.create(model="local-llama", input="What is on screen?", tools=[shot])  # type: ignore[list-item]
+    image = {
+        "type": "input_image",
+        "image_url": "data:image/png;base64,iVBORw0KGgo=",
+        "detail": "auto",
+    }
+    second = client.responses.create(
+        model="local-llama",
+        previous_response_id=first.id,
+        input=[{"type": "function_call_output", "call_id": "call_s", "output": [image]}],  # type: ignore[list-item]
+        tools=[shot],  # type: ignore[list-item]
+    )
+    assert second.output_text == "A login form."
+    messages = gw.upstream.last.body["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool", "user"]
+    assert messages[2]["tool_call_id"] == "call_s" and isinstance(messages[2]["content"], str)
+    assert messages[3]["content"] == [
+        {"type": "text", "text": "Attached by the tool call call_s:"},
+        {"type": "image_url", "image_url": {"url": image["image_url"], "detail": "auto"}},
+    ]
+    items = client.responses.input_items.list(second.id, order="asc").data
+    output = items[-1].model_dump(exclude_none=True)
+    assert output["type"] == "function_call_output" and output["output"] == [image]

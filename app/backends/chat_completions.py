@@ -76,10 +76,25 @@ def _chat_content(content: list[dict[str, Any]], *, text_only: bool) -> str | li
     return [_chat_part(part) for part in content]
 
 
-def _output_text(output: str | list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+def _tool_output(
+    call_id: str, output: str | list[dict[str, Any]], attachments: list[dict[str, Any]]
+) -> str:
+    """A tool message's content: Chat Completions allows text only there. An image or a file
+    the tool returned goes into `attachments`, for a user message after the tool messages
+    (where Chat Completions takes them), introduced by the call it came from."""
     if isinstance(output, str):
         return output
-    return _chat_content(output, text_only=False)
+    texts = [part[_TEXT_PARTS[part["type"]]] for part in output if part["type"] in _TEXT_PARTS]
+    others = [_chat_part(part) for part in output if part["type"] not in _TEXT_PARTS]
+    if others:
+        attachments.append({"type": "text", "text": f"Attached by the tool call {call_id}:"})
+        attachments += others
+        if not texts:
+            return f"(the tool call's output: {len(others)} attachment(s), in the next message)"
+    return "\n".join(texts)
+
+
+_TOOL_OUTPUTS = ("function_call_output", "custom_tool_call_output")
 
 
 def to_chat_messages(instructions: str | None, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -88,14 +103,20 @@ def to_chat_messages(instructions: str | None, items: list[dict[str, Any]]) -> l
     `developer` becomes `system` (many chat templates know only system). Consecutive
     `function_call` (and `custom_tool_call`) items join the assistant message before them as
     `tool_calls`, which is how Chat Completions represents one assistant turn; a call declared in
-    a namespace goes by its flattened name (`chat_tools`). Reasoning items are not replayed: most
-    local servers reject or ignore reasoning in input messages.
+    a namespace goes by its flattened name (`chat_tools`). A tool's output is a `tool` message of
+    text; images and files in it follow the run of tool messages as one user message (Chat
+    Completions takes them nowhere else). Reasoning items are not replayed: most local servers
+    reject or ignore reasoning in input messages.
     """
     messages: list[dict[str, Any]] = []
     if instructions:
         messages.append({"role": "system", "content": instructions})
+    attachments: list[dict[str, Any]] = []  # of the tool outputs since the last other item
     for item in items:
         kind = item["type"]
+        if attachments and kind not in _TOOL_OUTPUTS:
+            messages.append({"role": "user", "content": attachments})
+            attachments = []
         if kind == "message":
             role = "system" if item["role"] == "developer" else item["role"]
             content = _chat_content(item["content"], text_only=role in ("system", "assistant"))
@@ -115,14 +136,12 @@ def to_chat_messages(instructions: str | None, items: list[dict[str, Any]]) -> l
                 last.setdefault("tool_calls", []).append(call)
             else:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
-        elif kind in ("function_call_output", "custom_tool_call_output"):
-            messages.append(
-                {
-                    "role": "tool",
-                    "tool_call_id": item["call_id"],
-                    "content": _output_text(item["output"]),
-                }
-            )
+        elif kind in _TOOL_OUTPUTS:
+            call_id = item["call_id"]
+            content = _tool_output(call_id, item["output"], attachments)
+            messages.append({"role": "tool", "tool_call_id": call_id, "content": content})
+    if attachments:
+        messages.append({"role": "user", "content": attachments})
     return messages
 
 
