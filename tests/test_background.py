@@ -200,6 +200,20 @@ def test_background_upstream_failure(client: openai.OpenAI, gw: Stack) -> None:
     failed = client.responses.retrieve(live.terminal["response"]["id"])
     assert failed.status == "failed" and failed.error is not None
     assert "model crashed" in failed.error.message
+    assert failed.error.code == "server_error"
+
+
+def test_a_background_job_the_upstream_refuses_fails_as_invalid_prompt(
+    client: openai.OpenAI, gw: Stack
+) -> None:
+    """A job whose request the upstream refuses (here, too long for the model) is stored failed
+    with `invalid_prompt`, which tells a poller not to enqueue it again as it is."""
+    message = "This model's maximum context length is 4096 tokens. However, you requested 9000."
+    gw.upstream.enqueue(Fail(400, {"object": "error", "message": message, "code": 400}))
+    queued = client.responses.create(model="local-llama", input="x", background=True)
+    failed = wait_status(client, queued.id, TERMINAL)
+    assert failed.status == "failed" and failed.error is not None
+    assert failed.error.code == "invalid_prompt" and message in failed.error.message
 
 
 def test_background_truncation_is_incomplete(client: openai.OpenAI, gw: Stack) -> None:

@@ -260,6 +260,64 @@ def test_upstream_error_before_output(gw: Stack, client: openai.OpenAI) -> None:
     assert client.responses.retrieve(result.terminal["response"]["id"]).status == "failed"
 
 
+VLLM_OVERFLOW = "This model's maximum context length is 4096 tokens. However, you requested 9000."
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "event_code", "failed_code"),
+    [
+        # What a client may do about it is in response.failed's code (the spec's list): ask
+        # again after a server error or a rate limit, not after a request the upstream refused.
+        (500, {"error": {"message": "no GPUs left"}}, "upstream_error", "server_error"),
+        (429, {"error": {"message": "slow down"}}, "rate_limit_exceeded", "rate_limit_exceeded"),
+        (401, {"error": {"message": "bad key"}}, "upstream_error", "server_error"),
+        (
+            400,
+            {"object": "error", "message": "'logit_bias' is not supported", "code": 400},
+            "upstream_error",
+            "invalid_prompt",
+        ),
+        (
+            400,
+            {"object": "error", "message": VLLM_OVERFLOW, "type": "BadRequestError"},
+            "context_length_exceeded",
+            "invalid_prompt",
+        ),
+        (
+            400,
+            {
+                "error": {
+                    "message": "the request exceeds the available context size",
+                    "type": "exceed_context_size_error",
+                    "code": 400,
+                }
+            },
+            "context_length_exceeded",
+            "invalid_prompt",
+        ),
+    ],
+    ids=["500", "429", "401", "400", "vllm-context", "llama.cpp-context"],
+)
+def test_a_failed_stream_says_whether_to_ask_again(
+    gw: Stack,
+    client: openai.OpenAI,
+    status: int,
+    body: dict[str, object],
+    event_code: str,
+    failed_code: str,
+) -> None:
+    from tests.fake_upstream import Fail
+
+    gw.upstream.enqueue(Fail(status, body))
+    result = stream(gw, model="local-llama")
+    strict_stream(result)
+    assert result.types[-2:] == ["error", "response.failed"]
+    assert result.of("error")[0]["code"] == event_code
+    failed = result.terminal["response"]
+    assert failed["error"]["code"] == failed_code
+    assert client.responses.retrieve(failed["id"]).error.code == failed_code  # type: ignore[union-attr]
+
+
 def test_read_timeout_mid_stream(gw: Stack) -> None:
     gw.upstream.enqueue(Reply(content="a b c d", stall_after=2, stall=3.0))
     result = stream(gw, model="short-timeout")

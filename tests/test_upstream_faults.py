@@ -41,6 +41,22 @@ def test_upstream_4xx_is_relayed(gw: Stack) -> None:
     assert "stored as failed" not in error["message"]  # a rejected request is not a response
 
 
+def test_a_local_servers_context_error_is_answered_as_openai_answers_it(gw: Stack) -> None:
+    """vLLM says the context is too long in words only: the client gets OpenAI's 400 for it
+    (`context_length_exceeded`, `param: input`), with the upstream's words kept."""
+    message = "This model's maximum context length is 4096 tokens. However, you requested 9000."
+    gw.upstream.enqueue(Fail(400, {"object": "error", "message": message, "code": 400}))
+    raw = create_raw(gw)
+    assert raw.status_code == 400
+    error = raw.json()["error"]
+    assert (error["code"], error["param"], error["type"]) == (
+        "context_length_exceeded",
+        "input",
+        "invalid_request_error",
+    )
+    assert message in error["message"]
+
+
 def test_upstream_429_keeps_its_status(client: openai.OpenAI, gw: Stack) -> None:
     gw.upstream.enqueue(Fail(429, {"error": {"message": "slow down"}}))
     with pytest.raises(openai.RateLimitError):

@@ -22,6 +22,7 @@ import codecs
 import email.utils
 import math
 import os
+import re
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -52,6 +53,25 @@ def error_message(body: bytes) -> tuple[str, str | None]:
             if isinstance(data.get(key), str):
                 return str(data[key]), None
     return str(data)[:500], None
+
+
+# How OpenAI-compatible servers say a request does not fit the model's context when they give no
+# `context_length_exceeded` code: vLLM ("This model's maximum context length is 4096 tokens",
+# "… is longer than the maximum model length of 4096"), SGLang ("… longer than the model's
+# context length"), llama.cpp ("the request exceeds the available context size",
+# `exceed_context_size_error`), and others ("context window", "context length exceeded").
+_CONTEXT_OVERFLOW = re.compile(
+    r"maximum context length|maximum model length|model's context length|context size"
+    r"|context window|context length exceeded|exceed_context_size",
+    re.IGNORECASE,
+)
+
+
+def context_overflow(status: int, message: str, code: str | None) -> bool:
+    """Whether an upstream's 4xx says the request is longer than the model's context."""
+    if code == "context_length_exceeded":
+        return True
+    return status in (400, 413, 422) and _CONTEXT_OVERFLOW.search(message) is not None
 
 
 def retry_after(value: str | None) -> float | None:
@@ -265,11 +285,15 @@ class UpstreamClient:
                 # it) waits as long as the upstream asked rather than hammering it at once.
                 error.headers = {"retry-after": str(math.ceil(error.retry_after))}
         else:
+            overflow = context_overflow(status, message, code)
             error = UpstreamError(
                 f"{self.where.capitalize()} rejected the request ({status}): {message}",
-                status=status,
+                status=400 if overflow else status,
                 type="invalid_request_error",
-                code=code or "upstream_error",
+                # As OpenAI answers a context too long for the model (clients such as Codex
+                # tell it from other faults by this code).
+                code="context_length_exceeded" if overflow else code or "upstream_error",
+                param="input" if overflow else None,
             )
         error.upstream_status = status
         return error

@@ -40,6 +40,7 @@ from app.core.events import Event, EventLadder
 from app.core.generation import (
     Context,
     Prepared,
+    failure_code,
     failure_events,
     response_body,
     run_generation,
@@ -441,7 +442,7 @@ class BackgroundRunner:
             **body,
             "status": "failed",
             "completed_at": None,
-            "error": error_object("server_error", error.message),
+            "error": error_object(failure_code(error), error.message),
         }
         events: list[Event] = []
         if stream:

@@ -388,7 +388,10 @@ def _added(first: Usage | None, second: Usage | None) -> Usage | None:
 def _charged(exc: UpstreamError, spent: Usage | None) -> ChargedError:
     """The answer's failure, charged with the summary's tokens (and its own, if any)."""
     usage = _added(spent, exc.usage if isinstance(exc, ChargedError) else None)
-    return ChargedError(exc.message, usage, status=exc.status, code=exc.code)
+    charged = ChargedError(exc.message, usage, status=exc.status, code=exc.code)
+    # What else the client and the failed response's code are told (`failure_code`).
+    charged.type, charged.param, charged.upstream_status = exc.type, exc.param, exc.upstream_status
+    return charged
 
 
 class CompactThenAnswer(Backend):

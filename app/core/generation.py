@@ -146,6 +146,28 @@ def response_body(
     return body
 
 
+# An upstream's answers that refuse the request itself (not the gateway's credentials or
+# configuration): asking again cannot help.
+_REQUEST_FAULTS = {400, 413, 422}
+
+
+def failure_code(exc: GatewayError) -> str:
+    """The `error.code` of a response that failed with `exc`, from the spec's list
+    (`ResponseErrorCode`), which is what tells a client whether to ask again: Codex, for one,
+    retries a `server_error` or `rate_limit_exceeded` and stops on `invalid_prompt`. An upstream's
+    429 is `rate_limit_exceeded`; a request the upstream refused as invalid (a context too long
+    for the model among them) is `invalid_prompt`; the rest (the upstream or the gateway
+    failed, or the upstream refused the gateway's credentials or configuration) is
+    `server_error`. The `error` event before `response.failed` carries the finer code
+    (`context_length_exceeded`, the upstream's own)."""
+    if isinstance(exc, UpstreamError):
+        if exc.status == 429:
+            return "rate_limit_exceeded"
+        if exc.upstream_status in _REQUEST_FAULTS:
+            return "invalid_prompt"
+    return "server_error"
+
+
 def failure_events(
     ladder: EventLadder, exc: GatewayError, body: dict[str, Any], output: list[dict[str, Any]]
 ) -> list[Event]:
@@ -206,7 +228,7 @@ async def run_generation(
         for event in ladder.close_all("incomplete"):
             yield event
         spent = exc.usage if isinstance(exc, ChargedError) else None  # a summary's tokens
-        error = error_object("server_error", exc.message)
+        error = error_object(failure_code(exc), exc.message)
         body = response_body(prepared, "failed", spent, error=error)
         closing = failure_events(ladder, exc, body, ladder.output)
         if not isinstance(exc, StorageError):
