@@ -19,12 +19,13 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import NativeStack, Stack
 from tests.fake_responses import Answer
-from tests.fake_upstream import Reply, tool_call
+from tests.fake_upstream import Fail, Reply, tool_call
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
 SUMMARY = "Ada likes dogs."
@@ -150,3 +151,177 @@ def test_openai_node_sdk_reads_relayed_native_streams(node: str, native: NativeS
     sent = native.fake.last.body
     assert sent["input"][1]["type"] == "reasoning" and sent["input"][1]["encrypted_content"]
     assert sent["stream"] is True
+
+
+# --- more flows: openai-node's structured outputs, tool runner, errors; Agents JS handoffs -------
+
+
+def paired_outputs(messages: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(call id, output) of every tool message, each answering a call an earlier assistant
+    message made."""
+    calls: list[str] = []
+    outputs: list[tuple[str, str]] = []
+    for message in messages:
+        calls += [call["id"] for call in message.get("tool_calls") or ()]
+        if message["role"] == "tool":
+            assert message["tool_call_id"] in calls, message
+            outputs.append((message["tool_call_id"], message["content"]))
+    return outputs
+
+
+def test_openai_node_sdk_structured_outputs_tool_runner_and_errors(node: str, gw: Stack) -> None:
+    book = {
+        "title": "Dune",
+        "year": 1965,
+        "tags": ["sf", "desert"],
+        "author": {"name": "Frank Herbert", "born": None},
+    }
+    gw.upstream.enqueue(
+        Reply(content=json.dumps(book)),
+        Reply(content='{"city": "Oslo", "temperature_c": -3, "windy": true}'),
+        Reply(
+            tool_calls=[
+                tool_call("lookup_order", {"order_id": "A-17", "include_items": True}, "call_order")
+            ]
+        ),
+        Reply(tool_calls=[tool_call("stock_quote", {"ticker": "AAPL"}, "call_quote")]),
+        Reply(content="AAPL trades at 201.5 USD."),
+        Reply(
+            tool_calls=[
+                tool_call("lookup_order", {"order_id": "B-2", "include_items": False}, "call_b2")
+            ]
+        ),
+        Reply(refusal="I can't share that."),
+        Reply(content="Once upon a time there was a very long story", drop_after=4),
+        Fail(500),
+    )
+    report = run_script(node, gw, "openai_flows.mjs", "local-llama")
+    assert len(report["passed"]) == 10, report["passed"]
+    bodies = [recorded.body for recorded in gw.upstream.requests]
+    # responses.parse: the zod format went up as a strict JSON schema, every key required.
+    book_format = bodies[0]["response_format"]
+    assert book_format["type"] == "json_schema"
+    schema = book_format["json_schema"]
+    assert schema["name"] == "book" and schema["strict"] is True
+    assert schema["schema"]["additionalProperties"] is False
+    assert set(schema["schema"]["required"]) == {"title", "year", "tags", "author"}
+    author = schema["schema"]["properties"]["author"]
+    assert author["additionalProperties"] is False and set(author["required"]) == {"name", "born"}
+    # The stream helper's zod format, streamed.
+    assert bodies[1]["stream"] is True
+    assert bodies[1]["response_format"]["json_schema"]["name"] == "weather"
+    assert bodies[1]["response_format"]["json_schema"]["strict"] is True
+    # zodResponsesFunction: a strict function whose schema lists every key as required.
+    [function] = [tool["function"] for tool in bodies[2]["tools"]]
+    assert function["name"] == "lookup_order" and function["strict"] is True
+    assert function["parameters"]["additionalProperties"] is False
+    assert set(function["parameters"]["required"]) == {"order_id", "include_items"}
+    assert "response_format" not in bodies[2]
+    # The tool runner resent the history with the tool's output under its call's id.
+    assert bodies[4]["tools"][0]["function"]["name"] == "stock_quote"
+    assert paired_outputs(bodies[4]["messages"]) == [("call_quote", "AAPL: 201.5 USD")]
+    assert bodies[4]["messages"][0] == {"role": "user", "content": "Price of AAPL?"}
+    assert bodies[5]["stream"] is True and bodies[5]["tools"][0]["function"]["strict"] is True
+    assert bodies[6]["response_format"]["json_schema"]["name"] == "secret"
+    # The failing streams were asked for once each (no retries on this model).
+    assert bodies[7]["stream"] is True and bodies[8]["stream"] is True
+    # The bad parameters never reached the upstream; the conversation's deleted item did not
+    # reach the model, the kept one did.
+    assert len(bodies) == 10
+    assert [m["content"] for m in bodies[9]["messages"]] == ["I live in Lyon.", "Where do I live?"]
+
+
+def test_agents_sdk_for_javascript_handoffs_output_type_parallel_calls(
+    node: str, gw: Stack
+) -> None:
+    forecast = {"city": "Oslo", "temperature_c": -3, "conditions": "snow"}
+    gw.upstream.enqueue(
+        # The handoff, run.
+        Reply(tool_calls=[tool_call("transfer_to_weather", {}, "call_h1")]),
+        Reply(tool_calls=[tool_call("get_weather", {"city": "Paris"}, "call_w1")]),
+        Reply(content="Sunny in Paris."),
+        # The handoff, streamed.
+        Reply(tool_calls=[tool_call("transfer_to_weather", {}, "call_h2")]),
+        Reply(tool_calls=[tool_call("get_weather", {"city": "Rome"}, "call_w2")]),
+        Reply(content="Sunny in Rome."),
+        # outputType.
+        Reply(tool_calls=[tool_call("get_weather", {"city": "Oslo"}, "call_f1")]),
+        Reply(content=json.dumps(forecast)),
+        # Two calls at once.
+        Reply(
+            tool_calls=[
+                tool_call("get_weather", {"city": "Paris"}, "call_p1"),
+                tool_call("get_weather", {"city": "Berlin"}, "call_p2"),
+            ]
+        ),
+        Reply(content="Sunny in both."),
+        # Two calls at once, streamed: their argument pieces interleave.
+        Reply(
+            tool_calls=[
+                tool_call("get_weather", {"city": "Madrid"}, "call_s1"),
+                tool_call("get_weather", {"city": "Lisbon"}, "call_s2"),
+            ]
+        ),
+        Reply(content="Sunny in both, streamed."),
+    )
+    report = run_script(node, gw, "agents_flows.mjs", "local-llama")
+    assert len(report["passed"]) == 5, report["passed"]
+    bodies = [recorded.body for recorded in gw.upstream.requests]
+    assert len(bodies) == 12
+
+    def tool_names(body: dict[str, Any]) -> list[str]:
+        return [tool["function"]["name"] for tool in body.get("tools") or ()]
+
+    for start, city, streamed in ((0, "Paris", False), (3, "Rome", True)):
+        first, second, third = bodies[start : start + 3]
+        assert all(bool(body.get("stream")) is streamed for body in (first, second, third))
+        assert first["messages"][0] == {
+            "role": "system",
+            "content": "Route the user to the right agent.",
+        }
+        assert tool_names(first) == ["transfer_to_weather"]
+        # From the handoff on: the weather agent's instructions and tools, the history once.
+        for body in (second, third):
+            system = [m["content"] for m in body["messages"] if m["role"] == "system"]
+            assert system == ["You are the weather agent; call get_weather."]
+            assert body["messages"][0]["role"] == "system"
+            assert tool_names(body) == ["get_weather"]
+        handoff_id = f"call_h{start // 3 + 1}"
+        [(call_id, output)] = paired_outputs(second["messages"])
+        assert call_id == handoff_id and json.loads(output) == {"assistant": "weather"}
+        assert paired_outputs(third["messages"])[1] == (
+            f"call_w{start // 3 + 1}",
+            f"sunny in {city}",
+        )
+
+    # outputType: the zod object as the strict schema (the JS SDK names it `output`), both turns.
+    for body in bodies[6:8]:
+        format_ = body["response_format"]
+        assert format_["type"] == "json_schema"
+        assert format_["json_schema"]["name"] == "output"
+        assert format_["json_schema"]["strict"] is True
+        schema = format_["json_schema"]["schema"]
+        assert set(schema["required"]) == {"city", "temperature_c", "conditions"}
+        assert schema["additionalProperties"] is False
+    assert paired_outputs(bodies[7]["messages"]) == [("call_f1", "sunny in Oslo")]
+
+    # Two calls at once: one assistant turn with both, each answered by its own output.
+    assistant = [m for m in bodies[9]["messages"] if m.get("tool_calls")]
+    assert len(assistant) == 1
+    assert [call["id"] for call in assistant[0]["tool_calls"]] == ["call_p1", "call_p2"]
+    assert sorted(paired_outputs(bodies[9]["messages"])) == [
+        ("call_p1", "sunny in Paris"),
+        ("call_p2", "sunny in Berlin"),
+    ]
+    assert bodies[10]["stream"] is True and bodies[11]["stream"] is True
+    assistant = [m for m in bodies[11]["messages"] if m.get("tool_calls")]
+    assert len(assistant) == 1
+    streamed_calls = assistant[0]["tool_calls"]
+    assert [(c["id"], json.loads(c["function"]["arguments"])) for c in streamed_calls] == [
+        ("call_s1", {"city": "Madrid"}),
+        ("call_s2", {"city": "Lisbon"}),
+    ]
+    assert sorted(paired_outputs(bodies[11]["messages"])) == [
+        ("call_s1", "sunny in Madrid"),
+        ("call_s2", "sunny in Lisbon"),
+    ]
