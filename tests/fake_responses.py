@@ -375,6 +375,18 @@ class FakeResponses:
             else None,
             "model": body["model"],
             "output": output,
+            # As OpenAI reports what it applied: the tier that served it ("auto" resolves to
+            # "default"), the caching options with their defaults, the reasoning settings.
+            "service_tier": {None: "default", "auto": "default"}.get(
+                body.get("service_tier"), body.get("service_tier")
+            ),
+            "prompt_cache_retention": body.get("prompt_cache_retention"),
+            **(
+                {"prompt_cache_options": {"ttl": "30m", "mode": "implicit", **options}}
+                if (options := body.get("prompt_cache_options")) is not None
+                else {}
+            ),
+            "reasoning": {"effort": None, "summary": None, **(body.get("reasoning") or {})},
             "usage": {
                 "input_tokens": answer.input_tokens,
                 "input_tokens_details": {"cached_tokens": 5},

@@ -238,7 +238,7 @@ def test_openai_models_compact_with_openai_own_endpoint(
         model="gpt-5-mini",
         previous_response_id=last,
         instructions="Be brief.",
-        extra_body={"prompt_cache_options": {"mode": "extended"}},
+        extra_body={"prompt_cache_options": {"mode": "explicit"}},
         **options,
     )
     # One call, to OpenAI's own endpoint, with the whole stored context as input (OpenAI
@@ -251,7 +251,7 @@ def test_openai_models_compact_with_openai_own_endpoint(
         "model": "gpt-5-mini",
         "input": sent.body["input"],
         "instructions": "Be brief.",
-        "prompt_cache_options": {"mode": "extended"},
+        "prompt_cache_options": {"mode": "explicit"},
         **options,
     }
     assert compacted["service_tier"] == "flex"  # the upstream's answer, as it sent it

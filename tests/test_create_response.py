@@ -513,3 +513,24 @@ def test_a_string_input_is_stored_as_the_same_user_message_spelled_out() -> None
     assert direct["id"].startswith("msg_") and direct["id"] != spelled["id"]
     assert list(direct) == list(spelled)
     assert {**direct, "id": ""} == {**spelled, "id": ""}
+
+
+def test_prompt_caching_fields_are_echoed_on_a_chat_model(client: openai.OpenAI, gw: Stack) -> None:
+    """No Chat Completions upstream takes them (local servers cache prefixes on their own), and
+    they change nothing of the answer: echoed as OpenAI reports them, not sent on."""
+    response = client.responses.create(
+        model="local-llama",
+        input="hi",
+        prompt_cache_key="team-a",
+        prompt_cache_retention="24h",
+        extra_body={"prompt_cache_options": {"mode": "explicit"}},
+    )
+    for seen in (response, client.responses.retrieve(response.id)):
+        assert (seen.prompt_cache_key, seen.prompt_cache_retention) == ("team-a", "24h")
+        assert seen.prompt_cache_options is not None
+        assert (seen.prompt_cache_options.ttl, seen.prompt_cache_options.mode) == (
+            "30m",
+            "explicit",
+        )
+    sent = gw.upstream.last.body
+    assert not {"prompt_cache_key", "prompt_cache_retention", "prompt_cache_options"} & set(sent)

@@ -119,12 +119,30 @@ def test_conversation_with_previous_response_id(gw: Stack) -> None:
         ({"input": [{"role": "wizard", "content": "x"}]}, "input[0].role"),
         (
             {"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]},
+            "input[0].content[0].file_id",
+        ),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_image"}]}]},
             "input[0].content[0].image_url",
         ),
         (
             {"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]},
+            "input[0].content[0].file_id",
+        ),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_file", "filename": "a"}]}]},
             "input[0].content[0].file_data",
         ),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"reasoning": {"mode": "pro"}}, "reasoning.mode"),
+        ({"reasoning": {"context": "all_turns"}}, "reasoning.context"),
+        ({"reasoning": {"context": "every_turn"}}, "reasoning.context"),
+        ({"safety_identifier": "x" * 65}, "safety_identifier"),
+        ({"prompt_cache_retention": "forever"}, "prompt_cache_retention"),
+        ({"prompt_cache_options": {"ttl": "99h"}}, "prompt_cache_options.ttl"),
+        ({"stream_options": {"include_obfuscation": "yes"}}, "stream_options.include_obfuscation"),
+        ({"store": "yes"}, "store"),
+        ({"parallel_tool_calls": 1}, "parallel_tool_calls"),
         (
             {"input": [{"role": "system", "content": [{"type": "input_image", "image_url": "u"}]}]},
             "input[0].content[0]",

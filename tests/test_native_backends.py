@@ -385,3 +385,59 @@ def test_replayed_hosted_tool_items_reach_the_upstream(
     )
     assert response.status == "completed"
     assert native.fake.last.body["input"][1] == search  # verbatim, id and all
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["create", "stream"])
+def test_what_openai_applied_is_what_the_response_says(
+    native: NativeStack, nclient: openai.OpenAI, stream: bool
+) -> None:
+    """The service tier, caching options and reasoning settings reach OpenAI, and the Response
+    reports them as OpenAI applied them (its tier, not a constant), stored as such."""
+    sent = {
+        "model": "gpt-5-mini",
+        "input": "hi",
+        "service_tier": "flex",
+        "prompt_cache_retention": "24h",
+        "prompt_cache_options": {"mode": "explicit"},
+        "reasoning": {"effort": "low", "mode": "pro", "context": "all_turns"},
+    }
+    if stream:
+        with nclient.responses.create(**sent, stream=True) as events:  # type: ignore[call-overload]
+            response = [e for e in events if e.type == "response.completed"][0].response
+    else:
+        response = nclient.responses.create(**sent)  # type: ignore[call-overload]
+    body = native.fake.seen[-1].body
+    assert body["service_tier"] == "flex" and body["prompt_cache_retention"] == "24h"
+    assert body["prompt_cache_options"] == {"mode": "explicit"}
+    assert body["reasoning"] == {"effort": "low", "mode": "pro", "context": "all_turns"}
+    for seen in (response, nclient.responses.retrieve(response.id)):
+        assert seen.service_tier == "flex" and seen.prompt_cache_retention == "24h"
+        assert seen.prompt_cache_options is not None
+        assert (seen.prompt_cache_options.ttl, seen.prompt_cache_options.mode) == (
+            "30m",
+            "explicit",
+        )
+        assert seen.reasoning is not None
+        assert (seen.reasoning.effort, seen.reasoning.mode, seen.reasoning.context) == (
+            "low",
+            "pro",
+            "all_turns",
+        )
+    # "auto" is answered with the tier that served it.
+    assert (
+        nclient.responses.create(model="gpt-5-mini", input="hi", service_tier="auto").service_tier
+        == "default"
+    )
+
+
+def test_penalties_that_openai_cannot_take_are_refused(native: NativeStack) -> None:
+    """OpenAI's Responses API has no penalties: a non-zero one for an OpenAI model is a 400
+    naming it (it used to be echoed and not sent); 0 is accepted, as it changes nothing."""
+    url = f"{native.gateway.url}/v1/responses"
+    refused = httpx.post(url, json={"model": "gpt-4o", "input": "hi", "presence_penalty": 0.5})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "presence_penalty"
+    kept = httpx.post(url, json={"model": "gpt-4o", "input": "hi", "frequency_penalty": 0})
+    assert kept.status_code == 200 and kept.json()["frequency_penalty"] == 0.0
+    # A local Responses server takes them, and gets them.
+    local = httpx.post(url, json={"model": "vllm/qwen", "input": "hi", "presence_penalty": 0.5})
+    assert local.status_code == 200 and native.fake.seen[-1].body["presence_penalty"] == 0.5

@@ -61,6 +61,9 @@ class Generation:
     usage: Usage | None = None
     # The configured model name that answered, when it is not the one asked for (a fallback).
     model: str | None = None
+    # What a Responses upstream reported of the response's own fields as applied
+    # (`service_tier`, `prompt_cache_options`, `reasoning`…), for the Response to say.
+    reported: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -119,6 +122,7 @@ class Finish:
     incomplete_reason: Literal["max_output_tokens", "content_filter"] | None = None
     usage: Usage | None = None
     model: str | None = None  # as in `Generation`
+    reported: dict[str, Any] = field(default_factory=dict)  # as in `Generation`
 
 
 @dataclass(slots=True)
@@ -155,6 +159,9 @@ class Backend(abc.ABC):
     # The upstream compacts with items of its own (OpenAI's API: `compact`, a closing
     # `compaction_trigger`, `context_management`), which only it can read.
     native_compaction: bool = False
+    # The upstream takes `presence_penalty` and `frequency_penalty` (OpenAI's Responses API
+    # does not: a non-zero one for it is a 400 before any upstream call).
+    penalties: bool = True
 
     @abc.abstractmethod
     async def generate(self, request: GenerationRequest) -> Generation: ...

@@ -70,6 +70,11 @@ COMPACT_FIELDS = frozenset(
         "service_tier",
     }
 )
+# `reasoning`'s fields that travel in `GenerationRequest.native`.
+_REASONING_FIELDS = {"reasoning_mode": "mode", "reasoning_context": "context"}
+# What a Response reports of the fields it was created with, as applied (the tier that served
+# it, the caching options, the effective reasoning settings): the gateway's Response says so too.
+_REPORTED_FIELDS = ("service_tier", "prompt_cache_retention", "prompt_cache_options", "reasoning")
 # The optional fields of its answer that are passed on.
 _COMPACTED_FIELDS = ("service_tier", "safety_identifier")
 # An upstream without the compact endpoint (a proxy, an API version without it) answers these.
@@ -166,6 +171,8 @@ def to_responses_body(
     for key, value in request.native.items():
         if key == "verbosity":
             body.setdefault("text", {})["verbosity"] = value
+        elif key in _REASONING_FIELDS:
+            body.setdefault("reasoning", {})[_REASONING_FIELDS[key]] = value
         else:
             body[key] = value
     return body
@@ -205,6 +212,11 @@ def _with_id(item: dict[str, Any]) -> dict[str, Any]:
     return item if item.get("id") else {**item, "id": new_item_id(str(item.get("type")))}
 
 
+def reported_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """The fields an upstream's Response reports as applied (`_REPORTED_FIELDS`), if set."""
+    return {key: data[key] for key in _REPORTED_FIELDS if data.get(key) is not None}
+
+
 def from_response(data: Any) -> Generation:
     """A Response body → a `Generation`. Raises `ValueError` when it is malformed, `LookupError`
     (with the upstream's message) when it reports `failed`."""
@@ -218,6 +230,7 @@ def from_response(data: Any) -> Generation:
         status="incomplete" if incomplete else "completed",
         incomplete_reason=_incomplete_reason(data) if incomplete else None,
         usage=_usage(data.get("usage")),
+        reported=reported_fields(data),
     )
 
 
@@ -277,7 +290,11 @@ class ResponsesBackend(Backend):
                     continue
                 if kind in _TERMINAL:
                     response = event.get("response") or {}
-                    yield Finish(_incomplete_reason(response), _usage(response.get("usage")))
+                    yield Finish(
+                        _incomplete_reason(response),
+                        _usage(response.get("usage")),
+                        reported=reported_fields(response),
+                    )
                     return
                 if kind == "response.failed":
                     error = (event.get("response") or {}).get("error") or {}

@@ -123,6 +123,8 @@ class RoutedBackend(Backend):
         self.responses_native = all(target.backend.responses_native for target in targets)
         # Only without fallbacks: another upstream could not read the upstream's own items.
         self.native_compaction = len(targets) == 1 and targets[0].backend.native_compaction
+        # Penalties only where every model of the route takes them, as hosted tools.
+        self.penalties = all(target.backend.penalties for target in targets)
         self._targets = targets
 
     def _retry_delay(self, target: Target, attempt: int, exc: UpstreamUnavailableError) -> float:

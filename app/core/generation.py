@@ -83,16 +83,34 @@ def response_body(
     incomplete_reason: str | None = None,
     error: dict[str, Any] | None = None,
     model: str | None = None,
+    reported: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Every Response field but `output`, in OpenAI's order. `model` is the model that
-    answered, when a fallback did."""
+    answered, when a fallback did; `reported`, what a Responses upstream said of the fields it
+    applied (`Generation.reported`), which the Response reports in their place."""
     request = prepared.request
+    reported = reported or {}
     reasoning: dict[str, str | None] = {"effort": None, "summary": None}
     if request.reasoning is not None:
-        reasoning = {
-            "effort": request.reasoning.effort,
-            "summary": request.reasoning.summary or request.reasoning.generate_summary,
-        }
+        sent = request.reasoning
+        reasoning = {"effort": sent.effort, "summary": sent.summary or sent.generate_summary}
+        reasoning.update(
+            (key, value)
+            for key, value in (("mode", sent.mode), ("context", sent.context))
+            if value is not None
+        )
+    applied = reported.get("reasoning")
+    if isinstance(applied, dict):
+        reasoning.update(
+            (key, value)
+            for key, value in applied.items()
+            if key in ("effort", "summary", "mode", "context") and value is not None
+        )
+    cache_options = reported.get("prompt_cache_options")
+    if cache_options is None and request.prompt_cache_options is not None:
+        # As applied: the defaults filled in (`30m`, `implicit`), which the Response requires.
+        sent_options = request.prompt_cache_options
+        cache_options = {"ttl": sent_options.ttl or "30m", "mode": sent_options.mode or "implicit"}
     tool_choice: Any = request.tool_choice or "auto"
     if not isinstance(tool_choice, str):
         tool_choice = tool_choice.model_dump(mode="json", exclude_none=True)
@@ -119,9 +137,12 @@ def response_body(
         "previous_response_id": request.previous_response_id,
         "prompt": None,
         "prompt_cache_key": request.prompt_cache_key,
+        "prompt_cache_retention": reported.get(
+            "prompt_cache_retention", request.prompt_cache_retention
+        ),
         "reasoning": reasoning,
         "safety_identifier": request.safety_identifier,
-        "service_tier": "default",
+        "service_tier": reported.get("service_tier", "default"),
         "store": request.store is not False,
         "temperature": 1.0 if request.temperature is None else request.temperature,
         "text": echo_text(request),
@@ -141,6 +162,8 @@ def response_body(
             else None
         ),
     }
+    if cache_options is not None:  # OpenAI's schema has it as an object, not null
+        body["prompt_cache_options"] = cache_options
     if request.user is not None:  # deprecated; OpenAI's schema has it as a string, not null
         body["user"] = request.user
     return body
@@ -219,7 +242,12 @@ async def run_generation(
         for event in ladder.close_all(status):
             yield event
         body = response_body(
-            prepared, status, finish.usage, finish.incomplete_reason, model=finish.model
+            prepared,
+            status,
+            finish.usage,
+            finish.incomplete_reason,
+            model=finish.model,
+            reported=finish.reported,
         )
         terminal = ladder.event(f"response.{status}", response=render_response(body, ladder.output))
         await sink.finish(body, ladder.output, [terminal])

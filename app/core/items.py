@@ -52,7 +52,7 @@ def _check_image(part: InputImage, at: str) -> None:
         raise BadRequestError(
             f"Invalid '{at}': give image_url (a URL or a data: URI); this gateway has no "
             "Files API, so file_id cannot be resolved.",
-            param=f"{at}.image_url",
+            param=f"{at}.file_id" if part.file_id is not None else f"{at}.image_url",
         )
     if url.startswith("data:"):
         if not url.startswith("data:image/") or ";base64," not in url[:100]:
@@ -89,7 +89,7 @@ def _check_file(part: InputFile, at: str) -> None:
             f"Invalid '{at}': give file_data (base64 or a data: URI), or file_url for a model "
             "whose upstream fetches it; file_id is not supported (this gateway has no Files "
             "API).",
-            param=f"{at}.file_data",
+            param=f"{at}.file_id" if part.file_id is not None else f"{at}.file_data",
         )
     if len(part.file_data) > MAX_FILE_CHARS:
         raise BadRequestError(

@@ -118,6 +118,21 @@ def check_request(
     if request.moderation is not None:
         raise _not_supported("moderation", "Moderation ('moderation')")
     check_includes(request.include or ())
+    if request.tool_choice == "required" and not request.tools:
+        raise BadRequestError(
+            "Tool choice 'required' must be specified with the 'tools' parameter.",
+            param="tool_choice",
+        )
+    if not native:
+        _check_chat_reasoning(request)
+    if not backend.penalties:
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(request, name):
+                raise BadRequestError(
+                    f"'{name}' is not supported by model {request.model!r}: its upstream's "
+                    "Responses API has no such field. Leave it out (or send 0).",
+                    param=name,
+                )
     for index, tool in enumerate(request.tools or ()):
         if isinstance(tool, OtherTool) and not native and hosted_tools != "drop":
             raise BadRequestError(
@@ -129,6 +144,28 @@ def check_request(
                 param=f"tools[{index}].type",
             )
     _check_tool_choice(request, native, hosted_tools == "drop")
+
+
+def _check_chat_reasoning(request: CreateResponseRequest) -> None:
+    """What of `reasoning` a Chat Completions upstream cannot do: a mode other than the standard
+    one, and reasoning of earlier turns rendered back (reasoning items are not replayed there:
+    the effective context is `current_turn`)."""
+    reasoning = request.reasoning
+    if reasoning is None:
+        return
+    if reasoning.mode not in (None, "standard"):
+        raise BadRequestError(
+            f"Reasoning mode {reasoning.mode!r} is not available on model {request.model!r}: "
+            "its backend speaks Chat Completions, which has the standard mode only.",
+            param="reasoning.mode",
+        )
+    if reasoning.context == "all_turns":
+        raise BadRequestError(
+            f"Model {request.model!r} cannot be shown the reasoning of earlier turns "
+            "('reasoning.context': 'all_turns'): its backend speaks Chat Completions, where "
+            "reasoning is not sent back. Use 'auto' or 'current_turn'.",
+            param="reasoning.context",
+        )
 
 
 def _file_url_part(item: dict[str, Any]) -> int | None:
@@ -331,8 +368,15 @@ _NATIVE_FIELDS = (
 
 def _native_fields(request: CreateResponseRequest) -> dict[str, Any]:
     native = {name: getattr(request, name) for name in _NATIVE_FIELDS}
+    if request.prompt_cache_options is not None:
+        native["prompt_cache_options"] = request.prompt_cache_options.model_dump(
+            mode="json", exclude_none=True
+        )
     if request.text is not None:
         native["verbosity"] = request.text.verbosity
+    if request.reasoning is not None:
+        native["reasoning_mode"] = request.reasoning.mode
+        native["reasoning_context"] = request.reasoning.context
     return {name: value for name, value in native.items() if value is not None}
 
 

@@ -305,7 +305,12 @@ class ResponsesService:
             raise
         await _checked(check)
         body = response_body(
-            prepared, result.status, result.usage, result.incomplete_reason, model=result.model
+            prepared,
+            result.status,
+            result.usage,
+            result.incomplete_reason,
+            model=result.model,
+            reported=result.reported,
         )
         await self._insert(prepared, body, result.output)
         return render_response(body, result.output)

@@ -16,8 +16,12 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    Strict,
     Tag,
 )
+
+# A JSON boolean, as OpenAI takes it: `"yes"` or `1` is a 400, not True.
+JsonBool = Annotated[bool, Strict()]
 
 
 class WireModel(BaseModel):
@@ -243,7 +247,7 @@ class FunctionTool(WireModel):
     name: str = Field(min_length=1, max_length=128)
     description: str | None = None
     parameters: dict[str, Any] | None = None
-    strict: bool | None = None
+    strict: JsonBool | None = None
 
 
 class CustomTool(WireModel):
@@ -336,7 +340,7 @@ class FormatJsonSchema(WireModel):
     name: str = Field(min_length=1, max_length=64)
     schema_: dict[str, Any] = Field(alias="schema")
     description: str | None = None
-    strict: bool | None = None
+    strict: JsonBool | None = None
 
 
 class FormatJsonObject(WireModel):
@@ -356,6 +360,18 @@ class ReasoningConfig(WireModel):
     effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
     summary: Literal["auto", "concise", "detailed"] | None = None
     generate_summary: Literal["auto", "concise", "detailed"] | None = None
+    # `ReasoningModeEnum`: `standard`, `pro`, or a newer mode's name.
+    mode: str | None = None
+    context: Literal["auto", "current_turn", "all_turns"] | None = None
+
+
+class PromptCacheOptions(WireModel):
+    ttl: Literal["30m"] | None = None
+    mode: Literal["implicit", "explicit"] | None = None
+
+
+class StreamOptions(WireModel):
+    include_obfuscation: JsonBool | None = None
 
 
 class ConversationRef(WireModel):
@@ -403,14 +419,14 @@ class CreateResponseRequest(BaseModel):
     instructions: str | None = None
     previous_response_id: str | None = None
     conversation: str | ConversationRef | None = None
-    store: bool | None = None
-    background: bool | None = None
-    stream: bool | None = None
-    stream_options: dict[str, Any] | None = None
+    store: JsonBool | None = None
+    background: JsonBool | None = None
+    stream: JsonBool | None = None
+    stream_options: StreamOptions | None = None
     include: list[str] | None = None
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None
-    parallel_tool_calls: bool | None = None
+    parallel_tool_calls: JsonBool | None = None
     max_tool_calls: int | None = Field(default=None, ge=0)
     text: TextConfig | None = None
     reasoning: ReasoningConfig | None = None
@@ -426,10 +442,10 @@ class CreateResponseRequest(BaseModel):
         Literal["auto", "default", "flex", "scale", "priority", "fast", "ultrafast"] | None
     ) = None
     user: str | None = None
-    safety_identifier: str | None = Field(default=None, max_length=128)
+    safety_identifier: str | None = Field(default=None, max_length=64)
     prompt_cache_key: str | None = None
-    prompt_cache_retention: str | None = None
-    prompt_cache_options: dict[str, Any] | None = None
+    prompt_cache_retention: Literal["in_memory", "24h"] | None = None
+    prompt_cache_options: PromptCacheOptions | None = None
     prompt: dict[str, Any] | None = None
     context_management: list[ContextManagement] | None = Field(default=None, min_length=1)
     moderation: dict[str, Any] | None = None
