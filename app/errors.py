@@ -95,3 +95,31 @@ class UpstreamUnavailableError(UpstreamError):
     `retry_after` is the upstream's `Retry-After`, in seconds, when it sent one."""
 
     retry_after: float | None = None
+
+
+_SAME = "same"
+
+
+def missing_or_malformed(
+    kind: str,
+    value: str,
+    prefix: str,
+    param: str,
+    *,
+    not_found_param: str | None = _SAME,
+    code: str | None = None,
+) -> GatewayError:
+    """The error for an id that names nothing: OpenAI's 400 `invalid_value` when it does not
+    even have the prefix of its kind (`Expected an ID that begins with 'resp'.`), else the 404
+    (with `code`, and `not_found_param`, by default `param`)."""
+    if not value.startswith(prefix):
+        return BadRequestError(
+            f"Invalid '{param}': '{value}'. Expected an ID that begins with '{prefix}'.",
+            param=param,
+            code="invalid_value",
+        )
+    return NotFoundError(
+        f"{kind} with id '{value}' not found.",
+        param=param if not_found_param == _SAME else not_found_param,
+        code=code,
+    )

@@ -179,7 +179,12 @@ def create_app(settings: Settings, models: ModelsFile) -> FastAPI:
             }
 
     app = GatewayApp(
-        title="responses-gateway", version="0.1.0", lifespan=lifespan, **_no_native_telemetry()
+        title="responses-gateway",
+        version="0.1.0",
+        lifespan=lifespan,
+        # `/v1/responses/{id}/` is an invalid URL, as on OpenAI's API, not a redirect.
+        redirect_slashes=False,
+        **_no_native_telemetry(),
     )
     app.state.max_body_bytes = settings.gateway_max_body_bytes
     app.state.max_input_items = settings.gateway_max_input_items

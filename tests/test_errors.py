@@ -171,6 +171,12 @@ def test_unknown_route_and_method(gw: Stack) -> None:
     assert error_of(raw)["message"] == "Invalid URL (GET /v1/nothing-here)"
     raw = httpx.put(f"{gw.gateway.url}/v1/responses")
     assert raw.status_code == 405 and error_of(raw)["type"] == "invalid_request_error"
+    assert raw.headers["allow"] == "POST"  # RFC 9110: a 405 says what the resource allows
+    # A trailing slash is another URL, not a redirect to this one.
+    made = httpx.post(f"{gw.gateway.url}/v1/responses", json={"model": "local-llama", "input": "x"})
+    raw = httpx.get(f"{gw.gateway.url}/v1/responses/{made.json()['id']}/")
+    assert raw.status_code == 404
+    assert error_of(raw)["message"] == f"Invalid URL (GET /v1/responses/{made.json()['id']}/)"
 
 
 def test_sdk_raises_typed_errors(client: openai.OpenAI) -> None:
@@ -198,3 +204,58 @@ def test_bad_images(gw: Stack, image_url: str, code: str) -> None:
     error = error_of(raw)
     assert (error["param"], error["code"]) == ("input[0].content[0].image_url", code)
     assert gw.upstream.requests == []
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "param", "prefix"),
+    [
+        ("GET", "/v1/responses/abc", None, "response_id", "resp"),
+        ("DELETE", "/v1/responses/abc", None, "response_id", "resp"),
+        ("POST", "/v1/responses/abc/cancel", None, "response_id", "resp"),
+        ("GET", "/v1/responses/abc/input_items", None, "response_id", "resp"),
+        (
+            "POST",
+            "/v1/responses",
+            {"model": "local-llama", "input": "x", "previous_response_id": "abc"},
+            "previous_response_id",
+            "resp",
+        ),
+        ("GET", "/v1/conversations/abc", None, "conversation_id", "conv"),
+        ("DELETE", "/v1/conversations/abc", None, "conversation_id", "conv"),
+        (
+            "POST",
+            "/v1/responses",
+            {"model": "local-llama", "input": "x", "conversation": "abc"},
+            "conversation",
+            "conv",
+        ),
+    ],
+)
+def test_an_id_without_its_prefix_is_invalid_not_missing(
+    gw: Stack, method: str, path: str, body: dict[str, Any] | None, param: str, prefix: str
+) -> None:
+    """As OpenAI answers it: a 400 `invalid_value` saying which prefix the id must have; an id
+    with the prefix that names nothing stays a 404."""
+    raw = httpx.request(method, f"{gw.gateway.url}{path}", json=body)
+    assert raw.status_code == 400, raw.text
+    assert error_of(raw) == {
+        "message": f"Invalid '{param}': 'abc'. Expected an ID that begins with '{prefix}'.",
+        "type": "invalid_request_error",
+        "param": param,
+        "code": "invalid_value",
+    }
+    assert gw.upstream.requests == []
+    missing = httpx.request(
+        method,
+        f"{gw.gateway.url}{path.replace('abc', prefix + '_x')}",
+        json=body and {k: (f"{prefix}_x" if v == "abc" else v) for k, v in body.items()},
+    )
+    assert missing.status_code == 404, missing.text
+
+
+def test_retrieve_checks_its_query(gw: Stack) -> None:
+    made = httpx.post(f"{gw.gateway.url}/v1/responses", json={"model": "local-llama", "input": "x"})
+    url = f"{gw.gateway.url}/v1/responses/{made.json()['id']}"
+    assert httpx.get(url, params={"include_obfuscation": "false"}).status_code == 200
+    raw = httpx.get(url, params={"include_obfuscation": "maybe"})
+    assert raw.status_code == 400 and error_of(raw)["param"] == "include_obfuscation"

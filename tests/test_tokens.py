@@ -54,6 +54,11 @@ def test_count_endpoint_through_the_sdk(client: openai.OpenAI) -> None:
     )
     alone = client.responses.input_tokens.count(model="local-llama", input="four")
     assert chained.input_tokens > alone.input_tokens
+    # `input: null` (the spec allows it here): the previous response's context alone.
+    context = client.responses.input_tokens.count(
+        model="local-llama", input=None, previous_response_id=first.id
+    )
+    assert 0 < context.input_tokens < chained.input_tokens
     with pytest.raises(openai.NotFoundError):
         client.responses.input_tokens.count(model="nope", input="x")
     with pytest.raises(openai.BadRequestError) as caught:  # as create refuses it

@@ -161,6 +161,7 @@ def install_error_handlers(app: FastAPI) -> None:
                 "invalid_request_error",
                 None,
                 None,
+                dict(exc.headers or {}),  # a 405's `Allow`
             )
         return envelope(exc.status_code, str(exc.detail), "invalid_request_error", None, None)
 

@@ -21,7 +21,7 @@ from app.api.deps import (
 )
 from app.api.sse import event_stream
 from app.core.limits import check_input_size
-from app.schemas.requests import CreateResponseRequest
+from app.schemas.requests import ContextRequest, CreateResponseRequest
 
 router = APIRouter(prefix="/v1/responses", tags=["responses"])
 log = logging.getLogger("app.api")
@@ -80,7 +80,7 @@ def request_input(create: CreateResponseRequest) -> object:
 
 @router.post("/input_tokens")
 async def count_input_tokens(request: Request, responses: Responses, caller: Caller) -> Response:
-    body = await read_body(request, CreateResponseRequest)
+    body = await read_body(request, ContextRequest)
     return json_response(await responses.count_input_tokens(body, caller.project))
 
 
@@ -90,7 +90,7 @@ async def compact_response(request: Request, deps: CreateDeps) -> Response:
     summarizing the rest (`app.core.compaction`). Admitted and accounted like a create."""
     caller, responses = deps.caller, deps.responses
     request.state.ratelimit_headers = await deps.limits.admit(caller)
-    body = await read_body(request, CreateResponseRequest)
+    body = await read_body(request, ContextRequest)
     request.state.model = body.model
     check_input_size(body, request.app.state.max_input_items)
     prepared = await responses.prepare_compaction(body, caller.project, caller.key_id)
@@ -106,7 +106,10 @@ async def retrieve_response(
     usage: Usage,
     stream: bool = False,
     starting_after: Annotated[int | None, Query(ge=-1)] = None,
+    # Checked, not honoured: replayed events carry no obfuscation padding (README).
+    include_obfuscation: bool = True,
 ) -> Response:
+    del include_obfuscation
     if stream:
         events = await responses.replay(response_id, caller.project, starting_after)
         return event_stream(

@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from app.core.items import check_unique_ids, resolve_items
-from app.errors import NotFoundError
+from app.errors import GatewayError, NotFoundError, missing_or_malformed
 from app.ids import new_id
 from app.schemas.requests import ConcreteInput, CreateResponseRequest
 from app.schemas.responses import list_object
@@ -29,8 +29,12 @@ def conversation_id_of(request: CreateResponseRequest) -> str | None:
     return conversation.id
 
 
-def conversation_not_found(conversation_id: str, param: str | None = None) -> NotFoundError:
-    return NotFoundError(f"Conversation with id '{conversation_id}' not found.", param=param)
+def conversation_not_found(conversation_id: str, param: str | None = None) -> GatewayError:
+    """`param`: the create field naming it (`conversation`); a path's id is `conversation_id`
+    in the 400 for a malformed one, and no param in the 404."""
+    return missing_or_malformed(
+        "Conversation", conversation_id, "conv", param or "conversation_id", not_found_param=param
+    )
 
 
 def conversation_object(conversation: StoredConversation) -> dict[str, Any]:

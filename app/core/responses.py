@@ -37,7 +37,13 @@ from app.core.requests import (
 )
 from app.core.session import LocalContexts
 from app.core.tokens import count_tokens, fit_generation, reaches
-from app.errors import BadRequestError, NotFoundError, UpstreamError
+from app.errors import (
+    BadRequestError,
+    GatewayError,
+    NotFoundError,
+    UpstreamError,
+    missing_or_malformed,
+)
 from app.schemas.requests import CompactionTriggerItem, CreateResponseRequest
 from app.schemas.responses import error_object, list_object, render_response
 from app.store.contexts import StoredItem
@@ -788,14 +794,16 @@ def cancelled_body(body: dict[str, Any]) -> dict[str, Any]:
     return {**body, "status": "cancelled", "completed_at": None}
 
 
-def _response_not_found(response_id: str) -> NotFoundError:
-    return NotFoundError(f"Response with id '{response_id}' not found.", param="response_id")
+def _response_not_found(response_id: str) -> GatewayError:
+    return missing_or_malformed("Response", response_id, "resp", "response_id")
 
 
-def _previous_not_found(response_id: str) -> NotFoundError:
-    return NotFoundError(
-        f"Previous response with id '{response_id}' not found.",
-        param="previous_response_id",
+def _previous_not_found(response_id: str) -> GatewayError:
+    return missing_or_malformed(
+        "Previous response",
+        response_id,
+        "resp",
+        "previous_response_id",
         code="previous_response_not_found",
     )
 

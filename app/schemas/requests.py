@@ -451,6 +451,14 @@ class CreateResponseRequest(BaseModel):
     moderation: dict[str, Any] | None = None
 
 
+class ContextRequest(CreateResponseRequest):
+    """The body of `POST /v1/responses/input_tokens` and `/compact`: a create's fields, with an
+    `input` that may be null (their specs allow it: the context is `previous_response_id`'s or
+    the conversation's alone)."""
+
+    input: Annotated[str | list[InputItem], null_means([])] = Field(default_factory=list)
+
+
 # --- conversations ---------------------------------------------------------------------------
 
 CONVERSATION_ITEMS_MAX = 20

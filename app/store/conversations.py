@@ -123,8 +123,10 @@ class ConversationStore:
             return await self._get(tx, conversation_id, project)
 
     async def delete(self, conversation_id: str, project: str) -> bool:
-        """Delete the conversation and the items it created itself (through its items API).
-        Items that responses created stay: responses are not deleted with a conversation."""
+        """Delete the conversation: its row and its list of items. The items themselves stay,
+        as OpenAI's API says ("Items in the conversation will not be deleted"): the responses
+        made in it keep them in their input and their continuations' context. Deleting an item
+        through the items API, or a response, is what removes content."""
         async with self._db.transaction() as tx:
             gone = await tx.execute(
                 delete(conversations_table).where(
@@ -135,10 +137,6 @@ class ConversationStore:
             if gone.rowcount == 0:
                 return False
             await tx.execute(delete(members).where(members.c.conversation_id == conversation_id))
-            await tx.execute(
-                delete(items_table).where(items_table.c.response_id == conversation_id)
-            )
-            await tx.notify("rg_deletes", conversation_id)  # cached contexts may hold them
         return True
 
     async def context(self, conversation_id: str, project: str) -> list[StoredItem] | None:
