@@ -223,6 +223,20 @@ def _usage(raw: Any) -> Usage | None:
 _FINISH = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
 
+class ReportedError(Exception):
+    """An upstream answered 200 with an error object instead of a completion."""
+
+
+def _arguments(raw: Any) -> str:
+    """A tool call's arguments as JSON text: some servers (Ollama) send them as a JSON object;
+    missing ones are an empty object, not an empty string."""
+    if isinstance(raw, str):
+        return raw
+    if raw is None:
+        return ""
+    return orjson.dumps(raw).decode()
+
+
 def _call_item(
     call_id: str | None, upstream_name: str, arguments: str, status: str, tools: ChatTools
 ) -> dict[str, Any]:
@@ -237,6 +251,8 @@ def from_chat_completion(data: Any, tools: ChatTools | None = None) -> Generatio
     """A Chat Completions response body → output items. Raises `ValueError` on a malformed body.
     `tools` maps the upstream's function names back to what the request declared."""
     tools = tools or ChatTools([])
+    if isinstance(data, dict) and isinstance(data.get("error"), dict) and not data.get("choices"):
+        raise ReportedError(str(data["error"].get("message") or data["error"]))
     if (
         not isinstance(data, dict)
         or not isinstance(data.get("choices"), list)
@@ -270,7 +286,7 @@ def from_chat_completion(data: Any, tools: ChatTools | None = None) -> Generatio
             _call_item(
                 call.get("id"),
                 str(function.get("name") or ""),
-                function.get("arguments") or "",
+                _arguments(function.get("arguments")) or "{}",
                 item_status,
                 tools,
             )
@@ -302,10 +318,34 @@ def responses_logprobs(choice: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+class CallIndexes:
+    """The index of each streamed tool call. Servers give it (`index`); some (older Ollama)
+    leave it out and send each call whole, or a call's pieces after its first, which carries
+    the id: a new id is then a new call, a piece without one continues the last."""
+
+    def __init__(self) -> None:
+        self._last_id: str | None = None
+        self._count = 0
+        self._last = -1
+
+    def of(self, call: dict[str, Any]) -> int:
+        call_id = call.get("id")
+        index = call.get("index")
+        if isinstance(index, int):
+            self._count = max(self._count, index + 1)
+            self._last = index
+        elif self._last < 0 or (call_id and call_id != self._last_id):
+            self._last, self._count = self._count, self._count + 1
+        if call_id:
+            self._last_id = call_id
+        return self._last
+
+
 def chunk_deltas(
-    chunk: Any, tools: ChatTools | None = None
+    chunk: Any, tools: ChatTools | None = None, indexes: CallIndexes | None = None
 ) -> tuple[list[Delta], str | None, Usage | None]:
-    """One `chat.completion.chunk` → its deltas, its finish reason and its usage (if any)."""
+    """One `chat.completion.chunk` → its deltas, its finish reason and its usage (if any).
+    `indexes`: the stream's tool-call numbering (a chunk's own `index`, if it has none)."""
     if not isinstance(chunk, dict):
         raise ValueError("a stream chunk is not a JSON object")
     raw_usage = chunk.get("usage")
@@ -330,10 +370,10 @@ def chunk_deltas(
         declared = (tools or ChatTools([])).declared(name) if name else None
         deltas.append(
             ToolCallDelta(
-                index=int(call.get("index") or 0),
+                index=indexes.of(call) if indexes is not None else int(call.get("index") or 0),
                 call_id=call.get("id"),
                 name=declared.name if declared else None,
-                arguments=function.get("arguments") or "",
+                arguments=_arguments(function.get("arguments")),
                 namespace=declared.namespace if declared else None,
                 custom=declared.custom if declared else False,
             )
@@ -366,6 +406,10 @@ class ChatCompletionsBackend(Backend):
         data = await self._upstream.post_json(to_chat_body(request))
         try:
             return from_chat_completion(data, ChatTools(request.tools))
+        except ReportedError as exc:  # a 200 carrying an error (Ollama: a model not pulled)
+            raise UpstreamError(
+                f"{self._upstream.where.capitalize()} failed: {self._upstream.redact(str(exc))}"
+            ) from None
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise self._upstream.malformed(f"a malformed answer: {exc}") from exc
 
@@ -373,15 +417,20 @@ class ChatCompletionsBackend(Backend):
         finish_reason: str | None = None
         usage: Usage | None = None
         tools = ChatTools(request.tools)
+        indexes = CallIndexes()
         async with self._upstream.stream_data(to_chat_body(request, stream=True)) as payloads:
             async for data in payloads:
                 if data == "[DONE]":
                     break
-                deltas, reason, chunk_usage = self._parse_chunk(data, tools)
+                deltas, reason, chunk_usage = self._parse_chunk(data, tools, indexes)
                 finish_reason = reason or finish_reason
                 usage = chunk_usage or usage
                 for delta in deltas:
                     yield delta
+                if reason is not None and chunk_usage is not None:
+                    # Finished, usage given: nothing is left to wait for (some servers then
+                    # leave the stream open without a `[DONE]`; its connection is not reused).
+                    break
             else:
                 if finish_reason is None:
                     raise UpstreamUnavailableError(
@@ -390,7 +439,7 @@ class ChatCompletionsBackend(Backend):
         yield Finish(_FINISH.get(finish_reason or ""), usage)  # type: ignore[arg-type]
 
     def _parse_chunk(
-        self, data: str, tools: ChatTools
+        self, data: str, tools: ChatTools, indexes: CallIndexes
     ) -> tuple[list[Delta], str | None, Usage | None]:
         try:
             chunk = orjson.loads(data)
@@ -403,7 +452,7 @@ class ChatCompletionsBackend(Backend):
                 + self._upstream.redact(message)
             )
         try:
-            return chunk_deltas(chunk, tools)
+            return chunk_deltas(chunk, tools, indexes)
         except (ValueError, TypeError, AttributeError) as exc:
             raise self._upstream.malformed(f"a malformed stream chunk: {exc}") from exc
 

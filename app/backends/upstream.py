@@ -367,6 +367,16 @@ class UpstreamClient:
                 except (TimeoutError, TransportError) as exc:
                     raise self.transport_error(exc) from exc
                 raise self.status_error(response, body)
+            if response.headers.get("content-type", "").startswith("application/json"):
+                # Not a stream: a 200 carrying an error (Ollama: a model not pulled).
+                try:
+                    body = await response.read()
+                except (TimeoutError, TransportError) as exc:
+                    raise self.transport_error(exc) from exc
+                message, _code = error_message(body)
+                raise UpstreamError(
+                    f"{self.where.capitalize()} answered with no stream: {self.redact(message)}"
+                )
             try:
                 yield sse_data(response.iter_any())
             except (TransportError, ReadTimeout) as exc:  # raised while the caller read lines
