@@ -80,6 +80,9 @@ STREAMS: dict[str, list[bytes]] = {
         chunk({}, "stop", usage=USAGE),
     ],
 }
+# llama.cpp: the usage in the finish chunk, then `[DONE]`.
+STREAMS["finish-usage-done"] = [*STREAMS["no-done"], b"data: [DONE]\n\n"]
+PEERS: list[tuple[str, int]] = []  # the gateway's end of each connection, per request
 COMPLETIONS: dict[str, dict[str, Any]] = {
     "object-arguments": {
         "id": "chatcmpl-1",
@@ -106,6 +109,7 @@ NOT_PULLED = {
 async def answer(request: web.Request) -> web.StreamResponse:
     body = await request.json()
     scenario = body["model"]
+    PEERS.append(request.transport.get_extra_info("peername") if request.transport else None)
     if scenario == "not-pulled":
         return web.json_response(NOT_PULLED)  # a 200
     if not body.get("stream"):
@@ -150,7 +154,13 @@ def client(quirky: str, tmp_path: Path) -> Iterator[openai.OpenAI]:
         + "".join(
             f"  - {{name: {name}, backend: chat_completions, base_url: {quirky}, "
             f"upstream_model: {name}, max_retries: 0, timeout: 20}}\n"
-            for name in ("object-arguments", "no-index", "no-done", "not-pulled")
+            for name in (
+                "object-arguments",
+                "no-index",
+                "no-done",
+                "not-pulled",
+                "finish-usage-done",
+            )
         )
     )
     database = f"sqlite+aiosqlite:///{tmp_path}/quirks.db"
@@ -219,3 +229,15 @@ def test_an_error_answered_with_200_keeps_its_message(client: openai.OpenAI, str
         with pytest.raises(openai.InternalServerError) as caught:
             client.responses.create(model="not-pulled", input="hi")
         assert "try pulling it first" in str(caught.value)
+
+
+def test_a_stream_whose_done_follows_its_finish_and_usage_keeps_its_connection(
+    client: openai.OpenAI,
+) -> None:
+    """The wait for `[DONE]` after a finish with usage reads it: the connection goes back to the
+    pool, and the next request reuses it."""
+    PEERS.clear()
+    for _ in range(2):
+        kinds, response = streamed(client, "finish-usage-done")
+        assert kinds[-1] == "response.completed" and response.output_text == "Hi there"
+    assert len(PEERS) == 2 and PEERS[0] == PEERS[1]

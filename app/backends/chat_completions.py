@@ -8,6 +8,7 @@ mapping of transport faults to our errors.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -223,6 +224,10 @@ def _usage(raw: Any) -> Usage | None:
 _FINISH = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
 
+# How long a stream that reported its finish and usage may take to send its `[DONE]`.
+FINISHED_GRACE = 0.5
+
+
 class ReportedError(Exception):
     """An upstream answered 200 with an error object instead of a completion."""
 
@@ -428,8 +433,13 @@ class ChatCompletionsBackend(Backend):
                 for delta in deltas:
                     yield delta
                 if reason is not None and chunk_usage is not None:
-                    # Finished, usage given: nothing is left to wait for (some servers then
-                    # leave the stream open without a `[DONE]`; its connection is not reused).
+                    # Finished, usage given: only `[DONE]` may follow, at once, and some servers
+                    # never send it and leave the stream open. Waited for briefly (read, the
+                    # connection is kept alive), not for the read timeout.
+                    try:
+                        await asyncio.wait_for(anext(payloads), FINISHED_GRACE)
+                    except Exception:  # noqa: BLE001 - the answer is whole; what follows is not
+                        pass
                     break
             else:
                 if finish_reason is None:
