@@ -137,7 +137,7 @@ def test_conversation_with_previous_response_id(gw: Stack) -> None:
         ({"reasoning": {"mode": "pro"}}, "reasoning.mode"),
         ({"reasoning": {"context": "all_turns"}}, "reasoning.context"),
         ({"reasoning": {"context": "every_turn"}}, "reasoning.context"),
-        ({"safety_identifier": "x" * 65}, "safety_identifier"),
+        ({"safety_identifier": "x" * 129}, "safety_identifier"),
         ({"prompt_cache_retention": "forever"}, "prompt_cache_retention"),
         ({"prompt_cache_options": {"ttl": "99h"}}, "prompt_cache_options.ttl"),
         ({"stream_options": {"include_obfuscation": "yes"}}, "stream_options.include_obfuscation"),

@@ -82,6 +82,20 @@ STREAMS: dict[str, list[bytes]] = {
 }
 # llama.cpp: the usage in the finish chunk, then `[DONE]`.
 STREAMS["finish-usage-done"] = [*STREAMS["no-done"], b"data: [DONE]\n\n"]
+# Usage on every chunk, and `finish_reason: ""` until the last: no early end.
+STREAMS["usage-every-chunk"] = [
+    chunk({"role": "assistant", "content": "Hel"}, "", usage=USAGE),
+    chunk({"content": "lo"}, "", usage=USAGE),
+    chunk({}, "stop", usage=USAGE),
+    b"data: [DONE]\n\n",
+]
+# One call, its id repeated on every piece, no index (LM Studio): one call, joined.
+STREAMS["repeated-id"] = [
+    chunk({"tool_calls": [call("call_r", '{"city": ')]}),
+    chunk({"tool_calls": [call("call_r", '"Oslo"}')]}),
+    chunk({}, "tool_calls"),
+    b"data: [DONE]\n\n",
+]
 PEERS: list[tuple[str, int]] = []  # the gateway's end of each connection, per request
 COMPLETIONS: dict[str, dict[str, Any]] = {
     "object-arguments": {
@@ -160,6 +174,8 @@ def client(quirky: str, tmp_path: Path) -> Iterator[openai.OpenAI]:
                 "no-done",
                 "not-pulled",
                 "finish-usage-done",
+                "usage-every-chunk",
+                "repeated-id",
             )
         )
     )
@@ -241,3 +257,14 @@ def test_a_stream_whose_done_follows_its_finish_and_usage_keeps_its_connection(
         kinds, response = streamed(client, "finish-usage-done")
         assert kinds[-1] == "response.completed" and response.output_text == "Hi there"
     assert len(PEERS) == 2 and PEERS[0] == PEERS[1]
+
+
+def test_usage_on_every_chunk_does_not_end_the_stream_early(client: openai.OpenAI) -> None:
+    kinds, response = streamed(client, "usage-every-chunk")
+    assert kinds[-1] == "response.completed" and response.output_text == "Hello"
+
+
+def test_one_call_whose_id_repeats_on_every_piece_stays_one(client: openai.OpenAI) -> None:
+    _, response = streamed(client, "repeated-id", tools=[WEATHER])
+    [item] = response.output
+    assert item.call_id == "call_r" and json.loads(item.arguments) == {"city": "Oslo"}

@@ -249,6 +249,8 @@ def _call_item(
     if declared.custom:
         input_ = custom_input(arguments)
         return custom_tool_call_item(call_id, declared.name, input_, status, declared.namespace)
+    # No arguments given: an empty object, valid JSON as a function call's must be.
+    arguments = arguments or "{}"
     return function_call_item(call_id, declared.name, arguments, status, declared.namespace)
 
 
@@ -291,7 +293,7 @@ def from_chat_completion(data: Any, tools: ChatTools | None = None) -> Generatio
             _call_item(
                 call.get("id"),
                 str(function.get("name") or ""),
-                _arguments(function.get("arguments")) or "{}",
+                _arguments(function.get("arguments")),
                 item_status,
                 tools,
             )
@@ -412,7 +414,7 @@ class ChatCompletionsBackend(Backend):
         try:
             return from_chat_completion(data, ChatTools(request.tools))
         except ReportedError as exc:  # a 200 carrying an error (Ollama: a model not pulled)
-            raise UpstreamError(
+            raise UpstreamUnavailableError(
                 f"{self._upstream.where.capitalize()} failed: {self._upstream.redact(str(exc))}"
             ) from None
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
@@ -432,12 +434,14 @@ class ChatCompletionsBackend(Backend):
                 usage = chunk_usage or usage
                 for delta in deltas:
                     yield delta
-                if reason is not None and chunk_usage is not None:
+                if reason and chunk_usage is not None:
                     # Finished, usage given: only `[DONE]` may follow, at once, and some servers
                     # never send it and leave the stream open. Waited for briefly (read, the
                     # connection is kept alive), not for the read timeout.
                     try:
-                        await asyncio.wait_for(anext(payloads), FINISHED_GRACE)
+                        # `timeout`, not `wait_for`: a cancel of the request is never lost here.
+                        async with asyncio.timeout(FINISHED_GRACE):
+                            await anext(payloads)
                     except Exception:  # noqa: BLE001 - the answer is whole; what follows is not
                         pass
                     break

@@ -374,7 +374,9 @@ class UpstreamClient:
                 except (TimeoutError, TransportError) as exc:
                     raise self.transport_error(exc) from exc
                 message, _code = error_message(body)
-                raise UpstreamError(
+                # Unavailable, as a stream that ended with nothing would be: retried, and a
+                # route's fallback may answer instead.
+                raise UpstreamUnavailableError(
                     f"{self.where.capitalize()} answered with no stream: {self.redact(message)}"
                 )
             try:

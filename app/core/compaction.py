@@ -422,6 +422,7 @@ class CompactThenAnswer(Backend):
             incomplete_reason=result.incomplete_reason,
             usage=_added(summary.usage, result.usage),
             model=result.model,
+            reported=result.reported,
         )
 
     async def stream(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
@@ -443,7 +444,10 @@ class CompactThenAnswer(Backend):
                 async for delta in answering:
                     if isinstance(delta, Finish):
                         delta = Finish(
-                            delta.incomplete_reason, _added(summary_usage, delta.usage), delta.model
+                            delta.incomplete_reason,
+                            _added(summary_usage, delta.usage),
+                            delta.model,
+                            delta.reported,
                         )
                     yield delta
         except UpstreamError as exc:

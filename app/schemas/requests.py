@@ -366,7 +366,7 @@ class ReasoningConfig(WireModel):
 
 
 class PromptCacheOptions(WireModel):
-    ttl: Literal["30m"] | None = None
+    ttl: Literal["30m", "12h"] | None = None  # "12h": the openai SDK's, newer than the spec
     mode: Literal["implicit", "explicit"] | None = None
 
 
@@ -442,7 +442,8 @@ class CreateResponseRequest(BaseModel):
         Literal["auto", "default", "flex", "scale", "priority", "fast", "ultrafast"] | None
     ) = None
     user: str | None = None
-    safety_identifier: str | None = Field(default=None, max_length=64)
+    # 128, as the openai SDK documents it (the spec file says 64; a SHA-512 hex digest is 128).
+    safety_identifier: str | None = Field(default=None, max_length=128)
     prompt_cache_key: str | None = None
     prompt_cache_retention: Literal["in_memory", "24h"] | None = None
     prompt_cache_options: PromptCacheOptions | None = None
