@@ -123,3 +123,32 @@ def missing_or_malformed(
         param=param if not_found_param == _SAME else not_found_param,
         code=code,
     )
+
+
+# `ResponseErrorCode`: the codes a failed Response's `error` may carry (the spec's list, and the
+# openai SDK's `misalignment_policy_violation`). An upstream's own is passed on when it is one.
+RESPONSE_ERROR_CODES = frozenset(
+    {
+        "server_error",
+        "rate_limit_exceeded",
+        "invalid_prompt",
+        "data_residency_mismatch",
+        "bio_policy",
+        "misalignment_policy_violation",
+        "vector_store_timeout",
+        "invalid_image",
+        "invalid_image_format",
+        "invalid_base64_image",
+        "invalid_image_url",
+        "image_too_large",
+        "image_too_small",
+        "image_parse_error",
+        "image_content_policy_violation",
+        "invalid_image_mode",
+        "image_file_too_large",
+        "unsupported_image_media_type",
+        "empty_image_file",
+        "failed_to_download_image",
+        "image_file_not_found",
+    }
+)

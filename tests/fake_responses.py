@@ -48,6 +48,7 @@ class Answer:
     call: tuple[str, str, str] | None = None
     input_tokens: int = 20
     status: str = "completed"  # or "incomplete", "failed"
+    error_code: str = "server_error"  # a failed answer's `error.code`
     delay: float = 0.0
     drop_after: int | None = None  # streaming: close the connection after N events
     token_delay: float = 0.0
@@ -367,7 +368,7 @@ class FakeResponses:
             "object": "response",
             "created_at": int(time.time()),
             "status": answer.status,
-            "error": {"code": "server_error", "message": "upstream melted"}
+            "error": {"code": answer.error_code, "message": "upstream melted"}
             if answer.status == "failed"
             else None,
             "incomplete_details": {"reason": "max_output_tokens"}

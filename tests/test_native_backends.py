@@ -441,3 +441,30 @@ def test_penalties_that_openai_cannot_take_are_refused(native: NativeStack) -> N
     # A local Responses server takes them, and gets them.
     local = httpx.post(url, json={"model": "vllm/qwen", "input": "hi", "presence_penalty": 0.5})
     assert local.status_code == 200 and native.fake.seen[-1].body["presence_penalty"] == 0.5
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["create", "stream"])
+def test_a_failed_openai_response_keeps_its_code(
+    native: NativeStack, nclient: openai.OpenAI, stream: bool
+) -> None:
+    """OpenAI's own code for a failed response (`invalid_prompt`: do not ask again) is what our
+    failed response says, streamed or not; one that is not a Response code gives way to ours."""
+    native.fake.enqueue(Answer(status="failed", error_code="invalid_prompt"))
+    body = {"model": "gpt-5-mini", "input": "hi"}
+    if stream:
+        result = stream_raw(native.gateway.url, {**body, "stream": True})
+        failed_id = result.terminal["response"]["id"]
+        assert result.terminal["response"]["error"]["code"] == "invalid_prompt"
+    else:
+        raw = httpx.post(f"{native.gateway.url}/v1/responses", json=body)
+        assert raw.status_code == 502
+        failed_id = raw.json()["error"]["message"].rsplit(": ", 1)[1].rstrip(".")
+    stored = nclient.responses.retrieve(failed_id)
+    assert stored.status == "failed" and stored.error is not None
+    assert stored.error.code == "invalid_prompt"
+    native.fake.enqueue(Answer(status="failed", error_code="no_such_code"))
+    raw = httpx.post(f"{native.gateway.url}/v1/responses", json=body)
+    other = nclient.responses.retrieve(
+        raw.json()["error"]["message"].rsplit(": ", 1)[1].rstrip(".")
+    )
+    assert other.error is not None and other.error.code == "server_error"

@@ -37,7 +37,7 @@ from app.backends.base import (
 from app.backends.tokenize import server_root, upstream_token_count
 from app.backends.upstream import UpstreamClient, error_message
 from app.config import OPENAI_BASE_URL, ModelConfig, public_url
-from app.errors import UpstreamError, UpstreamUnavailableError
+from app.errors import RESPONSE_ERROR_CODES, UpstreamError, UpstreamUnavailableError
 from app.ids import new_item_id
 
 log = logging.getLogger(__name__)
@@ -217,13 +217,22 @@ def reported_fields(data: dict[str, Any]) -> dict[str, Any]:
     return {key: data[key] for key in _REPORTED_FIELDS if data.get(key) is not None}
 
 
+class FailedResponse(LookupError):
+    """An upstream's Response that says `failed`: its message and its `error.code`."""
+
+    def __init__(self, message: str, code: Any = None) -> None:
+        super().__init__(message)
+        self.code = code if isinstance(code, str) else None
+
+
 def from_response(data: Any) -> Generation:
     """A Response body → a `Generation`. Raises `ValueError` when it is malformed, `LookupError`
     (with the upstream's message) when it reports `failed`."""
     if not isinstance(data, dict) or not isinstance(data.get("output"), list):
         raise ValueError("the upstream answer has no output list")
     if data.get("status") == "failed":
-        raise LookupError(str((data.get("error") or {}).get("message") or "no message"))
+        error = data.get("error") or {}
+        raise FailedResponse(str(error.get("message") or "no message"), error.get("code"))
     incomplete = data.get("status") == "incomplete"
     return Generation(
         output=[_with_id(item) for item in data["output"] if isinstance(item, dict)],
@@ -265,17 +274,20 @@ class ResponsesBackend(Backend):
             raw_reasoning=self.raw_reasoning,
         )
 
-    def _failed(self, message: str) -> UpstreamError:
+    def _failed(self, message: str, code: Any = None) -> UpstreamError:
+        """The upstream's Response failed: its code kept where it is one a Response may carry
+        (`invalid_prompt` tells a client not to ask again; `failure_code` passes it on)."""
         return UpstreamError(
-            f"{self._upstream.where.capitalize()} failed: {self._upstream.redact(message)}"
+            f"{self._upstream.where.capitalize()} failed: {self._upstream.redact(message)}",
+            code=code if code in RESPONSE_ERROR_CODES else None,
         )
 
     async def generate(self, request: GenerationRequest) -> Generation:
         data = await self._upstream.post_json(self._body(request, stream=False))
         try:
             return from_response(data)
-        except LookupError as exc:
-            raise self._failed(str(exc)) from None
+        except FailedResponse as exc:
+            raise self._failed(str(exc), exc.code) from None
         except (ValueError, TypeError, AttributeError) as exc:
             raise self._upstream.malformed(f"a malformed answer: {exc}") from exc
 
@@ -298,10 +310,10 @@ class ResponsesBackend(Backend):
                     return
                 if kind == "response.failed":
                     error = (event.get("response") or {}).get("error") or {}
-                    raise self._failed(str(error.get("message") or "no message"))
+                    raise self._failed(str(error.get("message") or "no message"), error.get("code"))
                 if kind == "error":
-                    message, _code = error_message(orjson.dumps(event))
-                    raise self._failed(event.get("message") or message)
+                    message, code = error_message(orjson.dumps(event))
+                    raise self._failed(event.get("message") or message, event.get("code") or code)
                 event.pop("sequence_number", None)
                 event.pop("obfuscation", None)
                 if isinstance(event.get("item"), dict):
@@ -378,8 +390,8 @@ class OpenAIBackend(ResponsesBackend):
             return None
         try:
             generation = from_response(data)
-        except LookupError as exc:
-            raise self._failed(str(exc)) from None
+        except FailedResponse as exc:
+            raise self._failed(str(exc), exc.code) from None
         except (ValueError, TypeError, AttributeError) as exc:
             raise self._upstream.malformed(f"a malformed answer: {exc}") from exc
         items = [item for item in generation.output if item.get("type") == "compaction"]

@@ -22,7 +22,7 @@ from app.backends.registry import Route
 from app.core.compaction import ChargedError
 from app.core.events import Event, EventLadder
 from app.core.requests import echo_text, echo_tools
-from app.errors import GatewayError, StorageError, UpstreamError
+from app.errors import RESPONSE_ERROR_CODES, GatewayError, StorageError, UpstreamError
 from app.ids import new_id
 from app.schemas.requests import CreateResponseRequest
 from app.schemas.responses import error_object, render_response, usage_object
@@ -184,6 +184,8 @@ def failure_code(exc: GatewayError) -> str:
     `server_error`. The `error` event before `response.failed` carries the finer code
     (`context_length_exceeded`, the upstream's own)."""
     if isinstance(exc, UpstreamError):
+        if exc.code in RESPONSE_ERROR_CODES:  # a Responses upstream's own
+            return exc.code
         if exc.status == 429:
             return "rate_limit_exceeded"
         if exc.upstream_status in _REQUEST_FAULTS:

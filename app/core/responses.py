@@ -24,6 +24,7 @@ from app.core.generation import (
     TERMINAL_STATUSES,
     Context,
     Prepared,
+    failure_code,
     response_body,
     run_generation,
 )
@@ -299,7 +300,7 @@ class ResponsesService:
         except UpstreamError as exc:
             await _checked(check)
             if exc.status >= 500 and prepared.storing:
-                error = error_object("server_error", exc.message)
+                error = error_object(failure_code(exc), exc.message)
                 await self._insert(prepared, response_body(prepared, "failed", error=error), [])
                 exc.message += f" The response was stored as failed: {prepared.id}."
             raise
